@@ -1,0 +1,118 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Message is one webhook as accepted from a sender: the body byte for byte plus what the relay
+// learned about it. It is immutable once stored.
+type Message struct {
+	ID          string    `json:"id"`
+	Route       string    `json:"route"`
+	Provider    string    `json:"provider"`
+	JobID       string    `json:"job_id,omitempty"`
+	JobStatus   string    `json:"job_status,omitempty"`
+	ContentType string    `json:"content_type,omitempty"`
+	SourceAddr  string    `json:"source_addr,omitempty"`
+	ReceivedAt  time.Time `json:"received_at"`
+	Body        []byte    `json:"body"`
+	// Targets names every target the message fans out to; the store keeps one delivery per target.
+	Targets []string `json:"targets"`
+}
+
+// DeliveryID is the stable identifier of a message's delivery to one target. Targets dedupe on it.
+func DeliveryID(messageID, target string) string { return messageID + "." + target }
+
+// Delivery is one message on its way to one target.
+type Delivery struct {
+	ID      string  `json:"id"`
+	Target  string  `json:"target"`
+	Message Message `json:"message"`
+	// Attempt counts claims: the first claim makes it 1. A claim that is never acknowledged (a crash)
+	// still counts, so that a poison message cannot loop forever.
+	Attempt int       `json:"attempt"`
+	DueAt   time.Time `json:"due_at"`
+	// Lease is set by Claim and must be presented to Ack, Retry and Bury. A delivery whose lease
+	// expired and was claimed again carries a new one; the old holder then gets ErrLeaseLost.
+	Lease      string    `json:"lease,omitempty"`
+	LastStatus int       `json:"last_status,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	DeadAt     time.Time `json:"dead_at,omitzero"`
+}
+
+// Failure is the outcome of an attempt that did not succeed.
+type Failure struct {
+	Status int    // HTTP status from the target, 0 when none was received
+	Error  string // what went wrong, for operators
+}
+
+// DeadFilter selects dead letters. Zero fields match everything.
+type DeadFilter struct {
+	Route  string
+	Target string
+	Since  time.Time // dead at or after
+	After  string    // cursor: delivery ID to continue after
+	Limit  int       // 0 means the store's default (100)
+}
+
+// Match reports whether d satisfies the filter, ignoring After and Limit.
+func (f DeadFilter) Match(d *Delivery) bool {
+	return (f.Route == "" || d.Message.Route == f.Route) &&
+		(f.Target == "" || d.Target == f.Target) &&
+		(f.Since.IsZero() || !d.DeadAt.Before(f.Since))
+}
+
+// Store errors. Backends wrap them with %w.
+var (
+	// ErrLeaseLost: the delivery's lease expired and another claim owns it, or it is gone.
+	ErrLeaseLost = errors.New("lease lost")
+	// ErrNotFound: no such dead letter.
+	ErrNotFound = errors.New("not found")
+)
+
+// Enqueuer is what ingress needs: the dedupe claim and the enqueue as one atomic, durable operation.
+type Enqueuer interface {
+	// Enqueue stores m with one delivery per target, due at m.ReceivedAt, unless dedupeKey is
+	// non-empty and already held (then it stores nothing and reports duplicate). A held key expires
+	// ttl after it was claimed. When Enqueue returns nil the message is durable.
+	Enqueue(ctx context.Context, m *Message, dedupeKey string, ttl time.Duration) (duplicate bool, err error)
+}
+
+// Queue is what delivery workers need.
+type Queue interface {
+	// Claim leases up to max deliveries of target that are due at now, oldest due first, and makes
+	// them due again at now+lease so that a holder that dies gives them up. It increments Attempt.
+	Claim(ctx context.Context, target string, now time.Time, lease time.Duration, max int) ([]*Delivery, error)
+	// NextDue reports when the earliest delivery of target is due (leased ones included, at their
+	// lease expiry); ok is false when target has none.
+	NextDue(ctx context.Context, target string) (at time.Time, ok bool, err error)
+	// Ack removes a delivered delivery.
+	Ack(ctx context.Context, d *Delivery) error
+	// Retry releases the lease and makes d due again at at, recording the failure.
+	Retry(ctx context.Context, d *Delivery, at time.Time, f Failure) error
+	// Bury moves d to the dead letters, recording the failure and now as its death time.
+	Bury(ctx context.Context, d *Delivery, now time.Time, f Failure) error
+}
+
+// DeadLetters is what operators need to repair what never got through.
+type DeadLetters interface {
+	ListDead(ctx context.Context, f DeadFilter) ([]*Delivery, error)
+	GetDead(ctx context.Context, id string) (*Delivery, error)
+	// ReplayDead puts a dead letter back in its target's queue, due at now, with Attempt reset.
+	ReplayDead(ctx context.Context, id string, now time.Time) error
+	DropDead(ctx context.Context, id string) error
+}
+
+// Store is the whole contract a backend implements; relay/storetest checks it.
+type Store interface {
+	Enqueuer
+	Queue
+	DeadLetters
+	// Sweep deletes dedupe keys that expired at now and reports how many it removed.
+	Sweep(ctx context.Context, now time.Time) (int, error)
+	// Ping reports whether the store can serve; readiness follows it.
+	Ping(ctx context.Context) error
+	Close() error
+}
