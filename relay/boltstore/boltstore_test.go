@@ -1,0 +1,269 @@
+package boltstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/storetest"
+)
+
+func openTest(t testing.TB, path string, opt Options) *Store {
+	t.Helper()
+	s, err := Open(path, opt)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, storetest.Harness{
+		Open: func(t *testing.T) (relay.Store, func(*testing.T) relay.Store) {
+			path := filepath.Join(t.TempDir(), "relay.db")
+			reopen := func(t *testing.T) relay.Store { return openTest(t, path, Options{}) }
+			return openTest(t, path, Options{}), reopen
+		},
+	})
+}
+
+// at is a fake time, sec seconds after a base far from the real clock.
+func at(sec int) time.Time {
+	return time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC).Add(time.Duration(sec) * time.Second)
+}
+
+func testMsg(id string, targets ...string) *relay.Message {
+	return &relay.Message{ID: id, Route: "r", ReceivedAt: at(0), Body: []byte("{}"), Targets: targets}
+}
+
+func TestOpenValidates(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		path string
+		opt  Options
+	}{
+		{"", Options{}},
+		{filepath.Join(dir, "a.db"), Options{MaxBatchSize: -1}},
+		{filepath.Join(dir, "a.db"), Options{LockTimeout: -1}},
+		{filepath.Join(dir, "missing", "a.db"), Options{}},
+	} {
+		if s, err := Open(tc.path, tc.opt); err == nil {
+			s.Close()
+			t.Errorf("Open(%q, %+v) = nil error", tc.path, tc.opt)
+		}
+	}
+}
+
+func TestOpenLockedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openTest(t, path, Options{})
+	defer s.Close()
+	// bbolt's flock is per open file, so a second Open in this process stands for another process.
+	_, err := Open(path, Options{LockTimeout: 50 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "another relay may hold it") {
+		t.Fatalf("second Open = %v, want a lock error naming another relay", err)
+	}
+}
+
+// Leases in the file belong to a dead process: they are due at once, not at their expiry.
+func TestOpenRecoversLeases(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openTest(t, path, Options{})
+	for _, id := range []string{"m1", "m2", "m3"} {
+		m := testMsg(id, "a")
+		m.ReceivedAt = at(int(id[1] - '0'))
+		if _, err := s.Enqueue(ctx, m, "", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := s.Claim(ctx, "a", at(10), time.Hour, 2) // m1, m2 leased
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("Claim = %v, %v", ds, err)
+	}
+	s.Close()
+
+	s = openTest(t, path, Options{})
+	defer s.Close()
+	if due, ok, err := s.NextDue(ctx, "a"); err != nil || !ok || !due.Equal(at(3)) {
+		t.Fatalf("NextDue after reopen = %v, %v, %v; want m3's due time", due, ok, err)
+	}
+	// Claimed at 10 with an hour's lease, yet due again at 10.
+	ds, err = s.Claim(ctx, "a", at(10), time.Hour, 10)
+	if err != nil || len(ds) != 3 {
+		t.Fatalf("Claim after reopen = %d deliveries, %v; want 3", len(ds), err)
+	}
+	for _, d := range ds {
+		want := map[string]int{"m1.a": 2, "m2.a": 2, "m3.a": 1}[d.ID]
+		if d.Attempt != want {
+			t.Errorf("%s: Attempt %d, want %d", d.ID, d.Attempt, want)
+		}
+	}
+	if n := leased(t, s); n != 3 {
+		t.Fatalf("leased bucket holds %d keys, want 3", n)
+	}
+	if err := s.Ack(ctx, ds[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Retry(ctx, ds[1], at(20), relay.Failure{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Bury(ctx, ds[2], at(20), relay.Failure{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := leased(t, s); n != 0 {
+		t.Fatalf("leased bucket holds %d keys after settling all, want 0", n)
+	}
+}
+
+func leased(t *testing.T, s *Store) (n int) {
+	t.Helper()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bLeased).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestListDeadUnknownCursor(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	if _, err := s.ListDead(t.Context(), relay.DeadFilter{After: "gone.a"}); !errors.Is(err, relay.ErrNotFound) {
+		t.Fatalf("ListDead after an unknown cursor = %v, want ErrNotFound", err)
+	}
+}
+
+func TestEnqueueValidates(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	noTime := testMsg("m", "a")
+	noTime.ReceivedAt = time.Time{}
+	for name, tc := range map[string]struct {
+		m   *relay.Message
+		key string
+		ttl time.Duration
+	}{
+		"nil":          {nil, "", 0},
+		"no id":        {testMsg("", "a"), "", 0},
+		"no time":      {noTime, "", 0},
+		"no target":    {testMsg("m"), "", 0},
+		"empty target": {testMsg("m", ""), "", 0},
+		"same target":  {testMsg("m", "a", "a"), "", 0},
+		"key, no ttl":  {testMsg("m", "a"), "k", 0},
+	} {
+		if _, err := s.Enqueue(ctx, tc.m, tc.key, tc.ttl); err == nil {
+			t.Errorf("%s: Enqueue = nil error", name)
+		}
+	}
+	if _, err := s.Enqueue(ctx, testMsg("m", "a"), "k", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	// A reused message ID is a caller bug; it must neither overwrite nor hold the new key.
+	if _, err := s.Enqueue(ctx, testMsg("m", "a"), "k2", time.Hour); err == nil {
+		t.Fatal("Enqueue of a stored message ID = nil error")
+	}
+	if dup, err := s.Enqueue(ctx, testMsg("m2", "a"), "k2", time.Hour); err != nil || dup {
+		t.Fatalf("k2 after the failed enqueue = %v, %v; want new", dup, err)
+	}
+}
+
+func TestSweepChunks(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	s.sweepChunk = 3
+	for i := range 10 {
+		if _, err := s.Enqueue(ctx, testMsg(fmt.Sprint("m", i), "a"), fmt.Sprint("k", i), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.Sweep(ctx, at(3600)); err != nil || n != 10 {
+		t.Fatalf("Sweep = %d, %v; want 10", n, err)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	s.Close()
+	if _, err := s.Enqueue(ctx, testMsg("m", "a"), "", 0); err == nil {
+		t.Error("Enqueue on a closed store = nil error")
+	}
+	if _, err := s.Claim(ctx, "a", at(0), time.Minute, 1); err == nil {
+		t.Error("Claim on a closed store = nil error")
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	r := &record{
+		Delivery: relay.Delivery{
+			ID: "m.a", Target: "a", Attempt: 3, DueAt: at(-70 * 365 * 24 * 3600), Lease: "l",
+			LastStatus: -1, LastError: "e", DeadAt: at(0),
+			Message: relay.Message{ID: "m", Route: "r", Provider: "p", JobID: "j", JobStatus: "s",
+				ContentType: "c", SourceAddr: "x", ReceivedAt: at(0).Add(123), Body: []byte{0, 0xff}, Targets: []string{"a", ""}},
+		},
+	}
+	b := encodeRecord(r)
+	got, err := decodeRecord(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(encodeRecord(got), b) || !got.ClaimedAt.IsZero() || !got.DueAt.Equal(r.DueAt) {
+		t.Fatalf("round trip changed the record: %+v", got)
+	}
+	for i := range b {
+		if _, err := decodeRecord(b[:i]); err == nil {
+			t.Fatalf("decoding %d of %d bytes = nil error", i, len(b))
+		}
+	}
+	if _, err := decodeRecord(append(b, 0)); err == nil {
+		t.Fatal("decoding trailing garbage = nil error")
+	}
+}
+
+func benchmarkEnqueue(b *testing.B, parallel bool) {
+	s := openTest(b, filepath.Join(b.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	body := bytes.Repeat([]byte("x"), 1024)
+	var seq atomic.Int64
+	ctx := b.Context()
+	enqueue := func() {
+		id := fmt.Sprint("m", seq.Add(1))
+		m := &relay.Message{ID: id, Route: "r", ReceivedAt: at(0), Body: body, Targets: []string{"a"}}
+		if _, err := s.Enqueue(ctx, m, "r/"+id+"/succeeded", time.Hour); err != nil {
+			b.Error(err)
+		}
+	}
+	b.ResetTimer()
+	if parallel {
+		b.SetParallelism(32) // 64 goroutines on 2 cores: a busy ingress
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				enqueue()
+			}
+		})
+	} else {
+		for range b.N {
+			enqueue()
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "enqueues/s")
+}
+
+// Concurrent callers share fsyncs (group commit): compare with BenchmarkEnqueueSerial.
+func BenchmarkEnqueueParallel(b *testing.B) { benchmarkEnqueue(b, true) }
+
+// One caller at a time pays one fsync per enqueue (plus the batch delay).
+func BenchmarkEnqueueSerial(b *testing.B) { benchmarkEnqueue(b, false) }

@@ -1,0 +1,289 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// Enqueue claims dedupeKey and stores one delivery per target in one transaction, shared with
+// concurrent callers (group commit). The key is claimed at m.ReceivedAt and held until
+// m.ReceivedAt+ttl; a key whose time has passed counts as absent even before Sweep removes it.
+func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string, ttl time.Duration) (bool, error) {
+	if err := validateMessage(m, dedupeKey, ttl); err != nil {
+		return false, fmt.Errorf("boltstore: enqueue: %w", err)
+	}
+	// Encode outside the transaction: the batch runs every caller's function on one goroutine.
+	recs := make([]*record, len(m.Targets))
+	vals := make([][]byte, len(m.Targets))
+	for i, t := range m.Targets {
+		recs[i] = &record{Delivery: relay.Delivery{ID: relay.DeliveryID(m.ID, t), Target: t, Message: *m, DueAt: m.ReceivedAt}}
+		vals[i] = encodeRecord(recs[i])
+	}
+	expires := m.ReceivedAt.Add(ttl)
+
+	var duplicate bool
+	err := s.batch(ctx, func(tx *bolt.Tx) error {
+		duplicate = false
+		if dedupeKey != "" {
+			held, err := claimKey(tx, []byte(dedupeKey), m.ReceivedAt, expires)
+			if err != nil {
+				return err
+			}
+			if !held {
+				duplicate = true
+				return nil
+			}
+		}
+		deliveries, dead := tx.Bucket(bDeliveries), tx.Bucket(bDead)
+		for i, r := range recs {
+			id := []byte(r.ID)
+			if deliveries.Get(id) != nil || dead.Get(id) != nil {
+				// Returning an error also rolls back the dedupe claim above.
+				return fmt.Errorf("delivery %s already stored: message IDs must be unique", r.ID)
+			}
+			idx, err := tx.Bucket(bDue).CreateBucketIfNotExists([]byte(r.Target))
+			if err != nil {
+				return fmt.Errorf("due bucket of target %q: %w", r.Target, err)
+			}
+			if err := idx.Put(indexKey(r.DueAt, r.ID), nil); err != nil {
+				return err
+			}
+			if err := deliveries.Put(id, vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("boltstore: enqueue %s: %w", m.ID, err)
+	}
+	return duplicate, nil
+}
+
+func validateMessage(m *relay.Message, dedupeKey string, ttl time.Duration) error {
+	switch {
+	case m == nil:
+		return errors.New("nil message")
+	case m.ID == "":
+		return errors.New("message without ID")
+	case m.ReceivedAt.IsZero():
+		return fmt.Errorf("message %s without ReceivedAt", m.ID)
+	case len(m.Targets) == 0:
+		return fmt.Errorf("message %s without targets", m.ID)
+	case dedupeKey != "" && ttl <= 0:
+		return fmt.Errorf("message %s: dedupe key with ttl %v", m.ID, ttl)
+	}
+	for i, t := range m.Targets {
+		if t == "" {
+			return fmt.Errorf("message %s: empty target", m.ID)
+		}
+		for _, u := range m.Targets[:i] {
+			if t == u {
+				return fmt.Errorf("message %s: target %q twice", m.ID, t)
+			}
+		}
+	}
+	return nil
+}
+
+// claimKey takes key until expires unless it is held at now. It reports false when it is held.
+func claimKey(tx *bolt.Tx, key []byte, now, expires time.Time) (bool, error) {
+	keys, exp := tx.Bucket(bDedupe), tx.Bucket(bDedupeExp)
+	if v := keys.Get(key); v != nil {
+		if len(v) != 8 {
+			return false, fmt.Errorf("dedupe key %q: corrupt expiry", key)
+		}
+		old := keyTime(v)
+		if old.After(now) {
+			return false, nil
+		}
+		// Expired but not swept yet: take it over, and drop its old expiry entry so that Sweep
+		// neither deletes the new claim early nor counts the key twice.
+		if err := exp.Delete(append(bytes.Clone(v), key...)); err != nil {
+			return false, err
+		}
+	}
+	if err := keys.Put(key, timeKey(expires)); err != nil {
+		return false, err
+	}
+	if err := exp.Put(append(timeKey(expires), key...), nil); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Sweep deletes the dedupe keys expired at now, in chunks of one transaction each so that
+// Enqueue never waits behind a long sweep.
+func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
+	limit := timeKey(now)
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, fmt.Errorf("boltstore: sweep: %w", err)
+		}
+		var n int
+		var more bool
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			n, more = 0, false
+			keys, exp := tx.Bucket(bDedupe), tx.Bucket(bDedupeExp)
+			var found [][]byte
+			c := exp.Cursor()
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
+				if len(found) == s.sweepChunk {
+					more = true
+					break
+				}
+				found = append(found, bytes.Clone(k))
+			}
+			for _, k := range found {
+				if err := exp.Delete(k); err != nil {
+					return err
+				}
+				if err := keys.Delete(k[8:]); err != nil {
+					return err
+				}
+			}
+			n = len(found)
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("boltstore: sweep: %w", err)
+		}
+		total += n
+		if !more {
+			return total, nil
+		}
+	}
+}
+
+// Claim leases up to max deliveries of target due at now, oldest due first. The returned
+// deliveries carry the lease expiry as DueAt.
+func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease time.Duration, max int) ([]*relay.Delivery, error) {
+	if target == "" || lease <= 0 || max <= 0 {
+		return nil, fmt.Errorf("boltstore: claim %q: bad arguments (lease %v, max %d)", target, lease, max)
+	}
+	// Idle workers poll: look first in a read transaction, which needs no lock and no fsync.
+	if at, ok, err := s.NextDue(ctx, target); err != nil || !ok || at.After(now) {
+		return nil, err
+	}
+
+	limit := timeKey(now)
+	var out []*relay.Delivery
+	err := s.batch(ctx, func(tx *bolt.Tx) error {
+		out = nil
+		idx := tx.Bucket(bDue).Bucket([]byte(target))
+		if idx == nil {
+			return nil
+		}
+		// Collect first: deleting under a cursor makes it skip entries.
+		var keys [][]byte
+		c := idx.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < max && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+		}
+		for _, k := range keys {
+			r, err := getRecord(tx.Bucket(bDeliveries), k[8:])
+			if err != nil {
+				return err
+			}
+			if r == nil {
+				return fmt.Errorf("due entry for missing delivery %s", k[8:])
+			}
+			r.Attempt++
+			r.Lease = rand.Text()
+			r.ClaimedAt = now
+			if err := reschedule(tx, r, now.Add(lease)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bLeased).Put(k[8:], nil); err != nil {
+				return err
+			}
+			out = append(out, &r.Delivery)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: claim %q: %w", target, err)
+	}
+	return out, nil
+}
+
+// NextDue reports the earliest due time of target, a leased delivery counting at its lease expiry.
+func (s *Store) NextDue(ctx context.Context, target string) (time.Time, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, false, fmt.Errorf("boltstore: next due %q: %w", target, err)
+	}
+	var at time.Time
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if idx := tx.Bucket(bDue).Bucket([]byte(target)); idx != nil {
+			if k, _ := idx.Cursor().First(); k != nil {
+				at, ok = keyTime(k), true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("boltstore: next due %q: %w", target, err)
+	}
+	return at, ok, nil
+}
+
+// Ack removes a delivered delivery.
+func (s *Store) Ack(ctx context.Context, d *relay.Delivery) error {
+	return s.settle(ctx, "ack", d, func(tx *bolt.Tx, r *record) error { return unqueue(tx, r) })
+}
+
+// Retry releases the lease and makes d due at at, recording f.
+func (s *Store) Retry(ctx context.Context, d *relay.Delivery, at time.Time, f relay.Failure) error {
+	return s.settle(ctx, "retry", d, func(tx *bolt.Tx, r *record) error {
+		r.Lease, r.ClaimedAt = "", time.Time{}
+		r.LastStatus, r.LastError = f.Status, f.Error
+		if err := tx.Bucket(bLeased).Delete([]byte(r.ID)); err != nil {
+			return err
+		}
+		return reschedule(tx, r, at)
+	})
+}
+
+// Bury moves d to the dead letters, recording f and now as its death time.
+func (s *Store) Bury(ctx context.Context, d *relay.Delivery, now time.Time, f relay.Failure) error {
+	return s.settle(ctx, "bury", d, func(tx *bolt.Tx, r *record) error {
+		if err := unqueue(tx, r); err != nil {
+			return err
+		}
+		r.Lease, r.ClaimedAt, r.DueAt = "", time.Time{}, time.Time{}
+		r.LastStatus, r.LastError = f.Status, f.Error
+		r.DeadAt = now
+		if err := tx.Bucket(bDeadIdx).Put(indexKey(now, r.ID), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bDead).Put([]byte(r.ID), encodeRecord(r))
+	})
+}
+
+// settle runs fn on d's stored record if d still holds its lease.
+func (s *Store) settle(ctx context.Context, op string, d *relay.Delivery, fn func(*bolt.Tx, *record) error) error {
+	err := s.batch(ctx, func(tx *bolt.Tx) error {
+		r, err := getRecord(tx.Bucket(bDeliveries), []byte(d.ID))
+		if err != nil {
+			return err
+		}
+		if r == nil || r.Lease == "" || r.Lease != d.Lease {
+			return relay.ErrLeaseLost
+		}
+		return fn(tx, r)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: %s %s: %w", op, d.ID, err)
+	}
+	return nil
+}

