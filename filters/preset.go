@@ -1,0 +1,436 @@
+// Package filters holds the checks a webhook passes before it is stored, and the provider presets
+// that read its job ID and status.
+package filters
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// MaxValueLen caps an extracted job ID or status, in bytes. Both become part of a store key and of
+// delivery headers, so a sender must not be able to make them arbitrarily large.
+const MaxValueLen = 512
+
+// presetNames lists the valid preset names for error messages.
+const presetNames = "fashn, fal, fotor, abstrakt, generic"
+
+// Generic configures the generic preset.
+//
+// A path is a dot-separated list of object keys, e.g. "data.items.0.id". A segment that is a
+// non-negative integer (no leading zeros) indexes an array; on an object it is an ordinary key.
+// Keys containing a dot cannot be addressed.
+type Generic struct {
+	JobIDPath  string            // required
+	StatusPath string            // optional: without it every status is ""
+	StatusMap  map[string]string // raw status -> normalised; unmapped values are kept raw
+}
+
+// Preset reads the job ID and normalised status out of one provider's webhook bodies. It is not
+// changed after NewPreset, so one value serves concurrent requests.
+//
+// Extraction rules: a JSON string is used as is, a number by its literal text (1 is "1", 1.0 is
+// "1.0"), true and false by their text. Null, an empty string, or a path that leads nowhere
+// (a missing key, an index past the end, a scalar or null on the way) give "": no job ID, or no
+// status. An object or array where the value is expected is an error, as is a value longer than
+// MaxValueLen or one holding a control character (it could not be sent as a header). When an
+// object repeats a key the last one counts, as with encoding/json and JavaScript's JSON.parse, so
+// the relay reads the same ID the target will.
+type Preset struct {
+	name       string
+	idPath     path
+	statusPath path // no steps: the preset reads no status
+	statusMap  map[string]string
+	// otherStatus replaces a present status that statusMap lacks; "" keeps the raw value.
+	otherStatus string
+	ack         int
+}
+
+var _ relay.Extractor = (*Preset)(nil)
+
+// NewPreset returns the preset called name: fashn, fal, fotor, abstrakt, or generic, which g
+// configures. g must be nil for the others.
+func NewPreset(name string, g *Generic) (*Preset, error) {
+	var p *Preset
+	switch name {
+	case "fashn":
+		p = builtin(name, "id", "status", map[string]string{"completed": "succeeded", "failed": "failed"})
+		// FASHN sends only completed and failed today; anything else cannot be a final result.
+		p.otherStatus = "processing"
+	case "fal":
+		// Not gateway_request_id: it changes between delivery attempts and would defeat dedupe.
+		p = builtin(name, "request_id", "status", map[string]string{"OK": "succeeded", "ERROR": "failed"})
+	case "fotor":
+		p = builtin(name, "taskId", "status", map[string]string{"0": "processing", "1": "succeeded", "2": "failed"})
+		// Fotor's doc asks for a 200 to avoid duplicate notifications.
+		p.ack = http.StatusOK
+	case "abstrakt":
+		// Abstrakt already uses the normalised names.
+		p = builtin(name, "job_id", "status", nil)
+	case "generic":
+		if g == nil {
+			return nil, errors.New(`preset "generic": job ID path is required`)
+		}
+		return newGeneric(g)
+	default:
+		return nil, fmt.Errorf("unknown preset %q: want one of %s", name, presetNames)
+	}
+	if g != nil {
+		return nil, fmt.Errorf("preset %q: paths and status map are only for the generic preset", name)
+	}
+	return p, nil
+}
+
+// builtin builds a fixed preset. Its paths are constants known to parse.
+func builtin(name, idPath, statusPath string, statusMap map[string]string) *Preset {
+	id, _ := parsePath(idPath)
+	st, _ := parsePath(statusPath)
+	return &Preset{name: name, idPath: id, statusPath: st, statusMap: statusMap, ack: http.StatusAccepted}
+}
+
+func newGeneric(g *Generic) (*Preset, error) {
+	if g.JobIDPath == "" {
+		return nil, errors.New(`preset "generic": job ID path is required`)
+	}
+	id, err := parsePath(g.JobIDPath)
+	if err != nil {
+		return nil, fmt.Errorf(`preset "generic": job ID path: %w`, err)
+	}
+	p := &Preset{name: "generic", idPath: id, ack: http.StatusAccepted}
+	if g.StatusPath == "" {
+		if len(g.StatusMap) > 0 {
+			return nil, errors.New(`preset "generic": status map given without a status path`)
+		}
+		return p, nil
+	}
+	if p.statusPath, err = parsePath(g.StatusPath); err != nil {
+		return nil, fmt.Errorf(`preset "generic": status path: %w`, err)
+	}
+	if len(g.StatusMap) > 0 {
+		// A copy, so a caller changing its map later cannot race with requests.
+		p.statusMap = make(map[string]string, len(g.StatusMap))
+		for from, to := range g.StatusMap {
+			// The same rules as an extracted status, so the map cannot produce what Extract refuses.
+			switch {
+			case from == "":
+				return nil, errors.New(`preset "generic": status map has an empty key (an empty status is no status)`)
+			case to == "":
+				return nil, fmt.Errorf(`preset "generic": status map[%q] is empty`, from)
+			case len(to) > MaxValueLen || hasControl([]byte(to)):
+				return nil, fmt.Errorf(`preset "generic": status map[%q] is longer than %d bytes or holds a control character`, from, MaxValueLen)
+			}
+			p.statusMap[from] = to
+		}
+	}
+	return p, nil
+}
+
+// Name returns the preset's name, e.g. "fal".
+func (p *Preset) Name() string { return p.name }
+
+// AckStatus is the HTTP status a sender gets for a newly stored webhook: 200 where the provider's
+// doc asks for it (fotor), otherwise 202.
+func (p *Preset) AckStatus() int { return p.ack }
+
+// Extract reads the job ID and normalised status out of body. An error means the body is not a JSON
+// object or does not have the provider's shape; its message is safe to show the sender.
+//
+// It validates body once with json.Valid and then walks only the configured paths over the raw
+// bytes, skipping everything else without decoding it: no map, no allocation beyond the results.
+func (p *Preset) Extract(body []byte) (relay.Job, error) {
+	if !json.Valid(body) {
+		return relay.Job{}, errors.New("body is not valid JSON")
+	}
+	start := skipSpace(body, 0)
+	if body[start] != '{' {
+		return relay.Job{}, fmt.Errorf("body is a JSON %s, want an object", typeName(body[start]))
+	}
+	id, err := scalarText(find(body, start, p.idPath), "job ID", p.idPath.text)
+	if err != nil {
+		return relay.Job{}, err
+	}
+	var job relay.Job
+	if id != nil {
+		job.ID = string(id)
+	}
+	if len(p.statusPath.steps) == 0 {
+		return job, nil
+	}
+	st, err := scalarText(find(body, start, p.statusPath), "status", p.statusPath.text)
+	if err != nil {
+		return relay.Job{}, err
+	}
+	if st != nil {
+		job.Status = p.normalise(st)
+	}
+	return job, nil
+}
+
+func (p *Preset) normalise(raw []byte) string {
+	if s, ok := p.statusMap[string(raw)]; ok { // the compiler does not copy raw for this lookup
+		return s
+	}
+	if p.otherStatus != "" {
+		return p.otherStatus
+	}
+	return string(raw)
+}
+
+// path is a parsed JSON path.
+type path struct {
+	text  string // as configured, for messages
+	steps []step
+}
+
+type step struct {
+	key   string
+	index int // the array index key names, or -1 when it names none
+}
+
+func parsePath(s string) (path, error) {
+	if s == "" {
+		return path{}, errors.New("empty path")
+	}
+	if !utf8.ValidString(s) {
+		// JSON keys decode to valid UTF-8, so such a path could never match.
+		return path{}, fmt.Errorf("path %q is not valid UTF-8", s)
+	}
+	segs := strings.Split(s, ".")
+	p := path{text: s, steps: make([]step, len(segs))}
+	for i, seg := range segs {
+		if seg == "" {
+			return path{}, fmt.Errorf("path %q has an empty segment", s)
+		}
+		p.steps[i] = step{key: seg, index: arrayIndex(seg)}
+	}
+	return p, nil
+}
+
+// arrayIndex returns the index seg names, or -1. "01" and "-1" name none: they stay keys.
+func arrayIndex(seg string) int {
+	if seg != "0" && seg[0] == '0' {
+		return -1
+	}
+	for i := 0; i < len(seg); i++ {
+		if seg[i] < '0' || seg[i] > '9' {
+			return -1
+		}
+	}
+	n, err := strconv.Atoi(seg)
+	if err != nil { // too large to index anything
+		return -1
+	}
+	return n
+}
+
+// The scanning below assumes body is valid JSON (Extract checked it with json.Valid), which keeps
+// it short: no syntax errors to report and every container is closed.
+
+// find returns the raw value at p in body, whose value at offset i is an object, or nil when the
+// path leads nowhere.
+func find(body []byte, i int, p path) []byte {
+	for _, s := range p.steps {
+		ok := false
+		switch body[i] {
+		case '{':
+			i, ok = member(body, i, s.key)
+		case '[':
+			i, ok = element(body, i, s.index)
+		}
+		if !ok {
+			return nil
+		}
+	}
+	return body[i:skipValue(body, i)]
+}
+
+// member returns the offset of the value of key in the object at body[i]; the last one wins when
+// key repeats.
+func member(body []byte, i int, key string) (int, bool) {
+	at, found := 0, false
+	i = skipSpace(body, i+1)
+	if body[i] == '}' {
+		return 0, false
+	}
+	for {
+		end := skipString(body, i)
+		k := body[i:end]
+		i = skipSpace(body, end) // at ':'
+		i = skipSpace(body, i+1) // at the value
+		if keyIs(k, key) {
+			at, found = i, true
+		}
+		i = skipSpace(body, skipValue(body, i)) // at ',' or '}'
+		if body[i] == '}' {
+			return at, found
+		}
+		i = skipSpace(body, i+1)
+	}
+}
+
+// element returns the offset of element n of the array at body[i].
+func element(body []byte, i, n int) (int, bool) {
+	if n < 0 {
+		return 0, false
+	}
+	i = skipSpace(body, i+1)
+	if body[i] == ']' {
+		return 0, false
+	}
+	for k := 0; k < n; k++ {
+		i = skipSpace(body, skipValue(body, i)) // at ',' or ']'
+		if body[i] == ']' {
+			return 0, false
+		}
+		i = skipSpace(body, i+1)
+	}
+	return i, true
+}
+
+// keyIs reports whether the quoted key decodes to want.
+func keyIs(quoted []byte, want string) bool {
+	raw := quoted[1 : len(quoted)-1]
+	if !needsDecode(raw) {
+		return string(raw) == want
+	}
+	var k string
+	return json.Unmarshal(quoted, &k) == nil && k == want
+}
+
+// needsDecode reports whether a string's raw bytes differ from its decoded text: escapes, or
+// invalid UTF-8, which decoding replaces with U+FFFD.
+func needsDecode(raw []byte) bool {
+	return bytes.IndexByte(raw, '\\') >= 0 || !utf8.Valid(raw)
+}
+
+// scalarText returns the text of the raw value, or nil when there is none (absent, null, "").
+func scalarText(raw []byte, what, at string) ([]byte, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	text := raw
+	switch raw[0] {
+	case '{', '[':
+		return nil, fmt.Errorf("%s at %q is an %s, want a string or number", what, at, typeName(raw[0]))
+	case 'n':
+		return nil, nil
+	case '"':
+		text = raw[1 : len(raw)-1]
+		if needsDecode(text) {
+			// An escape takes at most 6 bytes per decoded byte: a longer string is surely over the
+			// cap, and is refused before spending an allocation on it.
+			if len(text) > 6*MaxValueLen {
+				return nil, tooLong(what, at)
+			}
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return nil, fmt.Errorf("%s at %q is not a valid JSON string", what, at) // unreachable after json.Valid
+			}
+			text = []byte(s)
+		}
+	}
+	switch {
+	case len(text) == 0:
+		return nil, nil
+	case len(text) > MaxValueLen:
+		return nil, tooLong(what, at)
+	case hasControl(text):
+		return nil, fmt.Errorf("%s at %q contains a control character", what, at)
+	}
+	return text, nil
+}
+
+func tooLong(what, at string) error {
+	return fmt.Errorf("%s at %q is longer than %d bytes", what, at, MaxValueLen)
+}
+
+// hasControl reports an ASCII control character, which net/http refuses in a header value.
+func hasControl(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func typeName(c byte) string {
+	switch c {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 'n':
+		return "null"
+	case 't', 'f':
+		return "boolean"
+	default:
+		return "number"
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the offset just past the string starting at b[i]. It jumps from quote to
+// quote with bytes.IndexByte, the bulk of a payload being strings (URLs), and treats a quote as
+// escaped when an odd number of backslashes precede it.
+func skipString(b []byte, i int) int {
+	for i++; ; i++ {
+		i += bytes.IndexByte(b[i:], '"') // found: the JSON is valid
+		n := 0
+		for k := i - 1; b[k] == '\\'; k-- { // stops at the opening quote at the latest
+			n++
+		}
+		if n%2 == 0 {
+			return i + 1
+		}
+	}
+}
+
+// skipValue returns the offset just past the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+	default: // number, true, false, null
+		for i < len(b) {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\n', '\r', '\t':
+				return i
+			}
+			i++
+		}
+		return i
+	}
+}
