@@ -1,0 +1,129 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Target is one private HTTP service that deliveries are forwarded to.
+type Target struct {
+	Name        string
+	URL         string
+	Timeout     time.Duration // per attempt
+	Concurrency int           // deliveries in flight at most
+	// RateLimit caps attempts per second (0: unlimited), with bursts of RateBurst.
+	RateLimit float64
+	RateBurst int
+	// SigningKey, when set, signs each request with Standard Webhooks headers.
+	SigningKey []byte
+	Retry      RetryPolicy
+}
+
+// attemptResult is what one forwarding attempt came to.
+type attemptResult struct {
+	status     int           // 0: no response
+	retryAfter time.Duration // from the target's Retry-After, when it sent one
+	hasRetry   bool
+	err        error // nil only for a 2xx
+}
+
+// forwarder sends one delivery to its target.
+type forwarder struct {
+	client    *http.Client
+	now       func() time.Time
+	userAgent string
+}
+
+func newForwarder(now func() time.Time, userAgent string) *forwarder {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// Targets are private services: a proxy from the environment is not wanted in the way.
+	tr.Proxy = nil
+	tr.MaxIdleConnsPerHost = 256
+	return &forwarder{
+		client: &http.Client{
+			Transport: tr,
+			// A redirect from a private service is a misconfiguration; it is reported, not followed.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		now:       now,
+		userAgent: userAgent,
+	}
+}
+
+func (f *forwarder) close() { f.client.CloseIdleConnections() }
+
+func (f *forwarder) forward(ctx context.Context, t *Target, d *Delivery) attemptResult {
+	ctx, cancel := context.WithTimeout(ctx, t.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL, bytes.NewReader(d.Message.Body))
+	if err != nil {
+		return attemptResult{err: fmt.Errorf("build request: %w", err)}
+	}
+	m := &d.Message
+	h := req.Header
+	if m.ContentType != "" {
+		h.Set("Content-Type", m.ContentType)
+	}
+	h.Set("User-Agent", f.userAgent)
+	h.Set("X-Relay-Delivery-Id", d.ID)
+	h.Set("X-Relay-Route", m.Route)
+	h.Set("X-Relay-Provider", m.Provider)
+	if m.JobID != "" {
+		h.Set("X-Relay-Job-Id", m.JobID)
+	}
+	if m.JobStatus != "" {
+		h.Set("X-Relay-Job-Status", m.JobStatus)
+	}
+	h.Set("X-Relay-Attempt", strconv.Itoa(d.Attempt))
+	if m.SourceAddr != "" {
+		h.Set("X-Forwarded-For", m.SourceAddr)
+	}
+	if len(t.SigningKey) > 0 {
+		ts := f.now().Unix()
+		h.Set("Webhook-Id", d.ID)
+		h.Set("Webhook-Timestamp", strconv.FormatInt(ts, 10))
+		h.Set("Webhook-Signature", SignStandardWebhook(t.SigningKey, d.ID, ts, m.Body))
+	}
+
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return attemptResult{err: err}
+	}
+	defer resp.Body.Close()
+	// Read a little of the answer for the dead-letter record, and drain a little more so the
+	// connection can be reused.
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	res := attemptResult{status: resp.StatusCode}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return res
+	}
+	res.retryAfter, res.hasRetry = parseRetryAfter(resp.Header.Get("Retry-After"), f.now())
+	res.err = fmt.Errorf("target answered %d%s", resp.StatusCode, describeBody(snippet))
+	return res
+}
+
+// describeBody makes a short, printable excerpt of a target's error body.
+func describeBody(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return ""
+	}
+	if !utf8.ValidString(s) {
+		return " (binary body)"
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	return ": " + s
+}

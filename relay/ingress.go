@@ -1,0 +1,188 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// Route is one public webhook endpoint.
+type Route struct {
+	Name     string
+	Path     string // exact match
+	Provider string // preset name, reported to targets
+	// Extractor reads the job ID and status; it is the provider preset.
+	Extractor Extractor
+	Targets   []string // target names; each gets its own delivery
+	MaxBody   int64    // bytes; larger bodies are answered 413
+	DedupeTTL time.Duration
+	// RequireJobID answers 400 to a payload without a job ID instead of delivering it undeduped.
+	RequireJobID bool
+	AckStatus    int // 200 or 202 for a newly stored webhook
+}
+
+// IngressStats counts what ingress did; read with the atomic methods.
+type IngressStats struct {
+	Accepted, Duplicates, MissingJobID, Rejected, StoreErrors atomic.Int64
+}
+
+// ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
+// store operation, and only then the 2xx.
+type ingress struct {
+	routes       map[string]*Route
+	store        Enqueuer
+	log          *slog.Logger
+	now          func() time.Time
+	storeTimeout time.Duration
+	// enqueued is told which targets got new work, so their dispatchers wake at once.
+	enqueued func(targets []string)
+	stats    *IngressStats
+}
+
+// storeRetryAfter is what a sender is asked to wait when the store failed.
+const storeRetryAfter = 5 * time.Second
+
+func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rt := h.routes[r.URL.Path]
+	msg, dup, err := h.accept(rt, w, r)
+	log := h.log.With("path", r.URL.Path, "peer", r.RemoteAddr)
+	if rt != nil {
+		log = h.log.With("route", rt.Name, "provider", rt.Provider)
+	}
+	if err != nil {
+		status := writeError(w, err)
+		if KindOf(err) == KindUnavailable {
+			h.stats.StoreErrors.Add(1)
+		} else {
+			h.stats.Rejected.Add(1)
+		}
+		log.LogAttrs(r.Context(), levelFor(status), "webhook rejected",
+			slog.Int("status", status), slog.String("error", err.Error()),
+			slog.Duration("duration", time.Since(start)))
+		return
+	}
+	log = log.With("job_id", msg.JobID, "job_status", msg.JobStatus)
+	if dup {
+		h.stats.Duplicates.Add(1)
+		writeJSON(w, http.StatusOK, map[string]bool{"duplicate": true})
+		log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate",
+			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		return
+	}
+	h.stats.Accepted.Add(1)
+	h.enqueued(rt.Targets)
+	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
+	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
+		slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
+		slog.Duration("duration", time.Since(start)))
+}
+
+func levelFor(status int) slog.Level {
+	if status >= 500 {
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}
+
+// accept runs the checks in DESIGN.md order and stores the webhook.
+func (h *ingress) accept(rt *Route, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
+	if rt == nil {
+		return nil, false, &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return nil, false, &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
+	}
+	body, err := readBody(w, r, rt.MaxBody)
+	if err != nil {
+		return nil, false, err
+	}
+	job, err := rt.Extractor.Extract(body)
+	if err != nil {
+		return nil, false, &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
+	}
+	if job.ID == "" {
+		if rt.RequireJobID {
+			return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
+		}
+		h.stats.MissingJobID.Add(1)
+	}
+	now := h.now()
+	msg := &Message{
+		ID:          newID(now),
+		Route:       rt.Name,
+		Provider:    rt.Provider,
+		JobID:       job.ID,
+		JobStatus:   job.Status,
+		ContentType: r.Header.Get("Content-Type"),
+		SourceAddr:  peerIP(r),
+		ReceivedAt:  now,
+		Body:        body,
+		Targets:     rt.Targets,
+	}
+	key := ""
+	if job.ID != "" {
+		key = DedupeKey(rt.Name, job.ID, job.Status)
+	}
+	// The store operation must not be cut short by a sender that hangs up: it either commits or
+	// fails as a whole, and the sender's retry is deduped either way.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.storeTimeout)
+	defer cancel()
+	dup, err := h.store.Enqueue(ctx, msg, key, rt.DedupeTTL)
+	if err != nil {
+		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+	}
+	return msg, dup, nil
+}
+
+// readBody reads the whole body, never more than limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	tooLarge := &Error{Kind: KindTooLarge, Msg: "body exceeds the route's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge
+		}
+		return nil, &Error{Kind: KindInvalid, Msg: "could not read body", Err: err}
+	}
+	return body, nil
+}
+
+// DedupeKey is the dedupe identity of DESIGN.md section 3: route, job ID and normalised status.
+// The job ID is length-prefixed so that no choice of IDs and statuses can make two keys collide.
+func DedupeKey(route, jobID, status string) string {
+	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
+}
+
+// peerIP is the TCP peer's address without the port.
+func peerIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// idEncoding keeps byte order, so IDs sort by creation time.
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// newID returns a 26-character ID: 48 bits of milliseconds, then 80 random bits.
+func newID(now time.Time) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
+	_, _ = rand.Read(b[6:])
+	return idEncoding.EncodeToString(b[:])
+}
