@@ -1,0 +1,17 @@
+# Multi-stage: a static binary on distroless, non-root.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/relay ./cmd/relay
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/relay /usr/local/bin/relay
+WORKDIR /var/lib/hookrelay
+VOLUME ["/var/lib/hookrelay"]
+EXPOSE 8080
+USER nonroot:nonroot
+ENTRYPOINT ["/usr/local/bin/relay"]
+CMD ["serve", "-config", "/etc/hookrelay/config.yaml"]

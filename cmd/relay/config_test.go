@@ -1,0 +1,132 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+targets:
+  - name: app
+    url: http://127.0.0.1:9000/hooks
+routes:
+  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+`
+
+func TestExampleConfigIsValid(t *testing.T) {
+	c, err := loadConfig("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.engineConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Routes) != 5 || c.Routes[2].AckStatus != 200 || c.Routes[0].AckStatus != 202 {
+		t.Fatalf("routes %+v", c.Routes)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := parseConfig([]byte(minimal), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, rt := c.Targets[0], c.Routes[0]
+	for name, ok := range map[string]bool{
+		"listen":          c.Listen == defaultListen,
+		"store":           c.Store.Type == "embedded" && c.Store.Path == filepath.Join("data", "relay.db"),
+		"timeout":         tg.Timeout == 30*time.Second,
+		"concurrency":     tg.Concurrency == 8,
+		"retry":           tg.Retry.Initial == time.Second && tg.Retry.Multiplier == 2 && tg.Retry.MaxBackoff == 10*time.Minute && tg.Retry.MaxAttempts == 20,
+		"max_body":        rt.MaxBody == 1<<20,
+		"dedupe_ttl":      rt.DedupeTTL == 72*time.Hour,
+		"ack_status":      rt.AckStatus == 202,
+		"delivery.lease":  c.Delivery.Lease == 2*time.Minute,
+		"log.format json": c.Log.Format == "json",
+	} {
+		if !ok {
+			t.Errorf("default %s not applied: %+v", name, c)
+		}
+	}
+}
+
+func TestConfigErrorsNameThePath(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown key with line", minimal + "  - name: x\n    pth: /x\n", []string{`line 11`, `unknown key "pth"`}},
+		{"unknown top-level key", "listn: x\n" + minimal, []string{`line 1`, `unknown key "listn"`}},
+		{"unknown target", strings.Replace(minimal, "targets: [app]", "targets: [nope]", 1), []string{`routes[0].targets[0]: unknown target "nope"`}},
+		{"bad provider", strings.Replace(minimal, "provider: fashn", "provider: fashion", 1), []string{"routes[0].provider:", "fashion"}},
+		{"bad url", strings.Replace(minimal, "http://127.0.0.1:9000/hooks", "127.0.0.1:9000", 1), []string{"targets[0].url:"}},
+		{"bad size", minimal + "    max_body: lots\n", []string{`"lots" is not a size`}},
+		{"bad duration", minimal + "    dedupe_ttl: forever\n", []string{"forever"}},
+		{"secret env unset", strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    signing_secret_env: HOOKRELAY_TEST_UNSET", 1),
+			[]string{"targets[0].signing_secret_env:", "HOOKRELAY_TEST_UNSET is not set"}},
+		{"timeout above lease", strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    timeout: 5m", 1),
+			[]string{"targets[0].timeout:", "below delivery.lease"}},
+		{"duplicate path", minimal + "  - name: other\n    path: /hooks/fashn\n    provider: fal\n    targets: [app]\n", []string{"routes[1].path:", "also the path of routes[0]"}},
+		{"generic without job_id", minimal + "  - name: g\n    path: /g\n    provider: generic\n    targets: [app]\n", []string{"routes[1].provider:"}},
+		{"bad name", strings.Replace(minimal, "name: app", "name: App Server", 1), []string{"targets[0].name:"}},
+		{"several problems at once", strings.Replace(strings.Replace(minimal, "provider: fashn", "provider: x", 1), "targets: [app]", "targets: [y]", 1),
+			[]string{"routes[0].provider:", "routes[0].targets[0]:"}},
+		{"no routes", "targets:\n  - name: app\n    url: http://127.0.0.1:1/\n", []string{"routes: none defined"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig([]byte(tc.yaml), "test.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestSigningSecretFromEnvAndFile(t *testing.T) {
+	t.Setenv("HOOKRELAY_TEST_SECRET", "whsec_aGVsbG8=")
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("whsec_d29ybGQ=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key, value, want string
+	}{
+		{"signing_secret_env", "HOOKRELAY_TEST_SECRET", "hello"},
+		{"signing_secret_file", file, "world"},
+	} {
+		y := strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    "+tc.key+": "+tc.value, 1)
+		c, err := parseConfig([]byte(y), "test.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, targets, err := c.engineConfig()
+		if err != nil || string(targets[0].SigningKey) != tc.want {
+			t.Fatalf("%s: key %q, %v; want %q", tc.key, targets[0].SigningKey, err, tc.want)
+		}
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]byteSize{"1MiB": 1 << 20, "512KiB": 512 << 10, "64KB": 64000, "100": 100, "2 MiB": 2 << 20, "7B": 7} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "1TiB", "99999999999GiB"} {
+		if _, err := parseByteSize(in); err == nil {
+			t.Errorf("parseByteSize(%q) accepted", in)
+		}
+	}
+}

@@ -1,0 +1,163 @@
+// Command relay is the hookrelay daemon: it receives webhooks from job APIs, stores them durably,
+// answers fast, and delivers them to private HTTP services.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/boltstore"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: relay <command> [flags]
+
+commands:
+  serve   -config FILE             run the relay
+  check   -config FILE             validate the config and print it with defaults filled (no secrets)
+  sink    -listen ADDR [flags]     a small target that prints each request and answers 200
+  version                          print the version
+`
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the process: tests call it directly.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		err = cmdServe(ctx, rest, stderr)
+	case "check":
+		err = cmdCheck(rest, stdout, stderr)
+	case "sink":
+		err = cmdSink(ctx, rest, stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "relay %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "relay: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "relay: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func configFlag(name string, stderr io.Writer, args []string) (*flag.FlagSet, *string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "path to the YAML configuration")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+	}
+	return fs, path, nil
+}
+
+func newLogger(c logConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated already
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	_, path, err := configFlag("serve", stderr, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	routes, targets, err := cfg.engineConfig()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	store, err := boltstore.Open(cfg.Store.Path, boltstore.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	r, err := relay.New(relay.Config{
+		Routes: routes, Targets: targets, Store: store, Logger: log,
+		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
+		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
+		UserAgent: "hookrelay/" + version,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Path,
+		"routes", len(routes), "targets", len(targets), "version", version)
+	err = r.Run(ctx, ln)
+	log.Info("relay stopped")
+	return err
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	_, path, err := configFlag("check", stderr, args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	// The file config holds only the names of env vars and files, never a secret's value, so it
+	// can be printed as is; say which secrets were found.
+	fmt.Fprintf(stdout, "# %s is valid. Effective configuration, defaults filled in:\n", *path)
+	for _, t := range cfg.Targets {
+		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
+			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
+		}
+	}
+	enc := yaml.NewEncoder(stdout)
+	enc.SetIndent(2)
+	if err := enc.Encode(cfg); err != nil {
+		return err
+	}
+	return enc.Close()
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// sinkTolerance is how far a signed request's timestamp may be from the sink's clock.
+const sinkTolerance = 5 * time.Minute
+
+// sink is a small target for trying the relay out: it prints each request and answers 200, or
+// 401 when it was asked to verify signatures and one does not verify.
+type sink struct {
+	out   io.Writer
+	mu    sync.Mutex // one request printed at a time
+	key   []byte     // nil: no verification
+	now   func() time.Time
+	limit int64
+}
+
+func cmdSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
+	secretEnv := fs.String("secret-env", "", "verify Standard Webhooks signatures with the secret in this env var")
+	secretFile := fs.String("secret-file", "", "verify Standard Webhooks signatures with the secret in this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	t := targetConfig{SigningSecretEnv: *secretEnv, SigningSecretFile: *secretFile}
+	if *secretEnv != "" && *secretFile != "" {
+		return errors.New("sink: use -secret-env or -secret-file, not both")
+	}
+	key, err := t.signingKey()
+	if err != nil {
+		return fmt.Errorf("sink: %w", err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	s := &sink{out: stdout, key: key, now: time.Now, limit: 16 << 20}
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	verifying := "off"
+	if key != nil {
+		verifying = "on"
+	}
+	fmt.Fprintf(stderr, "sink listening on http://%s (signature verification %s)\n", ln.Addr(), verifying)
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.limit))
+	if err != nil {
+		http.Error(w, "read error", http.StatusBadRequest)
+		return
+	}
+	verdict := ""
+	status := http.StatusOK
+	if s.key != nil {
+		if err := s.verify(r.Header, body); err != nil {
+			verdict, status = "signature INVALID: "+err.Error(), http.StatusUnauthorized
+		} else {
+			verdict = "signature ok"
+		}
+	}
+	s.mu.Lock()
+	fmt.Fprintf(s.out, "--- %s %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), r.Method, r.URL.RequestURI())
+	for _, h := range []string{"Content-Type", "X-Relay-Delivery-Id", "X-Relay-Route", "X-Relay-Provider",
+		"X-Relay-Job-Id", "X-Relay-Job-Status", "X-Relay-Attempt", "X-Forwarded-For", "Webhook-Id"} {
+		if v := r.Header.Get(h); v != "" {
+			fmt.Fprintf(s.out, "%s: %s\n", h, v)
+		}
+	}
+	if verdict != "" {
+		fmt.Fprintln(s.out, verdict)
+	}
+	fmt.Fprintf(s.out, "%s\n", body)
+	s.mu.Unlock()
+	w.WriteHeader(status)
+}
+
+func (s *sink) verify(h http.Header, body []byte) error {
+	id, tsText, sig := h.Get("Webhook-Id"), h.Get("Webhook-Timestamp"), h.Get("Webhook-Signature")
+	if id == "" || tsText == "" || sig == "" {
+		return errors.New("missing webhook-id, webhook-timestamp or webhook-signature")
+	}
+	ts, err := strconv.ParseInt(tsText, 10, 64)
+	if err != nil {
+		return errors.New("webhook-timestamp is not a number")
+	}
+	if d := s.now().Sub(time.Unix(ts, 0)); d > sinkTolerance || d < -sinkTolerance {
+		return fmt.Errorf("timestamp is %v away from now", d.Round(time.Second))
+	}
+	if !relay.VerifyStandardWebhook(s.key, id, ts, body, sig) {
+		return errors.New("no signature matches")
+	}
+	return nil
+}
