@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -94,5 +95,24 @@ func TestNewIDSortsByTime(t *testing.T) {
 			t.Fatalf("id %q (len %d) does not sort after %q", id, len(id), prev)
 		}
 		prev = id
+	}
+}
+
+func TestErrorMessageNotRepeated(t *testing.T) {
+	cause := errors.New("body is not valid JSON")
+	for _, tc := range []struct {
+		err  *Error
+		want string
+	}{
+		{&Error{Kind: KindInvalid, Msg: cause.Error(), Err: cause}, "body is not valid JSON"},
+		{&Error{Kind: KindUnavailable, Msg: "store unavailable", Err: cause}, "store unavailable: body is not valid JSON"},
+		{&Error{Kind: KindNotFound, Msg: "no route"}, "no route"},
+	} {
+		if got := tc.err.Error(); got != tc.want {
+			t.Errorf("Error() = %q, want %q", got, tc.want)
+		}
+		if tc.err.Err != nil && !errors.Is(tc.err, cause) {
+			t.Errorf("%v does not unwrap to its cause", tc.err)
+		}
 	}
 }

@@ -58,7 +58,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Err != nil {
+	if e.Err != nil && e.Err.Error() != e.Msg {
 		return e.Msg + ": " + e.Err.Error()
 	}
 	return e.Msg

@@ -57,7 +57,7 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	msg, dup, err := h.accept(rt, w, r)
 	log := h.log.With("path", r.URL.Path, "peer", r.RemoteAddr)
 	if rt != nil {
-		log = h.log.With("route", rt.Name, "provider", rt.Provider)
+		log = log.With("route", rt.Name, "provider", rt.Provider)
 	}
 	if err != nil {
 		status := writeError(w, err)
