@@ -1,0 +1,609 @@
+package filters
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// fal's webhook signature (DESIGN.md section 5): an Ed25519 signature over
+// request_id "\n" user_id "\n" timestamp "\n" hex(sha256(body)), by any key of fal's JWKS.
+
+// The headers fal signs a webhook with.
+const (
+	FalHeaderRequestID = "X-Fal-Webhook-Request-Id"
+	FalHeaderUserID    = "X-Fal-Webhook-User-Id"
+	FalHeaderTimestamp = "X-Fal-Webhook-Timestamp"
+	FalHeaderSignature = "X-Fal-Webhook-Signature"
+)
+
+// FalJWKSURL is where fal publishes its webhook signing keys.
+const FalJWKSURL = "https://rest.fal.ai/.well-known/jwks.json"
+
+const (
+	falDefaultTolerance  = 300 * time.Second
+	falDefaultMaxAge     = 24 * time.Hour
+	falDefaultMinRefresh = time.Minute
+	// falFetchTimeout bounds one JWKS fetch even when the caller's Client has no timeout: a
+	// webhook waits for it.
+	falFetchTimeout = 10 * time.Second
+	// falRetryAfter is what fal is told when no key is available yet: long enough for MinRefresh
+	// (default 1m) to pass after one or two retries, short next to fal's retry window.
+	falRetryAfter = 30 * time.Second
+
+	// maxJWKSSize and maxJWKSKeys bound what a JWKS can make the relay parse and store. A bad
+	// signature is tried against every key, so maxJWKSEd25519 also bounds the CPU a forged webhook
+	// costs (about 50µs a key).
+	maxJWKSSize    = 64 << 10
+	maxJWKSKeys    = 64
+	maxJWKSEd25519 = 16
+)
+
+// FalConfig configures NewFal. Exactly one key source is used: JWKSFile if set, otherwise
+// JWKSURL (FalJWKSURL when empty).
+type FalConfig struct {
+	// JWKSURL is fetched lazily, on the first webhook, so the relay starts without network. It must
+	// be https; plain http is allowed only for 127.0.0.1, ::1 and localhost (tests).
+	JWKSURL string
+	// JWKSFile is read once, by NewFal, and never re-read: rotating its keys needs a restart.
+	JWKSFile string
+	// Client fetches JWKSURL. nil: a client with a 10s timeout that refuses redirects to URLs
+	// JWKSURL could not be (plain http). A given client's redirect policy is used as is.
+	Client *http.Client
+	// Tolerance is how far X-Fal-Webhook-Timestamp may be from now, either way. 0: 300s.
+	Tolerance time.Duration
+	// MaxAge is how long fetched keys are used before they are fetched again. 0: 24h, the maximum.
+	// If that fetch fails the old keys stay in use, with a warning, until one succeeds.
+	MaxAge time.Duration
+	// MinRefresh is the least time between two fetches, whatever triggers them (first use, MaxAge,
+	// a signature no cached key verifies). 0: 1m.
+	MinRefresh time.Duration
+	// Now is the clock. nil: time.Now.
+	Now func() time.Time
+	// Logger receives fetch results and refresh failures. nil: discard.
+	Logger *slog.Logger
+}
+
+// Fal verifies fal's webhook signatures. It is safe for concurrent use.
+type Fal struct {
+	url        string // "" when the keys came from a file
+	client     *http.Client
+	tolerance  time.Duration
+	maxAge     time.Duration
+	minRefresh time.Duration
+	now        func() time.Time
+	log        *slog.Logger
+
+	mu       sync.Mutex
+	keys     *falKeys      // nil until the first successful fetch; replaced, never modified
+	lastTry  time.Time     // start of the last fetch, successful or not
+	lastErr  error         // why the last fetch failed; nil after a success
+	inflight chan struct{} // closed when the running fetch ends; nil when none runs
+}
+
+// falKeys is one fetched key set. Its address identifies the fetch, so a caller can tell whether
+// the keys changed since it looked.
+type falKeys struct {
+	keys    []ed25519.PublicKey
+	fetched time.Time
+}
+
+var _ relay.Verifier = (*Fal)(nil)
+
+// NewFal returns a verifier of fal's webhook signatures. With JWKSFile it reads and parses the
+// file now; with a URL it only checks the URL.
+func NewFal(c FalConfig) (*Fal, error) {
+	f := &Fal{
+		client:     c.Client,
+		tolerance:  c.Tolerance,
+		maxAge:     c.MaxAge,
+		minRefresh: c.MinRefresh,
+		now:        c.Now,
+		log:        c.Logger,
+	}
+	switch {
+	case c.Tolerance < 0:
+		return nil, fmt.Errorf("fal: tolerance %v is negative", c.Tolerance)
+	case c.MaxAge < 0 || c.MaxAge > falDefaultMaxAge:
+		return nil, fmt.Errorf("fal: JWKS max age %v is outside 0..%v", c.MaxAge, falDefaultMaxAge)
+	case c.MinRefresh < 0:
+		return nil, fmt.Errorf("fal: JWKS min refresh %v is negative", c.MinRefresh)
+	}
+	if f.tolerance == 0 {
+		f.tolerance = falDefaultTolerance
+	}
+	if f.maxAge == 0 {
+		f.maxAge = falDefaultMaxAge
+	}
+	if f.minRefresh == 0 {
+		f.minRefresh = falDefaultMinRefresh
+	}
+	if f.minRefresh > f.maxAge {
+		return nil, fmt.Errorf("fal: JWKS min refresh %v exceeds max age %v", f.minRefresh, f.maxAge)
+	}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+
+	if c.JWKSFile != "" {
+		if c.JWKSURL != "" {
+			return nil, errors.New("fal: set JWKS URL or JWKS file, not both")
+		}
+		keys, err := readJWKSFile(c.JWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("fal: %w", err)
+		}
+		f.keys = &falKeys{keys: keys, fetched: f.now()}
+		return f, nil
+	}
+
+	f.url = c.JWKSURL
+	if f.url == "" {
+		f.url = FalJWKSURL
+	}
+	if err := checkJWKSURL(f.url); err != nil {
+		return nil, fmt.Errorf("fal: JWKS URL: %w", err)
+	}
+	if f.client == nil {
+		f.client = &http.Client{
+			Timeout: falFetchTimeout,
+			// The default policy would follow an https URL to plain http.
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if len(via) >= 5 {
+					return errors.New("more than 5 redirects")
+				}
+				return checkJWKSURL(req.URL.String())
+			},
+		}
+	}
+	return f, nil
+}
+
+func readJWKSFile(name string) ([]ed25519.PublicKey, error) {
+	fh, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file: %w", err)
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(io.LimitReader(fh, maxJWKSSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file: %w", err)
+	}
+	keys, err := parseJWKS(data)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file %s: %w", name, err)
+	}
+	return keys, nil
+}
+
+// checkJWKSURL requires https, except plain http to the local machine (tests). The URL may not
+// carry credentials: it is logged.
+func checkJWKSURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.User != nil {
+		return errors.New("must not hold credentials")
+	}
+	if u.Host == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		switch u.Hostname() {
+		case "127.0.0.1", "::1", "localhost":
+			return nil
+		}
+	}
+	return fmt.Errorf("%q: want https (plain http only to 127.0.0.1, ::1 or localhost)", s)
+}
+
+// Verify checks r's fal signature headers against body. A failed check is a relay.Unauthorized
+// error; no keys at all (the first fetch failed) is a KindUnavailable error, so fal retries.
+func (f *Fal) Verify(r *http.Request, body []byte) error {
+	msg, sig, err := f.signedMessage(r.Header, body)
+	if err != nil {
+		return relay.Unauthorized(err)
+	}
+	ctx := r.Context()
+	ks, err := f.current(ctx)
+	if err != nil {
+		err = fmt.Errorf("fal: no signature keys: %w", err)
+		return &relay.Error{Kind: relay.KindUnavailable, Msg: "signature keys unavailable, retry later", Err: err, RetryAfter: falRetryAfter}
+	}
+	if ks.verify(msg, sig) {
+		return nil
+	}
+	if f.url == "" {
+		return relay.Unauthorized(fmt.Errorf("fal: no key of %d verified the signature", len(ks.keys)))
+	}
+	// The signature is well formed and fresh, so fal may have rotated to a key not yet fetched.
+	// refresh is rate limited: a flood of forgeries costs fal's endpoint one fetch per MinRefresh.
+	nks, err := f.refresh(ctx, ks)
+	if err != nil {
+		return relay.Unauthorized(fmt.Errorf("fal: no key of %d verified the signature; no new keys: %w", len(ks.keys), err))
+	}
+	if nks.verify(msg, sig) {
+		return nil
+	}
+	return relay.Unauthorized(fmt.Errorf("fal: no key of %d verified the signature, after fetching the JWKS again", len(nks.keys)))
+}
+
+// signedMessage checks the four headers and builds the message fal signed.
+func (f *Fal) signedMessage(h http.Header, body []byte) (msg []byte, sig []byte, err error) {
+	var vals [4]string
+	for i, name := range [...]string{FalHeaderRequestID, FalHeaderUserID, FalHeaderTimestamp, FalHeaderSignature} {
+		v := h.Values(name)
+		switch {
+		case len(v) == 0 || v[0] == "":
+			return nil, nil, fmt.Errorf("fal: missing header %s", name)
+		case len(v) > 1:
+			// Which one would be signed is ambiguous; fal sends each once.
+			return nil, nil, fmt.Errorf("fal: header %s given %d times", name, len(v))
+		}
+		vals[i] = v[0]
+	}
+	reqID, userID, ts, sigHex := vals[0], vals[1], vals[2], vals[3]
+
+	sec, err := parseUnixSeconds(ts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fal: header %s: %w", FalHeaderTimestamp, err)
+	}
+	// time.Time.Sub saturates, so an absurd timestamp cannot wrap into the window; the future case
+	// compares without negating, as -minDuration overflows.
+	now, t := f.now(), time.Unix(sec, 0)
+	switch age := now.Sub(t); {
+	case age > f.tolerance:
+		return nil, nil, fmt.Errorf("fal: timestamp is %v old, tolerance %v", age, f.tolerance)
+	case age < -f.tolerance:
+		return nil, nil, fmt.Errorf("fal: timestamp is %v in the future, tolerance %v", t.Sub(now), f.tolerance)
+	}
+
+	if len(sigHex) != 2*ed25519.SignatureSize {
+		return nil, nil, fmt.Errorf("fal: signature is %d characters, want %d hex digits", len(sigHex), 2*ed25519.SignatureSize)
+	}
+	sig = make([]byte, ed25519.SignatureSize)
+	if _, err := hex.Decode(sig, []byte(sigHex)); err != nil {
+		return nil, nil, errors.New("fal: signature is not hex")
+	}
+
+	sum := sha256.Sum256(body)
+	msg = make([]byte, 0, len(reqID)+len(userID)+len(ts)+3+2*sha256.Size)
+	msg = append(msg, reqID...)
+	msg = append(msg, '\n')
+	msg = append(msg, userID...)
+	msg = append(msg, '\n')
+	msg = append(msg, ts...)
+	msg = append(msg, '\n')
+	msg = hex.AppendEncode(msg, sum[:])
+	return msg, sig, nil
+}
+
+// parseUnixSeconds accepts only decimal digits: strconv would also take a sign, and fal signs the
+// header text, so a lenient parse gains nothing.
+func parseUnixSeconds(s string) (int64, error) {
+	if len(s) > 18 {
+		return 0, fmt.Errorf("%d digits is not a unix time in seconds", len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, errors.New("not a unix time in seconds")
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func (ks *falKeys) verify(msg, sig []byte) bool {
+	for _, k := range ks.keys {
+		if ed25519.Verify(k, msg, sig) {
+			return true
+		}
+	}
+	return false
+}
+
+// current returns the keys to verify with, fetching them when there are none or they are older
+// than MaxAge. When that fetch fails or may not run yet, expired keys are still used: fal's
+// endpoint being down must not stop webhooks fal itself signed.
+func (f *Fal) current(ctx context.Context) (*falKeys, error) {
+	f.mu.Lock()
+	ks := f.keys
+	fresh := ks != nil && (f.url == "" || f.now().Sub(ks.fetched) < f.maxAge)
+	f.mu.Unlock()
+	if fresh {
+		return ks, nil
+	}
+	nks, err := f.refresh(ctx, ks)
+	if err == nil {
+		return nks, nil
+	}
+	if ks != nil {
+		return ks, nil
+	}
+	return nil, err
+}
+
+// errThrottled reports a fetch refused because the last one was less than MinRefresh ago.
+var errThrottled = errors.New("JWKS fetched too recently")
+
+// refresh returns keys newer than seen (nil: none seen). It fetches them unless another caller
+// already did, waits for a fetch in progress rather than start a second one, and starts at most
+// one fetch per MinRefresh.
+func (f *Fal) refresh(ctx context.Context, seen *falKeys) (*falKeys, error) {
+	f.mu.Lock()
+	for f.inflight != nil {
+		ch := f.inflight
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the JWKS: %w", context.Cause(ctx))
+		}
+		f.mu.Lock()
+	}
+	if f.keys != nil && f.keys != seen {
+		ks := f.keys
+		f.mu.Unlock()
+		return ks, nil
+	}
+	now := f.now()
+	if !f.lastTry.IsZero() && now.Sub(f.lastTry) < f.minRefresh {
+		err := fmt.Errorf("%w (%v ago, minimum %v)", errThrottled, now.Sub(f.lastTry), f.minRefresh)
+		if f.lastErr != nil {
+			err = fmt.Errorf("%w; it failed: %w", err, f.lastErr)
+		}
+		f.mu.Unlock()
+		return nil, err
+	}
+	f.lastTry = now
+	done := make(chan struct{})
+	f.inflight = done
+	f.mu.Unlock()
+
+	// Waiters share this fetch, so one caller going away must not cancel it.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), falFetchTimeout)
+	keys, err := f.fetch(fctx)
+	cancel()
+
+	f.mu.Lock()
+	f.inflight = nil
+	close(done)
+	if err != nil {
+		f.lastErr = err
+		cached := 0
+		if f.keys != nil {
+			cached = len(f.keys.keys)
+		}
+		f.mu.Unlock()
+		f.log.Warn("fal JWKS fetch failed; keeping cached keys", "url", f.url, "cached_keys", cached, "err", err)
+		return nil, err
+	}
+	f.lastErr = nil
+	ks := &falKeys{keys: keys, fetched: f.now()}
+	f.keys = ks
+	f.mu.Unlock()
+	f.log.Info("fal JWKS fetched", "url", f.url, "keys", len(keys))
+	return ks, nil
+}
+
+func (f *Fal) fetch(ctx context.Context) ([]ed25519.PublicKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("JWKS: HTTP status %d", resp.StatusCode)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("JWKS: %w", err)
+	}
+	keys, err := parseJWKS(data)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS: %w", err)
+	}
+	return keys, nil
+}
+
+// parseJWKS returns the Ed25519 verification keys of a JSON Web Key Set (RFC 7517, RFC 8037),
+// skipping keys of other types, which a set may also hold. Every returned key is 32 bytes.
+//
+// Members are matched by exact name (encoding/json alone would match "KTY" too). A key marked
+// for another use or algorithm is skipped; one holding a private part ("d") or a point of small
+// order is an error: the first means the set leaks a signing key, the second would verify a forged
+// signature, and both are a broken set rather than one to use partly.
+func parseJWKS(data []byte) ([]ed25519.PublicKey, error) {
+	if len(data) > maxJWKSSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxJWKSSize)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	raw, ok := top["keys"]
+	if !ok {
+		return nil, errors.New(`no "keys" member`)
+	}
+	var entries []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &entries); err != nil {
+		return nil, fmt.Errorf(`"keys" is not an array of objects: %w`, err)
+	}
+	if len(entries) > maxJWKSKeys {
+		return nil, fmt.Errorf("%d keys, at most %d supported", len(entries), maxJWKSKeys)
+	}
+	var keys []ed25519.PublicKey
+	for i, k := range entries {
+		kty, err := jwkString(k, "kty")
+		if err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+		crv, err := jwkString(k, "crv")
+		if err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+		if kty != "OKP" || crv != "Ed25519" {
+			continue
+		}
+		if _, ok := k["d"]; ok {
+			return nil, fmt.Errorf("key %d holds a private key", i)
+		}
+		use, err := jwkString(k, "use")
+		if err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+		alg, err := jwkString(k, "alg")
+		if err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+		if (use != "" && use != "sig") || (alg != "" && alg != "EdDSA" && alg != "Ed25519") {
+			continue
+		}
+		x, err := jwkString(k, "x")
+		if err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+		pub, err := base64.RawURLEncoding.Strict().DecodeString(x)
+		if err != nil {
+			return nil, fmt.Errorf("key %d: x is not unpadded base64url", i)
+		}
+		if len(pub) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("key %d: x is %d bytes, want %d", i, len(pub), ed25519.PublicKeySize)
+		}
+		if !validEd25519Key(pub) {
+			return nil, fmt.Errorf("key %d: x is not a usable Ed25519 public key", i)
+		}
+		if !containsKey(keys, pub) {
+			keys = append(keys, ed25519.PublicKey(pub))
+		}
+	}
+	switch {
+	case len(keys) == 0:
+		return nil, fmt.Errorf("no Ed25519 signing key among %d keys", len(entries))
+	case len(keys) > maxJWKSEd25519:
+		return nil, fmt.Errorf("%d Ed25519 keys, at most %d supported", len(keys), maxJWKSEd25519)
+	}
+	return keys, nil
+}
+
+// jwkString returns member name of k, "" when absent; present, it must be a JSON string.
+func jwkString(k map[string]json.RawMessage, name string) (string, error) {
+	raw, ok := k[name]
+	if !ok {
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", fmt.Errorf("%q is not a string", name)
+	}
+	return s, nil
+}
+
+func containsKey(keys []ed25519.PublicKey, k []byte) bool {
+	for _, have := range keys {
+		if bytes.Equal(have, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// Edwards25519: -x² + y² = 1 + d·x²·y² over GF(p), p = 2²⁵⁵ - 19.
+var (
+	ed25519P = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
+	ed25519D = func() *big.Int {
+		d := new(big.Int).ModInverse(big.NewInt(121666), ed25519P)
+		d.Mul(d, big.NewInt(-121665))
+		return d.Mod(d, ed25519P)
+	}()
+)
+
+// validEd25519Key reports whether pub is the canonical encoding of a curve point whose order is not
+// small. crypto/ed25519 checks neither, and a small-order key verifies forged signatures: with the
+// identity point as key, one fixed signature verifies every message. This runs once a key per
+// fetch, so math/big's speed does not matter.
+func validEd25519Key(pub []byte) bool {
+	// Little-endian y, with the sign of x in the top bit.
+	be := make([]byte, 32)
+	for i := range be {
+		be[i] = pub[31-i]
+	}
+	sign := be[0] >> 7
+	be[0] &= 0x7f
+	p := ed25519P
+	y := new(big.Int).SetBytes(be)
+	if y.Cmp(p) >= 0 {
+		return false // non-canonical
+	}
+	// x² = (y² - 1) / (d·y² + 1)
+	y2 := new(big.Int).Mul(y, y)
+	u := new(big.Int).Sub(y2, big.NewInt(1))
+	v := new(big.Int).Mul(ed25519D, y2)
+	v.Add(v, big.NewInt(1))
+	x2 := new(big.Int).Mul(u, new(big.Int).ModInverse(v.Mod(v, p), p))
+	x := new(big.Int).ModSqrt(x2.Mod(x2, p), p)
+	if x == nil {
+		return false // not on the curve
+	}
+	if x.Sign() == 0 && sign == 1 {
+		return false // non-canonical encoding of a point with x = 0
+	}
+	if x.Bit(0) != uint(sign) {
+		x.Sub(p, x)
+	}
+	// Small order means [8]P is the identity (0, 1): three doublings.
+	for range 3 {
+		x, y = edwardsAdd(x, y, x, y)
+	}
+	return !(x.Sign() == 0 && y.Cmp(big.NewInt(1)) == 0)
+}
+
+// edwardsAdd adds two points with the complete affine formula (its denominators are never zero,
+// as d is not a square).
+func edwardsAdd(x1, y1, x2, y2 *big.Int) (*big.Int, *big.Int) {
+	p := ed25519P
+	t := new(big.Int).Mul(x1, x2)
+	t.Mul(t, y1)
+	t.Mul(t, y2)
+	t.Mul(t, ed25519D)
+	t.Mod(t, p) // d·x1·x2·y1·y2
+
+	xn := new(big.Int).Mul(x1, y2)
+	xn.Add(xn, new(big.Int).Mul(y1, x2))
+	xd := new(big.Int).Add(big.NewInt(1), t)
+	x3 := xn.Mul(xn, xd.ModInverse(xd.Mod(xd, p), p))
+
+	yn := new(big.Int).Mul(y1, y2)
+	yn.Add(yn, new(big.Int).Mul(x1, x2))
+	yd := new(big.Int).Sub(big.NewInt(1), t)
+	y3 := yn.Mul(yn, yd.ModInverse(yd.Mod(yd, p), p))
+	return x3.Mod(x3, p), y3.Mod(y3, p)
+}
