@@ -548,9 +548,13 @@ func TestTargetSigning(t *testing.T) {
 
 // Each seed document's example payloads go in and come out at the target exactly once.
 func TestSeedPayloadsDeliveredOnce(t *testing.T) {
-	files, err := filepath.Glob("../filters/testdata/*.json")
-	if err != nil || len(files) < 4 {
-		t.Fatalf("seed payloads: %v %v", files, err)
+	var files []string
+	for _, p := range []string{"fashn", "fal", "fotor", "abstrakt"} {
+		more, _ := filepath.Glob("../filters/testdata/" + p + "_*.json")
+		files = append(files, more...)
+	}
+	if len(files) < 7 {
+		t.Fatalf("seed payloads: %v", files)
 	}
 	rec := newRecorder(t, nil)
 	var routes []relay.Route

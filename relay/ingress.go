@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -28,6 +30,13 @@ type Route struct {
 	// RequireJobID answers 400 to a payload without a job ID instead of delivering it undeduped.
 	RequireJobID bool
 	AckStatus    int // 200 or 202 for a newly stored webhook
+
+	// Guards run before the body is read, in order: source-IP allowlist, then rate limits.
+	Guards []Guard
+	// Verifier authenticates the webhook (signature or URL token); nil accepts any sender.
+	Verifier Verifier
+	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
+	TokenInPath bool
 }
 
 // IngressStats counts what ingress did; read with the atomic methods.
@@ -38,11 +47,13 @@ type IngressStats struct {
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
 // store operation, and only then the 2xx.
 type ingress struct {
-	routes       map[string]*Route
-	store        Enqueuer
-	log          *slog.Logger
-	now          func() time.Time
-	storeTimeout time.Duration
+	routes        map[string]*Route
+	tokenPrefixes []string // Path+"/" of each route with TokenInPath
+	clients       ClientResolver
+	store         Enqueuer
+	log           *slog.Logger
+	now           func() time.Time
+	storeTimeout  time.Duration
 	// enqueued is told which targets got new work, so their dispatchers wake at once.
 	enqueued func(targets []string)
 	stats    *IngressStats
@@ -53,13 +64,19 @@ const storeRetryAfter = 5 * time.Second
 
 func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rt := h.routes[r.URL.Path]
-	msg, dup, err := h.accept(rt, w, r)
-	log := h.log.With("path", r.URL.Path, "peer", r.RemoteAddr)
+	rt := h.match(r.URL.Path)
+	client := h.clients.ClientAddr(r)
+	msg, dup, err := h.accept(rt, client, w, r)
+	log := h.log.With("path", h.logPath(r.URL.Path), "peer", r.RemoteAddr, "client", client.String())
 	if rt != nil {
 		log = log.With("route", rt.Name, "provider", rt.Provider)
 	}
 	if err != nil {
+		if !bodyRead(r) {
+			// Otherwise net/http reads up to 256 KiB of the unread body before it answers, so a
+			// refused (or slow, or hostile) sender would hold the connection; drop it instead.
+			w.Header().Set("Connection", "close")
+		}
 		status := writeError(w, err)
 		if KindOf(err) == KindUnavailable {
 			h.stats.StoreErrors.Add(1)
@@ -94,8 +111,33 @@ func levelFor(status int) slog.Level {
 	return slog.LevelWarn
 }
 
-// accept runs the checks in DESIGN.md order and stores the webhook.
-func (h *ingress) accept(rt *Route, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
+// logPath is path with any secret token cut out: whatever follows the path of a route that takes
+// a token in its path, whether or not the request matched the route.
+func (h *ingress) logPath(path string) string {
+	for _, prefix := range h.tokenPrefixes {
+		if strings.HasPrefix(path, prefix) {
+			return prefix + "<token>"
+		}
+	}
+	return path
+}
+
+// match finds the route for path: an exact match, or Path/<token> for a route with TokenInPath.
+func (h *ingress) match(path string) *Route {
+	if rt := h.routes[path]; rt != nil {
+		return rt
+	}
+	if i := strings.LastIndexByte(path, '/'); i > 0 && i < len(path)-1 {
+		if rt := h.routes[path[:i]]; rt != nil && rt.TokenInPath {
+			return rt
+		}
+	}
+	return nil
+}
+
+// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook. Nothing
+// touches the store before every check passed.
+func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
 	if rt == nil {
 		return nil, false, &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
 	}
@@ -103,9 +145,22 @@ func (h *ingress) accept(rt *Route, w http.ResponseWriter, r *http.Request) (*Me
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, false, &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
 	}
+	if r.ContentLength > rt.MaxBody {
+		return nil, false, tooLarge(rt.MaxBody)
+	}
+	for _, g := range rt.Guards {
+		if err := g.Admit(r, client); err != nil {
+			return nil, false, err
+		}
+	}
 	body, err := readBody(w, r, rt.MaxBody)
 	if err != nil {
 		return nil, false, err
+	}
+	if rt.Verifier != nil {
+		if err := rt.Verifier.Verify(r, body); err != nil {
+			return nil, false, err
+		}
 	}
 	job, err := rt.Extractor.Extract(body)
 	if err != nil {
@@ -125,7 +180,7 @@ func (h *ingress) accept(rt *Route, w http.ResponseWriter, r *http.Request) (*Me
 		JobID:       job.ID,
 		JobStatus:   job.Status,
 		ContentType: r.Header.Get("Content-Type"),
-		SourceAddr:  peerIP(r),
+		SourceAddr:  sourceAddr(client, r),
 		ReceivedAt:  now,
 		Body:        body,
 		Targets:     rt.Targets,
@@ -145,16 +200,41 @@ func (h *ingress) accept(rt *Route, w http.ResponseWriter, r *http.Request) (*Me
 	return msg, dup, nil
 }
 
+// bodyRead reports whether the request body was read to its end (or there was none).
+func bodyRead(r *http.Request) bool {
+	if r.ContentLength == 0 {
+		return true
+	}
+	rb, ok := r.Body.(*readTracker)
+	return ok && rb.done
+}
+
+// readTracker notes that the body was read to EOF.
+type readTracker struct {
+	io.ReadCloser
+	done bool
+}
+
+func (t *readTracker) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err == io.EOF {
+		t.done = true
+	}
+	return n, err
+}
+
+func tooLarge(limit int64) *Error {
+	return &Error{Kind: KindTooLarge, Msg: "body exceeds the route's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
+}
+
 // readBody reads the whole body, never more than limit bytes.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	tooLarge := &Error{Kind: KindTooLarge, Msg: "body exceeds the route's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
-	if r.ContentLength > limit {
-		return nil, tooLarge
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	tracker := &readTracker{ReadCloser: r.Body}
+	r.Body = tracker
+	body, err := io.ReadAll(http.MaxBytesReader(w, tracker, limit))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, tooLarge
+			return nil, tooLarge(limit)
 		}
 		return nil, &Error{Kind: KindInvalid, Msg: "could not read body", Err: err}
 	}
@@ -167,8 +247,11 @@ func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
 }
 
-// peerIP is the TCP peer's address without the port.
-func peerIP(r *http.Request) string {
+// sourceAddr is the sender's address as targets see it in X-Forwarded-For.
+func sourceAddr(client netip.Addr, r *http.Request) string {
+	if client.IsValid() {
+		return client.String()
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

@@ -22,6 +22,8 @@ type Config struct {
 	Store   Store
 	Logger  *slog.Logger     // nil: discard
 	Now     func() time.Time // nil: time.Now
+	// Clients says who sent a request; nil: the TCP peer, believing no header.
+	Clients ClientResolver
 
 	Lease         time.Duration // how long a claimed delivery is held; default 2m, above every target timeout
 	PollInterval  time.Duration // longest a dispatcher sleeps without news; default 1s
@@ -54,6 +56,9 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Clients == nil {
+		cfg.Clients = peerResolver{}
+	}
 	setDefault(&cfg.Lease, 2*time.Minute)
 	setDefault(&cfg.PollInterval, time.Second)
 	setDefault(&cfg.SweepInterval, time.Minute)
@@ -85,8 +90,14 @@ func New(cfg Config) (*Relay, error) {
 		}
 		routes[rt.Path] = rt
 	}
+	var tokenPrefixes []string
+	for _, rt := range routes {
+		if rt.TokenInPath {
+			tokenPrefixes = append(tokenPrefixes, rt.Path+"/")
+		}
+	}
 	r.ingress = &ingress{
-		routes: routes, store: cfg.Store, log: r.log, now: cfg.Now, storeTimeout: cfg.StoreTimeout,
+		routes: routes, tokenPrefixes: tokenPrefixes, clients: cfg.Clients, store: cfg.Store, log: r.log, now: cfg.Now, storeTimeout: cfg.StoreTimeout,
 		enqueued: r.wake, stats: &r.IngressStats,
 	}
 	return r, nil
@@ -125,6 +136,9 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	}
 	if rt.Extractor == nil {
 		return errors.New("no extractor (provider preset)")
+	}
+	if rt.TokenInPath && rt.Verifier == nil {
+		return errors.New("a token in the path needs a verifier to check it")
 	}
 	if len(rt.Targets) == 0 {
 		return errors.New("no targets")

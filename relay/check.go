@@ -1,0 +1,56 @@
+package relay
+
+import (
+	"net/http"
+	"net/netip"
+	"time"
+)
+
+// The checks a webhook passes before it is stored, in this order (DESIGN.md section 2):
+// body cap, Guards (source IP, rate: before the body is read), Verifier (signature or token: on
+// the body), then the provider preset and the store. Nothing touches the store before they pass.
+
+// ClientResolver says who sent a request: the TCP peer, unless a trusted proxy says otherwise.
+type ClientResolver interface {
+	ClientAddr(r *http.Request) netip.Addr
+}
+
+// Guard admits or refuses a sender before its body is read. It returns nil, or an error from
+// Forbidden or RateLimited.
+type Guard interface {
+	Admit(r *http.Request, client netip.Addr) error
+}
+
+// Verifier authenticates a webhook: a signature over its body, or a secret token in its URL. It
+// returns nil or an error from Unauthorized.
+type Verifier interface {
+	Verify(r *http.Request, body []byte) error
+}
+
+// Forbidden refuses a source address (403). cause is logged, never sent.
+func Forbidden(cause error) *Error {
+	return &Error{Kind: KindForbidden, Msg: "source address not allowed", Err: cause}
+}
+
+// RateLimited refuses a request over a rate (429); the sender may retry after retryAfter.
+func RateLimited(retryAfter time.Duration, cause error) *Error {
+	return &Error{Kind: KindRateLimited, Msg: "rate limit exceeded, retry later", Err: cause, RetryAfter: max(retryAfter, time.Second)}
+}
+
+// Unauthorized refuses a webhook whose signature or token does not verify (401). The sender is
+// told nothing that helps an attacker (which part failed, which key was tried); cause says exactly
+// why, for the log.
+func Unauthorized(cause error) *Error {
+	return &Error{Kind: KindUnauthorized, Msg: "webhook authentication failed", Err: cause}
+}
+
+// peerResolver is the default ClientResolver: the TCP peer, believing no header.
+type peerResolver struct{}
+
+func (peerResolver) ClientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
