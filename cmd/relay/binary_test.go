@@ -126,6 +126,7 @@ routes:
     path: /hooks/fashn
     provider: fashn
     targets: [app]
+    insecure: true
 `, dir, targetURL, extraTarget)
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

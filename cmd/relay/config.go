@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -21,13 +23,23 @@ import (
 
 // fileConfig is the YAML file. Only this package knows YAML; the engine gets plain structs.
 type fileConfig struct {
-	Listen   string         `yaml:"listen"`
-	DataDir  string         `yaml:"data_dir"`
-	Log      logConfig      `yaml:"log"`
-	Store    storeConfig    `yaml:"store"`
-	Delivery deliveryConfig `yaml:"delivery"`
-	Targets  []targetConfig `yaml:"targets"`
-	Routes   []routeConfig  `yaml:"routes"`
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+	// TrustedProxies are the only peers whose X-Forwarded-For, Forwarded or X-Real-IP is believed.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// ClientIPHeader names the one header the trusted proxies set; empty believes Forwarded, then
+	// X-Forwarded-For, then X-Real-IP.
+	ClientIPHeader string `yaml:"client_ip_header"`
+	// Allowlist applies to every route without an allowlist of its own (or a provider default).
+	Allowlist      []string       `yaml:"allowlist"`
+	AllowlistFiles []string       `yaml:"allowlist_files"`
+	Log            logConfig      `yaml:"log"`
+	Store          storeConfig    `yaml:"store"`
+	Delivery       deliveryConfig `yaml:"delivery"`
+	Targets        []targetConfig `yaml:"targets"`
+	Routes         []routeConfig  `yaml:"routes"`
+
+	clients relay.ClientResolver // built by validate
 }
 
 type logConfig struct {
@@ -78,6 +90,50 @@ type routeConfig struct {
 	RequireJobID bool           `yaml:"require_job_id"`
 	AckStatus    int            `yaml:"ack_status"`
 	Generic      *genericConfig `yaml:"generic,omitempty"`
+
+	Allowlist      []string      `yaml:"allowlist"`
+	AllowlistFiles []string      `yaml:"allowlist_files,omitempty"`
+	RateLimit      *rateConfig   `yaml:"rate_limit,omitempty"`
+	Verify         *verifyConfig `yaml:"verify,omitempty"`
+	// Insecure accepts a route with neither verification nor an allowlist.
+	Insecure bool `yaml:"insecure,omitempty"`
+
+	built builtRoute // by validate
+}
+
+// builtRoute holds a route's checks, constructed (and so validated) once.
+type builtRoute struct {
+	preset   *filters.Preset
+	guards   []relay.Guard
+	verifier relay.Verifier
+}
+
+type rateConfig struct {
+	PerIP      float64 `yaml:"per_ip"`
+	PerIPBurst int     `yaml:"per_ip_burst"`
+	Route      float64 `yaml:"route"`
+	RouteBurst int     `yaml:"route_burst"`
+	MaxTracked int     `yaml:"max_tracked,omitempty"`
+}
+
+// verifyConfig selects one verification scheme. Secrets are named, never inline.
+type verifyConfig struct {
+	Type         string        `yaml:"type"`
+	SecretsEnv   []string      `yaml:"secrets_env,omitempty"`
+	SecretsFiles []string      `yaml:"secrets_files,omitempty"`
+	Tolerance    time.Duration `yaml:"tolerance,omitempty"`
+	// hmac
+	Header          string `yaml:"header,omitempty"`
+	Algorithm       string `yaml:"algorithm,omitempty"`
+	Encoding        string `yaml:"encoding,omitempty"`
+	Prefix          string `yaml:"prefix,omitempty"`
+	TimestampHeader string `yaml:"timestamp_header,omitempty"`
+	Template        string `yaml:"template,omitempty"`
+	// fal
+	JWKSURL  string `yaml:"jwks_url,omitempty"`
+	JWKSFile string `yaml:"jwks_file,omitempty"`
+	// url_token: the query parameter; empty means the last path segment (path/<token>)
+	Query string `yaml:"query,omitempty"`
 }
 
 type genericConfig struct {
@@ -137,6 +193,7 @@ const (
 	defaultDedupeTTL   = 72 * time.Hour
 	defaultTimeout     = 30 * time.Second
 	defaultConcurrency = 8
+	defaultFalJWKS     = "https://rest.fal.ai/.well-known/jwks.json"
 )
 
 var (
@@ -146,27 +203,30 @@ var (
 
 // loadConfig reads, decodes strictly, fills defaults and validates. The error lists every problem
 // found, each prefixed with its key path.
-func loadConfig(path string) (*fileConfig, error) {
+func loadConfig(path string, logs io.Writer) (*fileConfig, *slog.Logger, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
-	return parseConfig(raw, path)
+	return parseConfig(raw, path, logs)
 }
 
-func parseConfig(raw []byte, name string) (*fileConfig, error) {
+// parseConfig decodes, fills defaults, and validates, building every check once; the logger
+// (from the file's log section, writing to logs) is the one the checks log through.
+func parseConfig(raw []byte, name string, logs io.Writer) (*fileConfig, *slog.Logger, error) {
 	var c fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
 		msg := unknownKeyErr.ReplaceAllString(err.Error(), `unknown key "$1" (check its spelling against config.example.yaml)`)
-		return nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(msg, "yaml: "))
+		return nil, nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(msg, "yaml: "))
 	}
 	c.applyDefaults()
-	if err := c.validate(); err != nil {
-		return nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
+	log := newLogger(c.Log, logs)
+	if err := c.validate(log); err != nil {
+		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
 	}
-	return &c, nil
+	return &c, log, nil
 }
 
 func (c *fileConfig) applyDefaults() {
@@ -217,6 +277,20 @@ func (c *fileConfig) applyDefaults() {
 			r.MaxBody = defaultMaxBody
 		}
 		dur(&r.DedupeTTL, defaultDedupeTTL)
+		ownList := len(r.Allowlist) > 0 || len(r.AllowlistFiles) > 0
+		switch {
+		case !ownList && r.Provider == "fotor":
+			// Fotor signs nothing; its published source addresses are the check.
+			r.Allowlist = filters.FotorSourceAddrs()
+		case !ownList:
+			r.Allowlist, r.AllowlistFiles = c.Allowlist, c.AllowlistFiles
+		}
+		if r.Verify == nil && r.Provider == "fal" {
+			r.Verify = &verifyConfig{Type: "fal"}
+		}
+		if v := r.Verify; v != nil && v.Type == "fal" && v.JWKSURL == "" && v.JWKSFile == "" {
+			v.JWKSURL = defaultFalJWKS
+		}
 		if r.AckStatus == 0 {
 			if p, err := filters.NewPreset(r.Provider, r.generic()); err == nil {
 				r.AckStatus = p.AckStatus()
@@ -239,12 +313,21 @@ func (p *problems) add(path, format string, args ...any) {
 	*p = append(*p, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
 }
 
-func (c *fileConfig) validate() error {
+func (c *fileConfig) validate(log *slog.Logger) error {
 	var p problems
+	clients, err := filters.NewClientIPHeader(c.TrustedProxies, c.ClientIPHeader)
+	if err != nil {
+		if _, herr := filters.NewClientIPHeader(nil, c.ClientIPHeader); herr != nil {
+			p.add("client_ip_header", "%v", herr)
+		} else {
+			p.add("trusted_proxies", "%v", err)
+		}
+	}
+	c.clients = clients
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.add("listen", "%q is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)", c.Listen)
 	}
-	switch c.Log.Level {
+	switch c.Log.Level { // newLogger has used it already; an invalid level fell back to info
 	case "debug", "info", "warn", "error":
 	default:
 		p.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
@@ -293,7 +376,7 @@ func (c *fileConfig) validate() error {
 		if t.SigningSecretEnv != "" && t.SigningSecretFile != "" {
 			p.add(at, "set signing_secret_env or signing_secret_file, not both")
 		}
-		if _, err := t.signingKey(); err != nil {
+		if _, err := readSecret(t.SigningSecretEnv, t.SigningSecretFile); err != nil {
 			p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
 		}
 		r := &t.Retry
@@ -336,9 +419,12 @@ func (c *fileConfig) validate() error {
 			p.add(at+".path", "%q is also the path of %s; paths must be unique", r.Path, other)
 		}
 		paths[r.Path] = at
-		if _, err := filters.NewPreset(r.Provider, r.generic()); err != nil {
+		preset, err := filters.NewPreset(r.Provider, r.generic())
+		if err != nil {
 			p.add(at+".provider", "%v", err)
 		}
+		r.built = builtRoute{preset: preset}
+		r.buildChecks(at, &p, log)
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
@@ -367,30 +453,172 @@ func (t *targetConfig) secretSource() string {
 	return "env"
 }
 
+// readSecret reads one secret from an env var or a file; "" when neither is named. The error
+// never contains the value.
+func readSecret(env, file string) (string, error) {
+	switch {
+	case env != "":
+		v, ok := os.LookupEnv(env)
+		if !ok || strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("environment variable %s is not set; export it or remove the key", env)
+		}
+		return strings.TrimSpace(v), nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("cannot read secret file: %w", err)
+		}
+		if v := strings.TrimSpace(string(b)); v != "" {
+			return v, nil
+		}
+		return "", fmt.Errorf("secret file %s is empty", file)
+	}
+	return "", nil
+}
+
 // signingKey reads the target's secret from its env var or file; nil when it has none.
 func (t *targetConfig) signingKey() ([]byte, error) {
-	var raw string
-	switch {
-	case t.SigningSecretEnv != "":
-		v, ok := os.LookupEnv(t.SigningSecretEnv)
-		if !ok || strings.TrimSpace(v) == "" {
-			return nil, fmt.Errorf("environment variable %s is not set; export it or remove the key", t.SigningSecretEnv)
-		}
-		raw = v
-	case t.SigningSecretFile != "":
-		b, err := os.ReadFile(t.SigningSecretFile)
-		if err != nil {
-			return nil, fmt.Errorf("cannot read secret file: %w", err)
-		}
-		raw = string(b)
-	default:
-		return nil, nil
+	raw, err := readSecret(t.SigningSecretEnv, t.SigningSecretFile)
+	if err != nil || raw == "" {
+		return nil, err
 	}
 	key, err := relay.ParseSigningSecret(raw)
 	if err != nil {
 		return nil, fmt.Errorf("the secret is not usable: %w", err)
 	}
 	return key, nil
+}
+
+// buildChecks constructs the route's allowlist, rate limiter and verifier, reporting problems
+// under the route's key path, and refuses a route that anyone could post to unless it says so.
+func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger) {
+	entries := append([]string(nil), r.Allowlist...)
+	for i, f := range r.AllowlistFiles {
+		more, err := filters.ReadAllowlistFile(f)
+		if err != nil {
+			p.add(fmt.Sprintf("%s.allowlist_files[%d]", at, i), "%v", err)
+		}
+		entries = append(entries, more...)
+	}
+	// Built whenever a source is named: an emptied file must fail, not turn the allowlist off.
+	if len(r.Allowlist)+len(r.AllowlistFiles) > 0 {
+		if al, err := filters.NewAllowlist(entries); err != nil {
+			p.add(at+".allowlist", "%v", err)
+		} else {
+			r.built.guards = append(r.built.guards, al)
+		}
+	}
+	if rl := r.RateLimit; rl != nil {
+		lim, err := filters.NewRateLimiter(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
+			Route: rl.Route, RouteBurst: rl.RouteBurst, MaxTracked: rl.MaxTracked, Now: time.Now})
+		if err != nil {
+			p.add(at+".rate_limit", "%v", err)
+		} else {
+			r.built.guards = append(r.built.guards, lim)
+		}
+	}
+	if r.Verify != nil {
+		v, err := r.Verify.build(at+".verify", log)
+		if err != nil {
+			*p = append(*p, err)
+		}
+		r.built.verifier = v
+	}
+	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure {
+		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+
+			"an allowlist, or insecure: true to accept that")
+	}
+}
+
+// posture says in one line who may post to the route, for relay check and the startup log.
+func (r *routeConfig) posture() string {
+	var parts []string
+	if v := r.Verify; v != nil {
+		desc := "verify " + v.Type
+		switch {
+		case v.Type == "url_token" && v.Query != "":
+			desc += " (query parameter " + v.Query + ")"
+		case v.Type == "url_token":
+			desc += " (last path segment: " + r.Path + "/<token>)"
+		case v.Type == "fal" && v.JWKSFile != "":
+			desc += " (keys from " + v.JWKSFile + ")"
+		case v.Type == "fal":
+			desc += " (keys from " + v.JWKSURL + ")"
+		}
+		if n := len(v.SecretsEnv) + len(v.SecretsFiles); n > 1 {
+			desc += fmt.Sprintf(", %d secrets active", n)
+		}
+		parts = append(parts, desc)
+	}
+	if n := len(r.Allowlist) + len(r.AllowlistFiles); n > 0 {
+		parts = append(parts, fmt.Sprintf("allowlist of %d entries/files", n))
+	}
+	if rl := r.RateLimit; rl != nil {
+		parts = append(parts, fmt.Sprintf("rate limit %g/s per address, %g/s for the route", rl.PerIP, rl.Route))
+	}
+	if len(parts) == 0 || (r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0) {
+		parts = append(parts, "INSECURE: accepts webhooks from anyone (insecure: true)")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// verifyTypes lists the schemes for messages.
+const verifyTypes = "standard_webhooks, stripe, github, hmac, fal, url_token"
+
+// build constructs the verifier; the error carries the key path.
+func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error) {
+	var secrets []string
+	var bad []error
+	for i, env := range v.SecretsEnv {
+		s, err := readSecret(env, "")
+		if err != nil {
+			bad = append(bad, fmt.Errorf("%s.secrets_env[%d]: %w", at, i, err))
+		}
+		secrets = append(secrets, s)
+	}
+	for i, f := range v.SecretsFiles {
+		s, err := readSecret("", f)
+		if err != nil {
+			bad = append(bad, fmt.Errorf("%s.secrets_files[%d]: %w", at, i, err))
+		}
+		secrets = append(secrets, s)
+	}
+	if len(bad) > 0 {
+		return nil, errors.Join(bad...)
+	}
+	needSecrets := v.Type != "fal"
+	if needSecrets && len(secrets) == 0 {
+		return nil, fmt.Errorf("%s: type %s needs secrets_env or secrets_files (several for rotation)", at, v.Type)
+	}
+	if !needSecrets && len(secrets) > 0 {
+		return nil, fmt.Errorf("%s: type fal verifies with fal's public keys (jwks_url or jwks_file), not secrets", at)
+	}
+	var (
+		ver relay.Verifier
+		err error
+	)
+	switch v.Type {
+	case "standard_webhooks":
+		ver, err = filters.NewStandardWebhooks(secrets, v.Tolerance, time.Now)
+	case "stripe":
+		ver, err = filters.NewStripe(secrets, v.Tolerance, time.Now)
+	case "github":
+		ver, err = filters.NewGitHub(secrets)
+	case "hmac":
+		ver, err = filters.NewHMAC(filters.HMACConfig{Header: v.Header, Algorithm: v.Algorithm, Encoding: v.Encoding,
+			Prefix: v.Prefix, TimestampHeader: v.TimestampHeader, Template: v.Template, Tolerance: v.Tolerance}, secrets, time.Now)
+	case "fal":
+		ver, err = filters.NewFal(filters.FalConfig{JWKSURL: v.JWKSURL, JWKSFile: v.JWKSFile, Tolerance: v.Tolerance,
+			Now: time.Now, Logger: log})
+	case "url_token":
+		ver, err = filters.NewURLToken(secrets, v.Query)
+	default:
+		return nil, fmt.Errorf("%s.type: %q is not one of %s", at, v.Type, verifyTypes)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", at, err)
+	}
+	return ver, nil
 }
 
 // engineConfig turns the validated file config into the engine's structs.
@@ -412,13 +640,11 @@ func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 	}
 	routes := make([]relay.Route, 0, len(c.Routes))
 	for _, r := range c.Routes {
-		preset, err := filters.NewPreset(r.Provider, r.generic())
-		if err != nil {
-			return nil, nil, fmt.Errorf("route %s: %w", r.Name, err)
-		}
 		routes = append(routes, relay.Route{
-			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: preset, Targets: r.Targets,
+			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.Targets,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
+			Guards: r.built.guards, Verifier: r.built.verifier,
+			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
 		})
 	}
 	return routes, targets, nil

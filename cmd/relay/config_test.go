@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,10 +18,12 @@ routes:
     path: /hooks/fashn
     provider: fashn
     targets: [app]
+    insecure: true
 `
 
 func TestExampleConfigIsValid(t *testing.T) {
-	c, err := loadConfig("../../config.example.yaml")
+	t.Setenv("HOOKRELAY_DEMO_TOKEN", "demo-token-0123456789abcdef") // as the README's command sets it
+	c, _, err := loadConfig("../../config.example.yaml", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +36,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := parseConfig([]byte(minimal), "test.yaml")
+	c, _, err := parseConfig([]byte(minimal), "test.yaml", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +65,7 @@ func TestConfigErrorsNameThePath(t *testing.T) {
 		yaml string
 		want []string
 	}{
-		{"unknown key with line", minimal + "  - name: x\n    pth: /x\n", []string{`line 11`, `unknown key "pth"`}},
+		{"unknown key with line", minimal + "  - name: x\n    pth: /x\n", []string{`line 12`, `unknown key "pth"`}},
 		{"unknown top-level key", "listn: x\n" + minimal, []string{`line 1`, `unknown key "listn"`}},
 		{"unknown target", strings.Replace(minimal, "targets: [app]", "targets: [nope]", 1), []string{`routes[0].targets[0]: unknown target "nope"`}},
 		{"bad provider", strings.Replace(minimal, "provider: fashn", "provider: fashion", 1), []string{"routes[0].provider:", "fashion"}},
@@ -81,7 +84,7 @@ func TestConfigErrorsNameThePath(t *testing.T) {
 		{"no routes", "targets:\n  - name: app\n    url: http://127.0.0.1:1/\n", []string{"routes: none defined"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseConfig([]byte(tc.yaml), "test.yaml")
+			_, _, err := parseConfig([]byte(tc.yaml), "test.yaml", io.Discard)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -107,7 +110,7 @@ func TestSigningSecretFromEnvAndFile(t *testing.T) {
 		{"signing_secret_file", file, "world"},
 	} {
 		y := strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    "+tc.key+": "+tc.value, 1)
-		c, err := parseConfig([]byte(y), "test.yaml")
+		c, _, err := parseConfig([]byte(y), "test.yaml", io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,5 +131,85 @@ func TestParseByteSize(t *testing.T) {
 		if _, err := parseByteSize(in); err == nil {
 			t.Errorf("parseByteSize(%q) accepted", in)
 		}
+	}
+}
+
+// routeYAML is a config with one route whose extra keys are given.
+func routeYAML(provider, extra string) string {
+	return `
+targets:
+  - name: app
+    url: http://127.0.0.1:9000/hooks
+routes:
+  - name: r
+    path: /hooks/r
+    provider: ` + provider + `
+    targets: [app]
+` + extra
+}
+
+func TestRouteChecksConfig(t *testing.T) {
+	t.Setenv("HOOKRELAY_TEST_TOKEN", "0123456789abcdef0123456789abcdef")
+	for _, tc := range []struct {
+		name     string
+		yaml     string
+		wantErr  []string
+		posture  string
+		guards   int
+		verifier bool
+	}{
+		{name: "open route refused", yaml: routeYAML("fashn", ""),
+			wantErr: []string{"routes[0]: accepts webhooks from anyone", "insecure: true"}},
+		{name: "insecure accepted", yaml: routeYAML("fashn", "    insecure: true\n"), posture: "INSECURE"},
+		{name: "fotor gets its source addresses", yaml: routeYAML("fotor", ""), posture: "allowlist of 2", guards: 1},
+		{name: "fal gets its signature", yaml: routeYAML("fal", ""), posture: "verify fal (keys from https://rest.fal.ai/.well-known/jwks.json)", verifier: true},
+		{name: "url token in the path", yaml: routeYAML("fashn", "    verify: {type: url_token, secrets_env: [HOOKRELAY_TEST_TOKEN]}\n"),
+			posture: "/hooks/r/<token>", verifier: true},
+		{name: "global allowlist is the default", yaml: "allowlist: [10.0.0.0/8]\n" + routeYAML("abstrakt", ""), posture: "allowlist of 1", guards: 1},
+		{name: "rate limit", yaml: routeYAML("fashn", "    insecure: true\n    rate_limit: {per_ip: 5, per_ip_burst: 10, route: 100, route_burst: 100}\n"),
+			posture: "rate limit 5/s per address", guards: 1},
+		{name: "secret env unset", yaml: routeYAML("fashn", "    verify: {type: github, secrets_env: [HOOKRELAY_TEST_UNSET]}\n"),
+			wantErr: []string{"routes[0].verify.secrets_env[0]: environment variable HOOKRELAY_TEST_UNSET is not set"}},
+		{name: "no secrets", yaml: routeYAML("fashn", "    verify: {type: stripe}\n"),
+			wantErr: []string{"routes[0].verify: type stripe needs secrets_env or secrets_files"}},
+		{name: "unknown scheme", yaml: routeYAML("fashn", "    verify: {type: md5, secrets_env: [HOOKRELAY_TEST_TOKEN]}\n"),
+			wantErr: []string{`routes[0].verify.type: "md5" is not one of`}},
+		{name: "bad allowlist entry", yaml: routeYAML("fashn", "    allowlist: [300.1.1.1]\n"),
+			wantErr: []string{"routes[0].allowlist:", "300.1.1.1"}},
+		{name: "bad client ip header", yaml: "client_ip_header: X-Client\n" + routeYAML("fashn", "    insecure: true\n"),
+			wantErr: []string{"client_ip_header:", "X-Client"}},
+		{name: "empty allowlist file", yaml: routeYAML("fashn", "    allowlist_files: [/dev/null]\n"),
+			wantErr: []string{"routes[0].allowlist_files[0]:"}},
+		{name: "bad trusted proxy", yaml: "trusted_proxies: [nonsense]\n" + routeYAML("fashn", "    insecure: true\n"),
+			wantErr: []string{"trusted_proxies:", "nonsense"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, err := parseConfig([]byte(tc.yaml), "test.yaml", io.Discard)
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := c.Routes[0]
+			if !strings.Contains(r.posture(), tc.posture) {
+				t.Errorf("posture %q lacks %q", r.posture(), tc.posture)
+			}
+			routes, _, err := c.engineConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(routes[0].Guards) != tc.guards || (routes[0].Verifier != nil) != tc.verifier {
+				t.Errorf("guards %d verifier %v; want %d, %v", len(routes[0].Guards), routes[0].Verifier != nil, tc.guards, tc.verifier)
+			}
+		})
 	}
 }

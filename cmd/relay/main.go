@@ -98,11 +98,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
+	cfg, log, err := loadConfig(*path, stderr)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
 	routes, targets, err := cfg.engineConfig()
 	if err != nil {
 		return err
@@ -116,7 +115,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer store.Close()
 	r, err := relay.New(relay.Config{
-		Routes: routes, Targets: targets, Store: store, Logger: log,
+		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients,
 		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
 		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
 		UserAgent: "hookrelay/" + version,
@@ -130,6 +129,13 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	for _, r := range cfg.Routes {
+		level := slog.LevelInfo
+		if r.Insecure {
+			level = slog.LevelWarn
+		}
+		log.Log(ctx, level, "route", "route", r.Name, "path", r.Path, "checks", r.posture())
+	}
 	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Path,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	err = r.Run(ctx, ln)
@@ -142,13 +148,16 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
+	cfg, _, err := loadConfig(*path, stderr)
 	if err != nil {
 		return err
 	}
 	// The file config holds only the names of env vars and files, never a secret's value, so it
 	// can be printed as is; say which secrets were found.
 	fmt.Fprintf(stdout, "# %s is valid. Effective configuration, defaults filled in:\n", *path)
+	for _, r := range cfg.Routes {
+		fmt.Fprintf(stdout, "# route %s: %s\n", r.Name, r.posture())
+	}
 	for _, t := range cfg.Targets {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
