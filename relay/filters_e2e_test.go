@@ -3,6 +3,7 @@ package relay_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -261,5 +264,43 @@ func TestTrustedProxies(t *testing.T) {
 	eventually(t, "delivery", func() bool { return len(e.rec.got()) == 1 })
 	if xff := e.rec.got()[0].header.Get("X-Forwarded-For"); xff != "203.0.113.7" {
 		t.Fatalf("target's X-Forwarded-For = %q, want the resolved sender 203.0.113.7", xff)
+	}
+}
+
+// fal's signature through the real server, with the fixed key of filters/testdata/jwks_fal.json.
+func TestFalSignature(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x42}, ed25519.SeedSize))
+	rt := route(t, "fal", "fal", "app")
+	rt.Verifier = must[*filters.Fal](t)(filters.NewFal(filters.FalConfig{JWKSFile: "../filters/testdata/jwks_fal.json"}))
+	e := startEdge(t, nil, rt)
+	body, err := os.ReadFile("../filters/testdata/fal_ok.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(body []byte, ts int64) map[string]string {
+		sum := sha256.Sum256(body)
+		tsText := strconv.FormatInt(ts, 10)
+		msg := "024ca5b1-45d3-4afd-883e-ad3abe2a1c4d\nuser-1\n" + tsText + "\n" + hex.EncodeToString(sum[:])
+		return map[string]string{
+			"X-Fal-Webhook-Request-Id": "024ca5b1-45d3-4afd-883e-ad3abe2a1c4d",
+			"X-Fal-Webhook-User-Id":    "user-1",
+			"X-Fal-Webhook-Timestamp":  tsText,
+			"X-Fal-Webhook-Signature":  hex.EncodeToString(ed25519.Sign(key, []byte(msg))),
+		}
+	}
+	now := time.Now().Unix()
+	if status, _, answer := e.do(t, "/hooks/fal", string(body), sign(body, now-10*60)); status != http.StatusUnauthorized {
+		t.Fatalf("stale signature: %d %s, want 401", status, answer)
+	}
+	tampered := bytes.Replace(body, []byte(`"OK"`), []byte(`"ERROR"`), 1)
+	if status, _, answer := e.do(t, "/hooks/fal", string(tampered), sign(body, now)); status != http.StatusUnauthorized {
+		t.Fatalf("tampered body: %d %s, want 401", status, answer)
+	}
+	if status, _, answer := e.do(t, "/hooks/fal", string(body), sign(body, now)); status != http.StatusAccepted {
+		t.Fatalf("signed by fal's key: %d %s, want 202", status, answer)
+	}
+	eventually(t, "delivery", func() bool { return len(e.rec.got()) == 1 })
+	if got := e.rec.got()[0]; string(got.body) != string(body) || got.header.Get("X-Relay-Job-Status") != "succeeded" {
+		t.Fatalf("target got %q with status %q", got.body, got.header.Get("X-Relay-Job-Status"))
 	}
 }
