@@ -6,8 +6,8 @@ import (
 	"encoding/hex"
 	"net/http/httptest"
 	"os"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/hookrelay/hookrelay/filters"
@@ -62,4 +62,3 @@ func BenchmarkFilterChain(b *testing.B) {
 		}
 	})
 }
-
