@@ -18,11 +18,11 @@ import (
 
 // Server is one redis-server process.
 type Server struct {
-	Addr string // 127.0.0.1:port
-	t    testing.TB
-	dir  string
-	aof  bool
-	port int
+	Addr    string // 127.0.0.1:port
+	t       testing.TB
+	dir     string
+	aof     bool
+	port    int
 	cmd     *exec.Cmd
 	done    chan error
 	stopped bool // Kill ran since the last start; tests drive a Server from one goroutine
