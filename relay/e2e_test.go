@@ -513,8 +513,14 @@ func TestRejections(t *testing.T) {
 func TestStoreUnavailableIs503(t *testing.T) {
 	rec := newRecorder(t, nil)
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
+	if err := h.relay.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready with an open store: %v", err)
+	}
 	if err := h.store.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if err := h.relay.Ready(context.Background()); err == nil {
+		t.Fatal("ready with a closed store")
 	}
 	a := h.post("/hooks/fashn", []byte(fashnDone))
 	if a.status != http.StatusServiceUnavailable || a.header.Get("Retry-After") == "" {

@@ -157,6 +157,14 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	return nil
 }
 
+// Ready reports whether the relay can take webhooks: its store answers. Readiness probes use it.
+func (r *Relay) Ready(ctx context.Context) error {
+	if err := r.cfg.Store.Ping(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
 // Handler is the public webhook handler.
 func (r *Relay) Handler() http.Handler { return r.ingress }
 
