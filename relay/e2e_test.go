@@ -95,12 +95,10 @@ func openStore(t testing.TB, path string) *boltstore.Store {
 	return s
 }
 
-func start(t *testing.T, store *boltstore.Store, path string, routes []relay.Route, targets []relay.Target) *harness {
+// serve runs a relay built from cfg on a loopback port until stop (idempotent) or the test's end.
+func serve(t *testing.T, cfg relay.Config) (r *relay.Relay, url string, stop func()) {
 	t.Helper()
-	r, err := relay.New(relay.Config{
-		Routes: routes, Targets: targets, Store: store, PollInterval: 50 * time.Millisecond,
-		ShutdownGrace: 2 * time.Second,
-	})
+	r, err := relay.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,8 +110,7 @@ func start(t *testing.T, store *boltstore.Store, path string, routes []relay.Rou
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, ln) }()
 	var once sync.Once
-	h := &harness{t: t, url: "http://" + ln.Addr().String(), relay: r, store: store, path: path}
-	h.stop = func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -121,8 +118,16 @@ func start(t *testing.T, store *boltstore.Store, path string, routes []relay.Rou
 			}
 		})
 	}
-	t.Cleanup(func() { h.stop(); store.Close() })
-	return h
+	t.Cleanup(stop)
+	return r, "http://" + ln.Addr().String(), stop
+}
+
+func start(t *testing.T, store *boltstore.Store, path string, routes []relay.Route, targets []relay.Target) *harness {
+	t.Helper()
+	t.Cleanup(func() { store.Close() }) // after serve's cleanup: cleanups run last-in first-out
+	r, url, stop := serve(t, relay.Config{Routes: routes, Targets: targets, Store: store,
+		PollInterval: 50 * time.Millisecond, ShutdownGrace: 2 * time.Second})
+	return &harness{t: t, url: url, relay: r, store: store, path: path, stop: stop}
 }
 
 func startRelay(t *testing.T, routes []relay.Route, targets ...relay.Target) *harness {

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -68,21 +67,11 @@ func startEdge(t *testing.T, clients relay.ClientResolver, routes ...relay.Route
 	rec := newRecorder(t, nil)
 	store := &countingStore{Store: openStore(t, filepath.Join(t.TempDir(), "relay.db"))}
 	logs := &syncBuffer{}
-	r, err := relay.New(relay.Config{Routes: routes, Targets: []relay.Target{rec.target("app")}, Store: store,
+	t.Cleanup(func() { store.Close() })
+	_, url, _ := serve(t, relay.Config{Routes: routes, Targets: []relay.Target{rec.target("app")}, Store: store,
 		Clients: clients, PollInterval: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done; store.Close() })
-	return &edge{url: "http://" + ln.Addr().String(), store: store, logs: logs, rec: rec}
+	return &edge{url: url, store: store, logs: logs, rec: rec}
 }
 
 func (e *edge) do(t *testing.T, path string, body string, hdr map[string]string) (int, http.Header, string) {
