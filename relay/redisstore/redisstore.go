@@ -1,0 +1,106 @@
+// Package redisstore is the relay.Store on Redis (7.0 or later; go-redis v9, so a single server,
+// Sentinel or Cluster), shared by any number of relay replicas.
+//
+// Layout. Every key starts with "{<prefix>}:", one hash tag, so that the keys one script touches
+// are in one Cluster slot (a Cluster therefore holds one relay's data on one shard: the tag buys
+// correctness, not scale-out):
+//
+//	{p}:d:<delivery ID>  HASH  msg (the message, encoded once in Go), target, route, attempt,
+//	                           lease (while claimed), status and error (of the last failure),
+//	                           dead (its time key, while a dead letter)
+//	{p}:q:<target>       ZSET  delivery ID scored by due time; a claim moves the entry to the lease
+//	                           expiry, so an unsettled lease simply becomes due again
+//	{p}:k:<dedupe key>   STRING its logical expiry, with a real PX TTL of the dedupe ttl so that
+//	                           Redis forgets it by itself
+//	{p}:kx               ZSET  dedupe key scored by logical expiry, walked by Sweep (which the
+//	                           relay runs every minute: this index, unlike the keys, needs it)
+//	{p}:dead             ZSET  score 0, member deadKey(time)+ID: dead letters by death time then
+//	                           ID, pageable with ZRANGE BYLEX
+//
+// Times are whole microseconds in Redis (doubles are exact to 2^53; nanoseconds are not), except
+// the message's ReceivedAt, which the encoded message keeps exactly: due times, dead times and
+// dedupe expiries are truncated to the microsecond. Each write is one Lua script (scripts.go), run
+// with EVALSHA.
+//
+// Durability is Redis' own: run it with AOF (appendfsync everysec may lose the last second or so
+// of acknowledged webhooks when the Redis host crashes; always loses none and costs an fsync per
+// write), and with maxmemory-policy noeviction, since an evicted delivery is a lost webhook. Other
+// users of the same prefix (shared rate limits) must keep clear of the names above.
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+var _ relay.Store = (*Store)(nil)
+
+// DefaultPrefix is the key prefix when Options.Prefix is empty.
+const DefaultPrefix = "hookrelay"
+
+// Options tune the store. The zero value is a good default.
+type Options struct {
+	// Prefix namespaces the keys: all are "{<Prefix>}:...". No braces; default DefaultPrefix.
+	// Stores that share a prefix share their data (replicas of one relay do).
+	Prefix string
+	// Logger receives operational events (inconsistent entries dropped). Nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is a relay.Store on Redis. It is safe for concurrent use, also by several processes.
+type Store struct {
+	rdb  redis.UniversalClient
+	log  *slog.Logger
+	base string // "{prefix}:"
+
+	sweepChunk int // dedupe keys one sweep script deletes, so that Redis is never blocked for long
+	deadBudget int // dead set entries one list script scans, for the same reason
+}
+
+// New returns a store on client, which it owns from now on: Close closes it. New does not
+// connect; Ping tells whether Redis is there.
+func New(client redis.UniversalClient, opt Options) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("redisstore: new: nil client")
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(opt.Prefix, "{}") {
+		return nil, fmt.Errorf("redisstore: new: prefix %q must not contain braces: the store adds its own hash tag", opt.Prefix)
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000}, nil
+}
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisstore: ping: %w", err)
+	}
+	return nil
+}
+
+// Close closes the client. Calls after it fail.
+func (s *Store) Close() error {
+	if err := s.rdb.Close(); err != nil {
+		return fmt.Errorf("redisstore: close: %w", err)
+	}
+	return nil
+}
+
+// Key names; see the package comment.
+func (s *Store) deliveryKey(id string) string { return s.base + "d:" + id }
+func (s *Store) dueKey(target string) string  { return s.base + "q:" + target }
+func (s *Store) dedupeKey(key string) string  { return s.base + "k:" + key }
+func (s *Store) dedupeIndexKey() string       { return s.base + "kx" }
+func (s *Store) deadSetKey() string           { return s.base + "dead" }

@@ -1,0 +1,427 @@
+package redisstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redistest"
+	"github.com/hookrelay/hookrelay/relay/storetest"
+)
+
+// prefixSeq makes every store of this test binary a namespace of its own, so that many stores
+// share one redis-server.
+var prefixSeq atomic.Int64
+
+func uniquePrefix(name string) string { return fmt.Sprintf("%s%d", name, prefixSeq.Add(1)) }
+
+func newStore(t testing.TB, client redis.UniversalClient, prefix string) *Store {
+	t.Helper()
+	s, err := New(client, Options{Prefix: prefix})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+// openStore opens a store with a client of its own; the test closes it.
+func openStore(t testing.TB, addr, prefix string) *Store {
+	t.Helper()
+	s := newStore(t, redis.NewClient(&redis.Options{Addr: addr}), prefix)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	storetest.Run(t, storetest.Harness{
+		Open: func(t *testing.T) (relay.Store, func(*testing.T) relay.Store) {
+			prefix := uniquePrefix("conf")
+			// A restarted relay process: a new client on the same data. Run closes both stores.
+			open := func(t *testing.T) relay.Store {
+				return newStore(t, redis.NewClient(&redis.Options{Addr: srv.Addr}), prefix)
+			}
+			return open(t), open
+		},
+	})
+}
+
+// at is a fake time, sec seconds after a base far from the real clock.
+func at(sec int) time.Time {
+	return time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC).Add(time.Duration(sec) * time.Second)
+}
+
+func testMsg(id string, received time.Time, targets ...string) *relay.Message {
+	return &relay.Message{ID: id, Route: "r", Provider: "generic", JobID: "job-" + id, ReceivedAt: received,
+		Body: []byte(`{"id":"` + id + `"}`), Targets: targets}
+}
+
+func TestNewValidates(t *testing.T) {
+	if _, err := New(nil, Options{}); err == nil {
+		t.Error("New(nil client) = nil error")
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	for _, p := range []string{"a{b", "}", "{x}"} {
+		if _, err := New(client, Options{Prefix: p}); err == nil || !strings.Contains(err.Error(), "braces") {
+			t.Errorf("New(prefix %q) = %v, want an error about braces", p, err)
+		}
+	}
+	s, err := New(client, Options{})
+	if err != nil || s.base != "{hookrelay}:" {
+		t.Fatalf("New(default prefix): base %q, %v", s.base, err)
+	}
+}
+
+// Every key carries the prefix's hash tag: the scripts touch undeclared keys, which is only safe
+// on Cluster when they are all in one slot.
+func TestKeysShareHashTag(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "tag")
+	ctx := t.Context()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		_, err := s.Enqueue(ctx, testMsg(fmt.Sprint("m", i), at(i), "a", "b:c"), fmt.Sprintf("r/job-%d/succeeded", i), time.Hour)
+		must(err)
+	}
+	_, err := s.Enqueue(ctx, testMsg("nokey", at(0), "a"), "", 0)
+	must(err)
+	ds, err := s.Claim(ctx, "a", at(10), time.Minute, 4)
+	must(err)
+	must(s.Ack(ctx, ds[0]))
+	must(s.Retry(ctx, ds[1], at(100), relay.Failure{Status: 503}))
+	must(s.Bury(ctx, ds[2], at(20), relay.Failure{Status: 400}))
+	must(s.Bury(ctx, ds[3], at(21), relay.Failure{Status: 400}))
+	must(s.ReplayDead(ctx, ds[3].ID, at(30)))
+	_, err = s.Sweep(ctx, at(3601)) // one key, m0's
+	must(err)
+	_, err = s.ListDead(ctx, relay.DeadFilter{})
+	must(err)
+
+	var all []string
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		all = append(all, iter.Val())
+	}
+	must(iter.Err())
+	kinds := map[string]bool{}
+	for _, k := range all {
+		rest, ok := strings.CutPrefix(k, "{tag}:")
+		if !ok {
+			t.Errorf("key %q lacks the hash tag {tag}", k)
+			continue
+		}
+		kind, _, _ := strings.Cut(rest, ":")
+		kinds[kind] = true
+	}
+	for _, kind := range []string{"d", "q", "k", "kx", "dead"} {
+		if !kinds[kind] {
+			t.Errorf("no %q key after the workload; keys: %q", kind, all)
+		}
+	}
+}
+
+func TestDedupeKeyTTL(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "ttl")
+	ctx := t.Context()
+	const ttl = 72 * time.Hour
+	recv := time.Now()
+	if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
+		t.Fatal(err)
+	}
+	key := s.dedupeKey("r/j/succeeded")
+	pttl, err := s.rdb.PTTL(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pttl > ttl || pttl < ttl-10*time.Second {
+		t.Errorf("PTTL = %v, want close to %v", pttl, ttl)
+	}
+	if v, err := s.rdb.Get(ctx, key).Result(); err != nil || v != micros(recv.Add(ttl)) {
+		t.Errorf("key holds %q, %v; want the expiry %s", v, err, micros(recv.Add(ttl)))
+	}
+}
+
+// A retried Enqueue whose first run was stored (go-redis retries after a lost reply) is not a
+// duplicate; a different message with a stored ID is an error and stores nothing.
+func TestEnqueueTwiceIsIdempotent(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "idem")
+	ctx := t.Context()
+	m := testMsg("m1", at(0), "a", "b")
+	for i := range 2 {
+		if dup, err := s.Enqueue(ctx, m, "k", time.Hour); dup || err != nil {
+			t.Fatalf("Enqueue #%d = %v, %v; want stored", i+1, dup, err)
+		}
+	}
+	other := testMsg("m1", at(1), "a", "c")
+	if _, err := s.Enqueue(ctx, other, "k2", time.Hour); err == nil || !strings.Contains(err.Error(), "unique") {
+		t.Fatalf("Enqueue of another message with a stored ID = %v, want an error", err)
+	}
+	if n, err := s.rdb.Exists(ctx, s.dedupeKey("k2"), s.deliveryKey("m1.c")).Result(); err != nil || n != 0 {
+		t.Fatalf("the failed Enqueue left %d keys (%v)", n, err)
+	}
+	ds, err := s.Claim(ctx, "a", at(10), time.Minute, 10)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Claim = %d deliveries, %v; want 1", len(ds), err)
+	}
+}
+
+// Redis dies: Enqueue fails at once (ingress answers 503); Redis comes back with its AOF: the same
+// Store works again and what it stored before is still there.
+func TestRedisDownAndBack(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	s := newStore(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond}), "down")
+	defer s.Close()
+	ctx := t.Context()
+	if _, err := s.Enqueue(ctx, testMsg("m1", at(0), "a"), "k1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Kill()
+	start := time.Now()
+	if _, err := s.Enqueue(ctx, testMsg("m2", at(1), "a"), "k2", time.Hour); err == nil {
+		t.Fatal("Enqueue with Redis down = nil error")
+	}
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("Ping with Redis down = nil error")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("failing with Redis down took %v", d)
+	}
+
+	srv.Restart()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Ping(ctx) != nil { // go-redis reconnects by itself; stale pooled connections fail once
+		if time.Now().After(deadline) {
+			t.Fatal("no PONG within 5s of the restart")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Redis lost its script cache: EVALSHA's NOSCRIPT falls back to EVAL.
+	if dup, err := s.Enqueue(ctx, testMsg("m2", at(1), "a"), "k2", time.Hour); dup || err != nil {
+		t.Fatalf("Enqueue after the restart = %v, %v", dup, err)
+	}
+	if dup, err := s.Enqueue(ctx, testMsg("m3", at(2), "a"), "k1", time.Hour); !dup || err != nil {
+		t.Fatalf("Enqueue with the key stored before the crash = %v, %v; want duplicate", dup, err)
+	}
+	ds, err := s.Claim(ctx, "a", at(10), time.Minute, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(ds); !slices.Equal(got, []string{"m1.a", "m2.a"}) {
+		t.Fatalf("Claim = %v, want [m1.a m2.a]", got)
+	}
+}
+
+func ids(ds []*relay.Delivery) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.ID
+	}
+	return out
+}
+
+// Two replicas (two clients on one prefix) race on one dedupe key and on one queue.
+func TestTwoStoresRace(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := uniquePrefix("race")
+	stores := []*Store{openStore(t, srv.Addr, prefix), openStore(t, srv.Addr, prefix)}
+	ctx := t.Context()
+
+	var fresh atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			dup, err := stores[i%2].Enqueue(ctx, testMsg(fmt.Sprint("d", i), at(i), "dd"), "same-key", time.Hour)
+			if err != nil {
+				t.Errorf("Enqueue: %v", err)
+			} else if !dup {
+				fresh.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := fresh.Load(); n != 1 {
+		t.Fatalf("%d of 50 enqueues with one key through two stores were new, want 1", n)
+	}
+
+	const messages = 200
+	for w := range 10 {
+		wg.Go(func() {
+			for i := w; i < messages; i += 10 {
+				if _, err := stores[i%2].Enqueue(ctx, testMsg(fmt.Sprint("m", i), at(i%7), "a"), "", 0); err != nil {
+					t.Errorf("Enqueue: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	for w := range 16 {
+		wg.Go(func() {
+			s := stores[w%2]
+			for {
+				ds, err := s.Claim(ctx, "a", at(100), time.Hour, 5)
+				if err != nil {
+					t.Errorf("Claim: %v", err)
+					return
+				}
+				if len(ds) == 0 {
+					return
+				}
+				for _, d := range ds {
+					mu.Lock()
+					seen[d.ID]++
+					mu.Unlock()
+					if err := s.Ack(ctx, d); err != nil {
+						t.Errorf("Ack(%s): %v", d.ID, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != messages {
+		t.Errorf("claimed %d distinct deliveries, want %d", len(seen), messages)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s claimed %d times", id, n)
+		}
+	}
+}
+
+// Due, lease and dead times are microseconds in Redis: what is due within the same microsecond
+// as now is due, and Since compares at the microsecond too.
+func TestMicrosecondTimes(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "us")
+	ctx := t.Context()
+	recv := at(0).Add(1500 * time.Nanosecond) // 1.5 µs
+	if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if next, ok, err := s.NextDue(ctx, "a"); err != nil || !ok || !next.Equal(at(0).Add(time.Microsecond)) {
+		t.Fatalf("NextDue = %v, %v, %v; want the microsecond %v", next, ok, err, at(0).Add(time.Microsecond))
+	}
+	if ds, err := s.Claim(ctx, "a", at(0).Add(999*time.Nanosecond), time.Minute, 1); err != nil || len(ds) != 0 {
+		t.Fatalf("Claim a microsecond early = %v, %v", ids(ds), err)
+	}
+	ds, err := s.Claim(ctx, "a", recv, time.Minute, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Claim at due = %v, %v", ids(ds), err)
+	}
+	if !ds[0].Message.ReceivedAt.Equal(recv) {
+		t.Errorf("ReceivedAt = %v, want %v exactly", ds[0].Message.ReceivedAt, recv)
+	}
+	dead := at(5).Add(2500 * time.Nanosecond)
+	if err := s.Bury(ctx, ds[0], dead, relay.Failure{Status: 400}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.GetDead(ctx, "m1.a")
+	if err != nil || !d.DeadAt.Equal(dead.Truncate(time.Microsecond)) {
+		t.Fatalf("GetDead: DeadAt %v, %v; want %v", d.DeadAt, err, dead.Truncate(time.Microsecond))
+	}
+	for _, tc := range []struct {
+		since time.Time
+		want  int
+	}{{dead.Truncate(time.Microsecond), 1}, {dead, 0}, {at(5), 1}} {
+		ds, err := s.ListDead(ctx, relay.DeadFilter{Since: tc.since})
+		if err != nil || len(ds) != tc.want {
+			t.Errorf("ListDead(Since %v) = %v, %v; want %d", tc.since, ids(ds), err, tc.want)
+		}
+	}
+}
+
+// A selective filter over more dead letters than one script run scans still fills its page.
+func TestListDeadScansInRuns(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "scan")
+	s.deadBudget = 7
+	ctx := t.Context()
+	for i := range 40 {
+		target := "a"
+		if i%10 == 9 {
+			target = "b"
+		}
+		m := testMsg(fmt.Sprintf("m%02d", i), at(0), target)
+		if _, err := s.Enqueue(ctx, m, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := s.Claim(ctx, target, at(0), time.Minute, 1)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("Claim: %v, %v", ids(ds), err)
+		}
+		if err := s.Bury(ctx, ds[0], at(i), relay.Failure{Status: 400}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ListDead(ctx, relay.DeadFilter{Target: "b", Limit: 3})
+	if want := []string{"m09.b", "m19.b", "m29.b"}; err != nil || !slices.Equal(ids(got), want) {
+		t.Fatalf("ListDead(target b, limit 3) = %v, %v; want %v", ids(got), err, want)
+	}
+	got, err = s.ListDead(ctx, relay.DeadFilter{Target: "b", After: "m29.b"})
+	if want := []string{"m39.b"}; err != nil || !slices.Equal(ids(got), want) {
+		t.Fatalf("ListDead(target b, after m29.b) = %v, %v; want %v", ids(got), err, want)
+	}
+	if _, err := s.ListDead(ctx, relay.DeadFilter{After: "m00.x"}); !errors.Is(err, relay.ErrNotFound) {
+		t.Fatalf("ListDead(after an unknown ID) = %v, want ErrNotFound", err)
+	}
+}
+
+func TestMessageCodec(t *testing.T) {
+	m := &relay.Message{ID: "i", Route: "r", Provider: "p", JobID: "j", JobStatus: "s", ContentType: "c",
+		SourceAddr: "a", ReceivedAt: time.Date(1969, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		Body: []byte("\x00\xff\r\n"), Targets: []string{"t1", "t2"}}
+	b := encodeMessage(m)
+	got, err := decodeMessage(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != m.ID || got.Route != m.Route || got.Provider != m.Provider || got.JobID != m.JobID ||
+		got.JobStatus != m.JobStatus || got.ContentType != m.ContentType || got.SourceAddr != m.SourceAddr ||
+		!got.ReceivedAt.Equal(m.ReceivedAt) || !bytes.Equal(got.Body, m.Body) || !slices.Equal(got.Targets, m.Targets) {
+		t.Fatalf("round trip = %+v, want %+v", got, m)
+	}
+	for i := range len(b) { // every truncation is an error, never a panic
+		if _, err := decodeMessage(string(b[:i])); err == nil {
+			t.Errorf("decoding %d of %d bytes = nil error", i, len(b))
+		}
+	}
+	if _, err := decodeMessage(string(b) + "x"); err == nil {
+		t.Error("decoding with trailing bytes = nil error")
+	}
+	for _, us := range []int64{-1, 0, 1, 981173106000000} {
+		if got, err := parseDeadKey(deadKey(us)); err != nil || got.UnixMicro() != us {
+			t.Errorf("dead key of %d round trips to %v, %v", us, got, err)
+		}
+	}
+	if deadKey(-1) >= deadKey(0) || deadKey(0) >= deadKey(1) {
+		t.Error("dead keys do not sort like their times")
+	}
+}
