@@ -1,0 +1,621 @@
+package filters_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/filters"
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redistest"
+)
+
+// redisClient returns a client of srv with short timeouts and no retries, so that a dead server
+// fails a request in well under a second.
+func redisClient(tb testing.TB, addr string) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 500 * time.Millisecond,
+		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond, MaxRetries: -1})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func mustRedisLimiter(tb testing.TB, client redis.UniversalClient, c filters.RedisRateConfig) *filters.RedisRateLimiter {
+	tb.Helper()
+	rl, err := filters.NewRedisRateLimiter(client, c)
+	if err != nil {
+		tb.Fatalf("NewRedisRateLimiter(%+v): %v", c, err)
+	}
+	return rl
+}
+
+// runGuardSteps is runRLSteps for any Guard.
+func runGuardSteps(t *testing.T, g relay.Guard, clock *rlClock, steps []rlStep) {
+	t.Helper()
+	for i, s := range steps {
+		clock.Advance(s.advance)
+		err := g.Admit(rlReq, netip.MustParseAddr(s.addr))
+		if s.retry == 0 {
+			if err != nil {
+				t.Fatalf("step %d (%s): refused: %v", i, s.addr, err)
+			}
+			continue
+		}
+		var e *relay.Error
+		if !errors.As(err, &e) || e.Kind != relay.KindRateLimited {
+			t.Fatalf("step %d (%s): got %v, want rate limited", i, s.addr, err)
+		}
+		if e.RetryAfter != s.retry {
+			t.Fatalf("step %d (%s): Retry-After %v, want %v", i, s.addr, e.RetryAfter, s.retry)
+		}
+	}
+}
+
+// The in-process limiter's cases, unchanged: the shared limiter has the same semantics.
+func TestRedisRateLimiter(t *testing.T) {
+	const a, b, c = "198.51.100.1", "198.51.100.2", "2001:db8::1"
+	tests := []struct {
+		name  string
+		cfg   filters.RedisRateConfig
+		steps []rlStep
+	}{
+		{"burst then refusal, refill", filters.RedisRateConfig{PerIP: 0.1, PerIPBurst: 2}, []rlStep{
+			{0, a, 0}, {0, a, 0},
+			{0, a, 10 * time.Second}, // one request every 10 s
+			{0, a, 10 * time.Second}, // the refusal spent nothing
+			{4 * time.Second, a, 6 * time.Second},
+			{6 * time.Second, a, 0},
+			{0, a, 10 * time.Second},
+			{25 * time.Second, a, 0}, {0, a, 0}, // refilled to the burst, no further
+			{0, a, 10 * time.Second},
+		}},
+		{"Retry-After is at least a second", filters.RedisRateConfig{PerIP: 4, PerIPBurst: 1}, []rlStep{
+			{0, a, 0}, {0, a, time.Second}, // 250 ms away, sent as 1 s
+			{250 * time.Millisecond, a, 0},
+		}},
+		{"fractional refill", filters.RedisRateConfig{PerIP: 1.0 / 3, PerIPBurst: 1}, []rlStep{
+			{0, a, 0}, {0, a, 3 * time.Second},
+			{1500 * time.Millisecond, a, 1500 * time.Millisecond},
+			{1499 * time.Millisecond, a, time.Second}, // 1 ms away
+			{time.Millisecond, a, 0},
+		}},
+		{"per-address isolation", filters.RedisRateConfig{PerIP: 0.5, PerIPBurst: 1}, []rlStep{
+			{0, a, 0}, {0, a, 2 * time.Second},
+			{0, b, 0}, {0, b, 2 * time.Second},
+			{0, c, 0}, {0, "::ffff:" + a, 2 * time.Second}, // a mapped address is the IPv4 one
+			{2 * time.Second, a, 0},
+		}},
+		{"route limit across addresses", filters.RedisRateConfig{Route: 0.5, RouteBurst: 2}, []rlStep{
+			{0, a, 0}, {0, b, 0},
+			{0, c, 2 * time.Second}, {0, a, 2 * time.Second},
+			{time.Second, c, time.Second},
+			{time.Second, c, 0},
+		}},
+		{"per-address refusal spends nothing of the route", filters.RedisRateConfig{PerIP: 0.01, PerIPBurst: 1, Route: 0.1, RouteBurst: 2}, []rlStep{
+			{0, a, 0},
+			{0, a, 100 * time.Second}, {0, a, 100 * time.Second}, {0, a, 100 * time.Second},
+			{0, b, 0}, // the route's second request is still there
+			{0, c, 10 * time.Second},
+		}},
+		{"route refusal spends nothing of the address", filters.RedisRateConfig{PerIP: 0.01, PerIPBurst: 1, Route: 1, RouteBurst: 1}, []rlStep{
+			{0, a, 0},
+			{0, b, time.Second}, {0, b, time.Second},
+			{time.Second, b, 0}, // b's own allowance survived its refusals
+			{time.Second, b, 99 * time.Second},
+		}},
+		{"default burst is a second's worth", filters.RedisRateConfig{PerIP: 2.5}, []rlStep{
+			{0, a, 0}, {0, a, 0}, {0, a, 0}, {0, a, time.Second},
+		}},
+		{"default burst at least 1", filters.RedisRateConfig{Route: 0.2}, []rlStep{
+			{0, a, 0}, {0, b, 5 * time.Second},
+		}},
+		{"no limits", filters.RedisRateConfig{}, []rlStep{
+			{0, a, 0}, {0, a, 0}, {0, a, 0}, {0, a, 0},
+		}},
+		{"no address shares one bucket", filters.RedisRateConfig{PerIP: 1, PerIPBurst: 1}, []rlStep{
+			{0, "::", 0}, {0, "::", time.Second},
+		}},
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	client := redisClient(t, srv.Addr)
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newRLClock()
+			tt.cfg.Now, tt.cfg.RouteName = clock.Now, fmt.Sprint("case", i) // one server, a route each
+			runGuardSteps(t, mustRedisLimiter(t, client, tt.cfg), clock, tt.steps)
+		})
+	}
+}
+
+// Retry-After is exactly what remains of the GCRA interval, refill is one request per interval up
+// to the burst, and the pattern holds when it is sent later.
+func TestRedisRateLimiterRetryAfterAndRefill(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clock := newRLClock()
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{PerIP: 0.25, PerIPBurst: 2, RouteName: "r", Now: clock.Now})
+	a := netip.MustParseAddr("192.0.2.7")
+	retry := func() time.Duration {
+		t.Helper()
+		var e *relay.Error
+		if err := rl.Admit(rlReq, a); !errors.As(err, &e) || e.Kind != relay.KindRateLimited {
+			t.Fatalf("got %v, want rate limited", err)
+		}
+		return e.RetryAfter
+	}
+	for range 2 {
+		if err := rl.Admit(rlReq, a); err != nil {
+			t.Fatalf("within the burst: %v", err)
+		}
+	}
+	// Interval 4 s, burst 2: the next request passes 4 s after the burst.
+	for _, s := range []struct{ advance, want time.Duration }{
+		{0, 4 * time.Second},
+		{time.Second, 3 * time.Second},
+		{1500 * time.Millisecond, 1500 * time.Millisecond},
+		{1499 * time.Millisecond, time.Second}, // 1 ms left, sent as the 1 s floor
+	} {
+		clock.Advance(s.advance)
+		if got := retry(); got != s.want {
+			t.Fatalf("Retry-After %v, want %v", got, s.want)
+		}
+	}
+	clock.Advance(time.Millisecond)
+	if err := rl.Admit(rlReq, a); err != nil {
+		t.Fatalf("at the Retry-After: %v", err)
+	}
+	if got := retry(); got != 4*time.Second {
+		t.Fatalf("Retry-After %v after one refill, want 4s", got)
+	}
+	// A long idle period refills to the burst, no further.
+	clock.Advance(time.Hour)
+	for range 2 {
+		if err := rl.Admit(rlReq, a); err != nil {
+			t.Fatalf("after refilling: %v", err)
+		}
+	}
+	if got := retry(); got != 4*time.Second {
+		t.Fatalf("Retry-After %v past the refilled burst, want 4s", got)
+	}
+}
+
+// Two replicas, each with its own client and limiter, share one allowance.
+func TestRedisRateLimiterSharedByReplicas(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clock := newRLClock()
+	cfg := filters.RedisRateConfig{PerIP: 1, PerIPBurst: 5, RouteName: "shared", Now: clock.Now}
+	replicas := []*filters.RedisRateLimiter{
+		mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+		mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+	}
+	a := netip.MustParseAddr("203.0.113.9")
+	admitted := make([]int, len(replicas))
+	for i := range 10 {
+		err := replicas[i%2].Admit(rlReq, a)
+		switch {
+		case err == nil:
+			admitted[i%2]++
+		case relay.KindOf(err) != relay.KindRateLimited:
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if total := admitted[0] + admitted[1]; total != 5 {
+		t.Fatalf("admitted %v by the replicas, %d in all, want 5", admitted, total)
+	}
+
+	// The route's limit too, from different addresses.
+	cfg = filters.RedisRateConfig{Route: 1, RouteBurst: 3, RouteName: "shared-route", Now: clock.Now}
+	r1, r2 := mustRedisLimiter(t, redisClient(t, srv.Addr), cfg), mustRedisLimiter(t, redisClient(t, srv.Addr), cfg)
+	n := 0
+	for i := range 10 {
+		if []*filters.RedisRateLimiter{r1, r2}[i%2].Admit(rlReq, rlAddr(i)) == nil {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("route burst 3 admitted %d across two replicas", n)
+	}
+}
+
+// Keys are where the doc says, in one hash slot per route, and expire once the bucket is full.
+func TestRedisRateLimiterKeys(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redisClient(t, srv.Addr)
+	ctx := context.Background()
+	clock := newRLClock()
+	rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 1, PerIPBurst: 5, Route: 10, RouteBurst: 20,
+		Prefix: "hr-test", RouteName: "github:main", Now: clock.Now})
+	addrs := []string{"192.0.2.1", "::ffff:192.0.2.2", "2001:db8::7", "fe80::1%eth0"}
+	for _, s := range addrs {
+		for range 3 {
+			if err := rl.Admit(rlReq, netip.MustParseAddr(s)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := rl.Admit(rlReq, netip.Addr{}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := client.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	const tag = "{hr-test:rl:github:main}"
+	want := []string{tag + ":all", tag + ":ip:192.0.2.1", tag + ":ip:192.0.2.2", tag + ":ip:2001:db8::7", tag + ":ip:::", tag + ":ip:fe80::1"}
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Fatalf("keys %q, want %q", keys, want)
+	}
+
+	// One slot for every key of the route: a Cluster runs the script on one node.
+	slot := keySlot(keys[0])
+	for _, k := range keys {
+		if s := keySlot(k); s != slot {
+			t.Errorf("key %q in slot %d, %q in %d", k, s, keys[0], slot)
+		}
+	}
+
+	// TATs are in µs from the injected clock; expiries are the time to refill, bounded.
+	now := clock.Now().UnixMicro()
+	for _, c := range []struct {
+		key       string
+		tat       int64 // µs ahead of now
+		ttlCeilMs int64
+	}{
+		{tag + ":ip:192.0.2.1", 3_000_000, 3000}, // 3 requests at 1/s
+		{tag + ":ip:::", 1_000_000, 1000},        // 1 request
+		{tag + ":all", 13 * 100_000, 1300},       // 13 requests at 10/s
+		{tag + ":ip:fe80::1", 3_000_000, 3000},   // the zone is not part of the address
+	} {
+		v, err := client.Get(ctx, c.key).Int64()
+		if err != nil || v != now+c.tat {
+			t.Errorf("%s = %d, %v; want now+%d = %d", c.key, v, err, c.tat, now+c.tat)
+		}
+		pttl, err := client.PTTL(ctx, c.key).Result()
+		if err != nil || pttl <= 0 || pttl > time.Duration(c.ttlCeilMs)*time.Millisecond || pttl < time.Duration(c.ttlCeilMs)*time.Millisecond-time.Second {
+			t.Errorf("%s: PTTL %v, %v; want within a second below %d ms", c.key, pttl, err, c.ttlCeilMs)
+		}
+	}
+
+	// Keys go once their bucket is full: 100/s with burst 1 refills in 10 ms.
+	fast := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 100, PerIPBurst: 1, RouteName: "fast"})
+	if err := fast.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for client.Exists(ctx, "{hookrelay:rl:fast}:ip:192.0.2.1").Val() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a refilled bucket's key still exists after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// keySlot is Redis Cluster's HASH_SLOT of key: CRC16 (XMODEM) of its hash tag, modulo 16384. A
+// standalone server refuses CLUSTER KEYSLOT, and go-redis keeps its own in an internal package.
+func keySlot(key string) uint16 {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			key = key[s+1 : s+1+e]
+		}
+	}
+	return crc16(key) % 16384
+}
+
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+func TestKeySlot(t *testing.T) {
+	// The test vector of the Cluster specification, and slots from its examples.
+	if got := crc16("123456789"); got != 0x31C3 {
+		t.Fatalf("crc16 = %#x, want 0x31c3", got)
+	}
+	if keySlot("{user1000}.following") != keySlot("{user1000}.followers") || keySlot("foo{}{bar}") != crc16("foo{}{bar}")%16384 ||
+		keySlot("foo{{bar}}zap") != crc16("{bar")%16384 || keySlot("foo") != 12182 {
+		t.Fatal("keySlot does not follow the specification")
+	}
+}
+
+// A dead Redis makes Admit fail fast with 503, neither admitting nor refusing with 429; a restarted
+// one is used again.
+func TestRedisRateLimiterUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	clock := newRLClock()
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{PerIP: 1, Route: 100, RouteName: "r", Now: clock.Now})
+	a := netip.MustParseAddr("192.0.2.1")
+	if err := rl.Admit(rlReq, a); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	for i := range 3 { // the pooled connection, then new dials
+		start := time.Now()
+		err := rl.Admit(rlReq, a)
+		took := time.Since(start)
+		var e *relay.Error
+		if !errors.As(err, &e) || e.Kind != relay.KindUnavailable || e.RetryAfter != 5*time.Second ||
+			e.Msg != "rate limiter unavailable, retry later" || e.Err == nil {
+			t.Fatalf("request %d with Redis down: %#v, want KindUnavailable, Retry-After 5s, with the cause", i, err)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("request %d with Redis down took %v", i, took)
+		}
+		t.Logf("Redis down: %v in %v", err, took)
+	}
+	srv.Restart()
+	clock.Advance(time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for err := rl.Admit(rlReq, a); err != nil; err = rl.Admit(rlReq, a) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A request whose context is done is not waited for.
+func TestRedisRateLimiterContext(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{Route: 1, RouteName: "r"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := rl.Admit(rlReq.WithContext(ctx), netip.Addr{}); relay.KindOf(err) != relay.KindUnavailable || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled request: %v", err)
+	}
+	if err := rl.Admit(nil, netip.Addr{}); err != nil {
+		t.Fatalf("nil request: %v", err)
+	}
+}
+
+// Without a rate there is nothing to ask Redis: a dead one does not matter.
+func TestRedisRateLimiterNoLimitsNoRedis(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	rl := mustRedisLimiter(t, redisClient(t, addr), filters.RedisRateConfig{RouteName: "r"})
+	if err := rl.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := filters.NewRedisRateLimiter(nil, filters.RedisRateConfig{RouteName: "r"}); err != nil {
+		t.Fatalf("no client and no rate: %v", err)
+	}
+}
+
+// Concurrent requests spend exactly the allowance there is, across connections.
+func TestRedisRateLimiterConcurrent(t *testing.T) {
+	const addrs, perAddrBurst, routeBurst, goroutines, each = 20, 5, 50, 16, 50
+	srv := redistest.Start(t, redistest.Options{})
+	for _, route := range []bool{false, true} {
+		t.Run(fmt.Sprintf("route=%v", route), func(t *testing.T) {
+			clock := newRLClock()
+			cfg := filters.RedisRateConfig{PerIP: 1, PerIPBurst: perAddrBurst, RouteName: fmt.Sprint("route-", route), Now: clock.Now}
+			want := addrs * perAddrBurst
+			if route {
+				cfg.Route, cfg.RouteBurst = 1, routeBurst
+				want = routeBurst
+			}
+			// Two replicas, each with its own pool.
+			rls := []*filters.RedisRateLimiter{
+				mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+				mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+			}
+			var admitted [addrs]atomic.Int64
+			var wg sync.WaitGroup
+			for g := range goroutines {
+				wg.Go(func() {
+					for i := range each {
+						k := (g + i) % addrs
+						err := rls[g%2].Admit(rlReq, rlAddr(k))
+						switch {
+						case err == nil:
+							admitted[k].Add(1)
+						case relay.KindOf(err) != relay.KindRateLimited:
+							t.Error(err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			total := 0
+			for k := range admitted {
+				n := int(admitted[k].Load())
+				if n > perAddrBurst {
+					t.Errorf("address %d: %d admitted, burst %d", k, n, perAddrBurst)
+				}
+				total += n
+			}
+			if total != want {
+				t.Errorf("%d admitted in all, want %d", total, want)
+			}
+		})
+	}
+}
+
+// Random traffic gets the same answers from the shared limiter as from the in-process one.
+func TestRedisRateLimiterMatchesRateLimiter(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redisClient(t, srv.Addr)
+	addrs := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("2001:db8::1")}
+	for i, cfg := range []filters.RateConfig{
+		{PerIP: 0.5, PerIPBurst: 3},
+		{Route: 2, RouteBurst: 4},
+		{PerIP: 0.25, PerIPBurst: 2, Route: 1, RouteBurst: 3},
+		{PerIP: 0.125, Route: 0.5, RouteBurst: 2},
+	} {
+		t.Run(fmt.Sprintf("perIP=%v/%d,route=%v/%d", cfg.PerIP, cfg.PerIPBurst, cfg.Route, cfg.RouteBurst), func(t *testing.T) {
+			clock := newRLClock()
+			cfg.Now = clock.Now
+			local := mustRateLimiter(t, cfg)
+			shared := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: cfg.PerIP, PerIPBurst: cfg.PerIPBurst,
+				Route: cfg.Route, RouteBurst: cfg.RouteBurst, RouteName: fmt.Sprint("match", i), Now: clock.Now})
+			rnd := rand.New(rand.NewPCG(uint64(i), 1))
+			refused := 0
+			for step := range 2000 {
+				if rnd.IntN(3) == 0 {
+					clock.Advance(time.Duration(rnd.IntN(3000)) * time.Millisecond)
+				}
+				a := addrs[rnd.IntN(len(addrs))]
+				want, got := local.Admit(rlReq, a), shared.Admit(rlReq, a)
+				var we, ge *relay.Error
+				switch {
+				case want == nil && got == nil:
+				case errors.As(want, &we) && errors.As(got, &ge):
+					refused++
+					if we.Error() != ge.Error() || (we.RetryAfter-ge.RetryAfter).Abs() > time.Microsecond {
+						t.Fatalf("step %d from %v: in-process %v (Retry-After %v), shared %v (%v)", step, a, want, we.RetryAfter, got, ge.RetryAfter)
+					}
+				default:
+					t.Fatalf("step %d from %v: in-process %v, shared %v", step, a, want, got)
+				}
+			}
+			t.Logf("%d of 2000 refused, alike", refused)
+			if refused == 0 || refused == 2000 {
+				t.Fatalf("%d of 2000 refused: the traffic tests nothing", refused)
+			}
+		})
+	}
+}
+
+func TestNewRedisRateLimiterErrors(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer client.Close()
+	tests := []struct {
+		cfg    filters.RedisRateConfig
+		client redis.UniversalClient
+		want   string
+	}{
+		{filters.RedisRateConfig{PerIP: -1, RouteName: "r"}, client, "per-address rate"},
+		{filters.RedisRateConfig{Route: math.NaN(), RouteName: "r"}, client, "route rate"},
+		{filters.RedisRateConfig{Route: math.Inf(1), RouteName: "r"}, client, "route rate"},
+		{filters.RedisRateConfig{PerIP: 1, PerIPBurst: -1, RouteName: "r"}, client, "per-address burst"},
+		{filters.RedisRateConfig{Route: 1, RouteBurst: -2, RouteName: "r"}, client, "route burst"},
+		{filters.RedisRateConfig{PerIPBurst: 5, RouteName: "r"}, client, "per-address burst 5 given without a rate"},
+		{filters.RedisRateConfig{RouteBurst: 5, RouteName: "r"}, client, "route burst 5 given without a rate"},
+		{filters.RedisRateConfig{Route: 2e6, RouteName: "r"}, client, "route rate 2e+06 is above"},
+		{filters.RedisRateConfig{PerIP: 1}, client, "route's name"},
+		{filters.RedisRateConfig{PerIP: 1, RouteName: "a}b"}, client, "route name"},
+		{filters.RedisRateConfig{PerIP: 1, RouteName: "r", Prefix: "{x"}, client, "prefix"},
+		{filters.RedisRateConfig{PerIP: 1, RouteName: "r"}, nil, "no Redis client"},
+	}
+	for _, tt := range tests {
+		_, err := filters.NewRedisRateLimiter(tt.client, tt.cfg)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("NewRedisRateLimiter(%+v) = %v, want an error containing %q", tt.cfg, err, tt.want)
+		}
+	}
+}
+
+// Extreme but valid rates keep every time exact and every expiry valid.
+func TestRedisRateLimiterExtremeRates(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redisClient(t, srv.Addr)
+	clock := newRLClock()
+	a := netip.MustParseAddr("192.0.2.1")
+	for i, c := range []struct {
+		rate  float64
+		burst int
+		wantN int // admitted at once
+	}{
+		{1e6, 0, 1e3},    // the highest rate: its burst is a second's worth, more than we send
+		{1e-12, 1, 1},    // once per 31,000 years, raised to once per 100
+		{1e-9, 1e9, 1e3}, // a burst beyond 100 years of intervals
+		{1, math.MaxInt64, 1e3},
+	} {
+		rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: c.rate, PerIPBurst: c.burst, RouteName: fmt.Sprint("extreme", i), Now: clock.Now})
+		n := 0
+		for range 1000 {
+			err := rl.Admit(rlReq, a)
+			if err == nil {
+				n++
+			} else if relay.KindOf(err) != relay.KindRateLimited {
+				t.Fatalf("rate %v burst %d: %v", c.rate, c.burst, err)
+			}
+		}
+		if n != c.wantN {
+			t.Errorf("rate %v burst %d: %d admitted at once, want %d", c.rate, c.burst, n, c.wantN)
+		}
+	}
+}
+
+func BenchmarkRedisRateLimiter(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer client.Close()
+	const addrs = 1 << 14
+	pool := make([]netip.Addr, addrs)
+	for i := range pool {
+		pool[i] = rlAddr(i * 7919)
+	}
+	// Many requests in flight, as in a busy replica: the measure is then throughput, not one round
+	// trip's latency.
+	const parallelism = 16
+	b.Run("PING", func(b *testing.B) { // the round trip alone, for reference
+		b.SetParallelism(parallelism)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := client.Ping(context.Background()).Err(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	// Rates high enough that every request is admitted: the hot path, with the real clock; and a
+	// route that refuses everything.
+	for _, bc := range []struct {
+		name string
+		cfg  filters.RedisRateConfig
+	}{
+		{"per-address", filters.RedisRateConfig{PerIP: 1e6, PerIPBurst: 1e9}},
+		{"route", filters.RedisRateConfig{Route: 1e6, RouteBurst: 1e9}},
+		{"both", filters.RedisRateConfig{PerIP: 1e6, PerIPBurst: 1e9, Route: 1e6, RouteBurst: 1e9}},
+		{"refused", filters.RedisRateConfig{Route: 1e-6, RouteBurst: 1}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			bc.cfg.RouteName = "bench-" + bc.name
+			rl := mustRedisLimiter(b, client, bc.cfg)
+			var seq atomic.Uint64
+			var failed atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(parallelism)
+			b.RunParallel(func(pb *testing.PB) {
+				i := seq.Add(1) * 4099
+				for pb.Next() {
+					i++
+					if err := rl.Admit(rlReq, pool[i%addrs]); err != nil && bc.name != "refused" {
+						failed.Add(1)
+					}
+				}
+			})
+			if n := failed.Load(); n > 0 {
+				b.Fatalf("%d requests not admitted", n)
+			}
+		})
+	}
+}
