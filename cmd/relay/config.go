@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/filters"
@@ -40,6 +41,8 @@ type fileConfig struct {
 	Routes         []routeConfig  `yaml:"routes"`
 
 	clients relay.ClientResolver // built by validate
+	// redis is the client of store.redis, made by validate (it connects lazily).
+	redis redis.UniversalClient
 }
 
 type logConfig struct {
@@ -48,8 +51,9 @@ type logConfig struct {
 }
 
 type storeConfig struct {
-	Type string `yaml:"type"`
-	Path string `yaml:"path"`
+	Type  string       `yaml:"type"`
+	Path  string       `yaml:"path,omitempty"`
+	Redis *redisConfig `yaml:"redis,omitempty"`
 }
 
 type deliveryConfig struct {
@@ -114,6 +118,8 @@ type rateConfig struct {
 	Route      float64 `yaml:"route"`
 	RouteBurst int     `yaml:"route_burst"`
 	MaxTracked int     `yaml:"max_tracked,omitempty"`
+	// Shared keeps the limit in Redis so that it holds across replicas (store.type: redis).
+	Shared bool `yaml:"shared,omitempty"`
 }
 
 // verifyConfig selects one verification scheme. Secrets are named, never inline.
@@ -243,6 +249,9 @@ func (c *fileConfig) applyDefaults() {
 	if c.Store.Type == "embedded" {
 		def(&c.Store.Path, filepath.Join(c.DataDir, "relay.db"))
 	}
+	if c.Store.Type == "redis" && c.Store.Redis != nil {
+		c.Store.Redis.applyDefaults()
+	}
 	dur := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -299,6 +308,13 @@ func (c *fileConfig) applyDefaults() {
 	}
 }
 
+func (c *fileConfig) redisPrefix() string {
+	if c.Store.Redis == nil {
+		return ""
+	}
+	return c.Store.Redis.Prefix
+}
+
 func (r *routeConfig) generic() *filters.Generic {
 	if r.Generic == nil {
 		return nil
@@ -311,6 +327,16 @@ type problems []error
 
 func (p *problems) add(path, format string, args ...any) {
 	*p = append(*p, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+}
+
+// checkName checks a target's or route's name: it appears in IDs, headers and store keys.
+func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
+	if !namePattern.MatchString(name) {
+		p.add(at+".name", "%q must be 1-63 lower-case letters, digits, - or _", name)
+	} else if seen[name] {
+		p.add(at+".name", "%q is used by another %s; names must be unique", name, kind)
+	}
+	seen[name] = true
 }
 
 func (c *fileConfig) validate(log *slog.Logger) error {
@@ -335,8 +361,19 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		p.add("log.format", "%q is not json or text", c.Log.Format)
 	}
-	if c.Store.Type != "embedded" {
-		p.add("store.type", "%q is not supported; use embedded", c.Store.Type)
+	switch c.Store.Type {
+	case "embedded":
+		if c.Store.Redis != nil {
+			p.add("store.redis", "set, but store.type is embedded; set store.type: redis or remove it")
+		}
+	case "redis":
+		if c.Store.Redis == nil {
+			p.add("store.redis", "store.type is redis: set store.redis.url or store.redis.addrs")
+		} else if opts := c.Store.Redis.validate(&p); opts != nil && len(p) == 0 {
+			c.redis = redis.NewUniversalClient(opts)
+		}
+	default:
+		p.add("store.type", "%q is not embedded or redis", c.Store.Type)
 	}
 	positive := func(path string, d time.Duration) {
 		if d < 0 {
@@ -355,12 +392,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		at := fmt.Sprintf("targets[%d]", i)
-		if !namePattern.MatchString(t.Name) {
-			p.add(at+".name", "%q must be 1-63 lower-case letters, digits, - or _", t.Name)
-		} else if targets[t.Name] {
-			p.add(at+".name", "%q is used by another target; names must be unique", t.Name)
-		}
-		targets[t.Name] = true
+		p.checkName(at, "target", t.Name, targets)
 		if u, err := url.Parse(t.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			p.add(at+".url", "%q is not an absolute http:// or https:// URL", t.URL)
 		}
@@ -407,12 +439,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		at := fmt.Sprintf("routes[%d]", i)
-		if !namePattern.MatchString(r.Name) {
-			p.add(at+".name", "%q must be 1-63 lower-case letters, digits, - or _", r.Name)
-		} else if names[r.Name] {
-			p.add(at+".name", "%q is used by another route; names must be unique", r.Name)
-		}
-		names[r.Name] = true
+		p.checkName(at, "route", r.Name, names)
 		if !strings.HasPrefix(r.Path, "/") {
 			p.add(at+".path", "%q must start with /", r.Path)
 		} else if other, dup := paths[r.Path]; dup {
@@ -424,7 +451,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 			p.add(at+".provider", "%v", err)
 		}
 		r.built = builtRoute{preset: preset}
-		r.buildChecks(at, &p, log)
+		r.buildChecks(at, &p, log, c.redis, c.redisPrefix())
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
@@ -491,7 +518,7 @@ func (t *targetConfig) signingKey() ([]byte, error) {
 
 // buildChecks constructs the route's allowlist, rate limiter and verifier, reporting problems
 // under the route's key path, and refuses a route that anyone could post to unless it says so.
-func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger) {
+func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string) {
 	entries := append([]string(nil), r.Allowlist...)
 	for i, f := range r.AllowlistFiles {
 		more, err := filters.ReadAllowlistFile(f)
@@ -509,8 +536,20 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger) {
 		}
 	}
 	if rl := r.RateLimit; rl != nil {
-		lim, err := filters.NewRateLimiter(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
-			Route: rl.Route, RouteBurst: rl.RouteBurst, MaxTracked: rl.MaxTracked, Now: time.Now})
+		var (
+			lim relay.Guard
+			err error
+		)
+		switch {
+		case rl.Shared && rdb == nil:
+			err = errors.New("shared: true keeps the limit in Redis; it needs store.type: redis")
+		case rl.Shared:
+			lim, err = filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
+				Route: rl.Route, RouteBurst: rl.RouteBurst, Prefix: redisPrefix, RouteName: r.Name, Now: time.Now})
+		default:
+			lim, err = filters.NewRateLimiter(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
+				Route: rl.Route, RouteBurst: rl.RouteBurst, MaxTracked: rl.MaxTracked, Now: time.Now})
+		}
 		if err != nil {
 			p.add(at+".rate_limit", "%v", err)
 		} else {

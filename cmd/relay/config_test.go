@@ -213,3 +213,53 @@ func TestRouteChecksConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestRedisStoreConfig(t *testing.T) {
+	t.Setenv("HOOKRELAY_TEST_REDIS_PW", "s3cret-pw")
+	base := routeYAML("fashn", "    insecure: true\n")
+	for _, tc := range []struct {
+		name    string
+		store   string
+		wantErr []string
+	}{
+		{"url", "store: {type: redis, redis: {url: redis://127.0.0.1:6379/2}}", nil},
+		{"sentinel", "store: {type: redis, redis: {addrs: [127.0.0.1:26379, 127.0.0.1:26380], master_name: mymaster, password_env: HOOKRELAY_TEST_REDIS_PW}}", nil},
+		{"password in url", "store: {type: redis, redis: {url: 'redis://:pw@127.0.0.1:6379/0'}}", []string{"store.redis.url: holds a password; move it to password_env"}},
+		{"redis without settings", "store: {type: redis}", []string{"store.redis: store.type is redis"}},
+		{"url and addrs", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, addrs: [127.0.0.1:6379]}}", []string{"store.redis: set url or addrs, not both"}},
+		{"bad addr", "store: {type: redis, redis: {addrs: [localhost]}}", []string{"store.redis.addrs[0]:"}},
+		{"password env unset", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, password_env: HOOKRELAY_TEST_UNSET}}", []string{"store.redis.password_env:", "not set"}},
+		{"braces in prefix", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, prefix: '{x}'}}", []string{"store.redis.prefix:"}},
+		{"redis settings with embedded", "store: {type: embedded, redis: {url: redis://127.0.0.1:6379}}", []string{"store.redis: set, but store.type is embedded"}},
+		{"unknown type", "store: {type: etcd}", []string{`store.type: "etcd" is not embedded or redis`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, err := parseConfig([]byte(tc.store+"\n"+base), "test.yaml", io.Discard)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.redis == nil || c.Store.Redis.Prefix != "hookrelay" {
+					t.Fatalf("no client or default prefix: %+v", c.Store.Redis)
+				}
+				c.redis.Close()
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "s3cret-pw") {
+				t.Errorf("error leaks the password: %v", err)
+			}
+		})
+	}
+	_, _, err := parseConfig([]byte(routeYAML("fashn", "    insecure: true\n    rate_limit: {per_ip: 1, shared: true}\n")), "test.yaml", io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "routes[0].rate_limit: shared: true keeps the limit in Redis") {
+		t.Fatalf("shared rate limit on the embedded store: %v", err)
+	}
+}

@@ -12,14 +12,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"syscall"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/relay"
-	"github.com/hookrelay/hookrelay/relay/boltstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -106,10 +104,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	store, err := boltstore.Open(cfg.Store.Path, boltstore.Options{Logger: log})
+	store, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -136,7 +131,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Log(ctx, level, "route", "route", r.Name, "path", r.Path, "checks", r.posture())
 	}
-	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Path,
+	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	err = r.Run(ctx, ln)
 	log.Info("relay stopped")
