@@ -15,32 +15,68 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redisstore"
+	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 // BenchmarkIngress measures durable acknowledgements: 64 concurrent senders POST distinct fal-style
-// webhooks through the real HTTP handler into the embedded store (fsync on, group commit).
+// webhooks through the real HTTP handler into a store; the 2xx means the store accepted it.
 //
 //	go test -run '^$' -bench Ingress -benchtime 20000x ./relay/
 //
-// "workers=off" measures ingress alone; "workers=on" also delivers everything to a local target
-// while ingesting, as a running relay does.
+// Stores: embedded (bbolt, fsync on, group commit), and a real redis-server on this machine with
+// no persistence, with AOF appendfsync everysec, and with AOF appendfsync always. "workers=off"
+// measures ingress alone; "workers=on" also delivers everything to a local target while ingesting,
+// as a running relay does.
 func BenchmarkIngress(b *testing.B) {
-	for _, workers := range []bool{false, true} {
-		b.Run(fmt.Sprintf("workers=%v", map[bool]string{false: "off", true: "on"}[workers]), func(b *testing.B) {
-			benchIngress(b, workers)
-		})
+	stores := []struct {
+		name string
+		open func(b *testing.B) relay.Store
+	}{
+		{"embedded", func(b *testing.B) relay.Store { return openStore(b, filepath.Join(b.TempDir(), "relay.db")) }},
+		{"redis", func(b *testing.B) relay.Store { return openRedis(b, "") }},
+		{"redis-aof-everysec", func(b *testing.B) relay.Store { return openRedis(b, "everysec") }},
+		{"redis-aof-always", func(b *testing.B) relay.Store { return openRedis(b, "always") }},
+	}
+	for _, st := range stores {
+		for _, workers := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/workers=%v", st.name, map[bool]string{false: "off", true: "on"}[workers]), func(b *testing.B) {
+				benchIngress(b, st.open(b), workers)
+			})
+		}
 	}
 }
 
-func benchIngress(b *testing.B, workers bool) {
+// openRedis starts a redis-server for the benchmark, with AOF at the given fsync policy ("": off).
+func openRedis(b *testing.B, appendfsync string) relay.Store {
+	srv := redistest.Start(b, redistest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 128})
+	if appendfsync != "" {
+		ctx := context.Background()
+		if err := client.ConfigSet(ctx, "appendfsync", appendfsync).Err(); err != nil {
+			b.Fatal(err)
+		}
+		if err := client.ConfigSet(ctx, "appendonly", "yes").Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s, err := redisstore.New(client, redisstore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func benchIngress(b *testing.B, store relay.Store, workers bool) {
 	var delivered atomic.Int64
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		delivered.Add(1)
 	}))
 	defer target.Close()
-	store := openStore(b, filepath.Join(b.TempDir(), "relay.db"))
 	defer store.Close()
 	rt := route(b, "fal", "fal", "app")
 	tg := relay.Target{Name: "app", URL: target.URL, Timeout: 5 * time.Second, Concurrency: 32, Retry: relay.DefaultRetryPolicy()}

@@ -45,7 +45,7 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 	if dedupeKey != "" {
 		keys = append(keys, s.dedupeKey(dedupeKey))
 	}
-	dup, err := enqueueScript.Run(ctx, s.rdb, keys, args...).Int()
+	dup, err := s.enqueues.run(ctx, keys, args)
 	if err != nil {
 		return false, fmt.Errorf("redisstore: enqueue %s: %w", m.ID, err)
 	}

@@ -62,6 +62,7 @@ type Store struct {
 
 	sweepChunk int // dedupe keys one sweep script deletes, so that Redis is never blocked for long
 	deadBudget int // dead set entries one list script scans, for the same reason
+	enqueues   *batcher
 }
 
 // New returns a store on client, which it owns from now on: Close closes it. New does not
@@ -79,7 +80,8 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000}, nil
+	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000,
+		enqueues: newBatcher(client)}, nil
 }
 
 // Ping checks that Redis answers.
@@ -92,6 +94,7 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Close closes the client. Calls after it fail.
 func (s *Store) Close() error {
+	s.enqueues.close() // enqueues already submitted finish first
 	if err := s.rdb.Close(); err != nil {
 		return fmt.Errorf("redisstore: close: %w", err)
 	}
