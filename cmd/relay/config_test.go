@@ -1,12 +1,18 @@
 package main
 
 import (
+	"context"
 	"io"
+	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 const minimal = `
@@ -261,5 +267,54 @@ func TestRedisStoreConfig(t *testing.T) {
 	_, _, err := parseConfig([]byte(routeYAML("fashn", "    insecure: true\n    rate_limit: {per_ip: 1, shared: true}\n")), "test.yaml", io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "routes[0].rate_limit: shared: true keeps the limit in Redis") {
 		t.Fatalf("shared rate limit on the embedded store: %v", err)
+	}
+}
+
+// Two replicas built from one config share a route's rate limit through Redis, and the relay's
+// readiness follows Redis' health.
+func TestSharedRateLimitAndReadinessOnRedis(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{AOF: true})
+	yaml := "store: {type: redis, redis: {url: 'redis://" + rs.Addr + "/0', dial_timeout: 200ms, read_timeout: 200ms}}\n" +
+		routeYAML("fashn", "    insecure: true\n    rate_limit: {per_ip: 0.001, per_ip_burst: 3, shared: true}\n")
+	var admitted int
+	for replica := range 2 {
+		c, log, err := parseConfig([]byte(yaml), "test.yaml", io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, targets, err := c.engineConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, err := openStore(c, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		for range 3 {
+			req := httptest.NewRequest("POST", "/hooks/r", nil)
+			if routes[0].Guards[0].Admit(req, netip.MustParseAddr("203.0.113.9")) == nil {
+				admitted++
+			}
+		}
+		if replica == 1 {
+			r, err := relay.New(relay.Config{Routes: routes, Targets: targets, Store: store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := r.Ready(ctx); err != nil {
+				t.Fatalf("not ready with Redis up: %v", err)
+			}
+			rs.Kill()
+			if err := r.Ready(ctx); err == nil {
+				t.Fatal("ready with Redis down")
+			}
+			rs.Restart()
+			waitUntil(t, "ready again after Redis restarted", func() bool { return r.Ready(ctx) == nil })
+		}
+	}
+	if admitted != 3 {
+		t.Fatalf("two replicas admitted %d requests from one address, want the shared burst of 3", admitted)
 	}
 }
