@@ -65,11 +65,12 @@ type rlStep struct {
 	retry   time.Duration // 0: admitted; else refused with this Retry-After
 }
 
-func runRLSteps(t *testing.T, rl *filters.RateLimiter, clock *rlClock, steps []rlStep) {
+// runGuardSteps runs a rate-limit script against any limiter.
+func runGuardSteps(t *testing.T, g relay.Guard, clock *rlClock, steps []rlStep) {
 	t.Helper()
 	for i, s := range steps {
 		clock.Advance(s.advance)
-		err := rl.Admit(rlReq, netip.MustParseAddr(s.addr))
+		err := g.Admit(rlReq, netip.MustParseAddr(s.addr))
 		if s.retry == 0 {
 			if err != nil {
 				t.Fatalf("step %d (%s): refused: %v", i, s.addr, err)
@@ -86,13 +87,17 @@ func runRLSteps(t *testing.T, rl *filters.RateLimiter, clock *rlClock, steps []r
 	}
 }
 
-func TestRateLimiter(t *testing.T) {
+// rlCase is a rate-limit script. The in-process and the Redis limiter run the same cases: they
+// must behave the same.
+type rlCase struct {
+	name  string
+	cfg   filters.RateConfig
+	steps []rlStep
+}
+
+func rateLimiterCases() []rlCase {
 	const a, b, c = "198.51.100.1", "198.51.100.2", "2001:db8::1"
-	tests := []struct {
-		name  string
-		cfg   filters.RateConfig
-		steps []rlStep
-	}{
+	return []rlCase{
 		{"burst then refusal, refill", filters.RateConfig{PerIP: 0.1, PerIPBurst: 2}, []rlStep{
 			{0, a, 0}, {0, a, 0},
 			{0, a, 10 * time.Second}, // one token every 10 s
@@ -150,11 +155,14 @@ func TestRateLimiter(t *testing.T) {
 			{0, "::", 0}, {0, "::", time.Second},
 		}},
 	}
-	for _, tt := range tests {
+}
+
+func TestRateLimiter(t *testing.T) {
+	for _, tt := range rateLimiterCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newRLClock()
 			tt.cfg.Now = clock.Now
-			runRLSteps(t, mustRateLimiter(t, tt.cfg), clock, tt.steps)
+			runGuardSteps(t, mustRateLimiter(t, tt.cfg), clock, tt.steps)
 		})
 	}
 }

@@ -41,100 +41,16 @@ func mustRedisLimiter(tb testing.TB, client redis.UniversalClient, c filters.Red
 	return rl
 }
 
-// runGuardSteps is runRLSteps for any Guard.
-func runGuardSteps(t *testing.T, g relay.Guard, clock *rlClock, steps []rlStep) {
-	t.Helper()
-	for i, s := range steps {
-		clock.Advance(s.advance)
-		err := g.Admit(rlReq, netip.MustParseAddr(s.addr))
-		if s.retry == 0 {
-			if err != nil {
-				t.Fatalf("step %d (%s): refused: %v", i, s.addr, err)
-			}
-			continue
-		}
-		var e *relay.Error
-		if !errors.As(err, &e) || e.Kind != relay.KindRateLimited {
-			t.Fatalf("step %d (%s): got %v, want rate limited", i, s.addr, err)
-		}
-		if e.RetryAfter != s.retry {
-			t.Fatalf("step %d (%s): Retry-After %v, want %v", i, s.addr, e.RetryAfter, s.retry)
-		}
-	}
-}
-
-// The in-process limiter's cases, unchanged: the shared limiter has the same semantics.
+// The in-process limiter's cases: the shared limiter has the same semantics.
 func TestRedisRateLimiter(t *testing.T) {
-	const a, b, c = "198.51.100.1", "198.51.100.2", "2001:db8::1"
-	tests := []struct {
-		name  string
-		cfg   filters.RedisRateConfig
-		steps []rlStep
-	}{
-		{"burst then refusal, refill", filters.RedisRateConfig{PerIP: 0.1, PerIPBurst: 2}, []rlStep{
-			{0, a, 0}, {0, a, 0},
-			{0, a, 10 * time.Second}, // one request every 10 s
-			{0, a, 10 * time.Second}, // the refusal spent nothing
-			{4 * time.Second, a, 6 * time.Second},
-			{6 * time.Second, a, 0},
-			{0, a, 10 * time.Second},
-			{25 * time.Second, a, 0}, {0, a, 0}, // refilled to the burst, no further
-			{0, a, 10 * time.Second},
-		}},
-		{"Retry-After is at least a second", filters.RedisRateConfig{PerIP: 4, PerIPBurst: 1}, []rlStep{
-			{0, a, 0}, {0, a, time.Second}, // 250 ms away, sent as 1 s
-			{250 * time.Millisecond, a, 0},
-		}},
-		{"fractional refill", filters.RedisRateConfig{PerIP: 1.0 / 3, PerIPBurst: 1}, []rlStep{
-			{0, a, 0}, {0, a, 3 * time.Second},
-			{1500 * time.Millisecond, a, 1500 * time.Millisecond},
-			{1499 * time.Millisecond, a, time.Second}, // 1 ms away
-			{time.Millisecond, a, 0},
-		}},
-		{"per-address isolation", filters.RedisRateConfig{PerIP: 0.5, PerIPBurst: 1}, []rlStep{
-			{0, a, 0}, {0, a, 2 * time.Second},
-			{0, b, 0}, {0, b, 2 * time.Second},
-			{0, c, 0}, {0, "::ffff:" + a, 2 * time.Second}, // a mapped address is the IPv4 one
-			{2 * time.Second, a, 0},
-		}},
-		{"route limit across addresses", filters.RedisRateConfig{Route: 0.5, RouteBurst: 2}, []rlStep{
-			{0, a, 0}, {0, b, 0},
-			{0, c, 2 * time.Second}, {0, a, 2 * time.Second},
-			{time.Second, c, time.Second},
-			{time.Second, c, 0},
-		}},
-		{"per-address refusal spends nothing of the route", filters.RedisRateConfig{PerIP: 0.01, PerIPBurst: 1, Route: 0.1, RouteBurst: 2}, []rlStep{
-			{0, a, 0},
-			{0, a, 100 * time.Second}, {0, a, 100 * time.Second}, {0, a, 100 * time.Second},
-			{0, b, 0}, // the route's second request is still there
-			{0, c, 10 * time.Second},
-		}},
-		{"route refusal spends nothing of the address", filters.RedisRateConfig{PerIP: 0.01, PerIPBurst: 1, Route: 1, RouteBurst: 1}, []rlStep{
-			{0, a, 0},
-			{0, b, time.Second}, {0, b, time.Second},
-			{time.Second, b, 0}, // b's own allowance survived its refusals
-			{time.Second, b, 99 * time.Second},
-		}},
-		{"default burst is a second's worth", filters.RedisRateConfig{PerIP: 2.5}, []rlStep{
-			{0, a, 0}, {0, a, 0}, {0, a, 0}, {0, a, time.Second},
-		}},
-		{"default burst at least 1", filters.RedisRateConfig{Route: 0.2}, []rlStep{
-			{0, a, 0}, {0, b, 5 * time.Second},
-		}},
-		{"no limits", filters.RedisRateConfig{}, []rlStep{
-			{0, a, 0}, {0, a, 0}, {0, a, 0}, {0, a, 0},
-		}},
-		{"no address shares one bucket", filters.RedisRateConfig{PerIP: 1, PerIPBurst: 1}, []rlStep{
-			{0, "::", 0}, {0, "::", time.Second},
-		}},
-	}
 	srv := redistest.Start(t, redistest.Options{})
 	client := redisClient(t, srv.Addr)
-	for i, tt := range tests {
+	for i, tt := range rateLimiterCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newRLClock()
-			tt.cfg.Now, tt.cfg.RouteName = clock.Now, fmt.Sprint("case", i) // one server, a route each
-			runGuardSteps(t, mustRedisLimiter(t, client, tt.cfg), clock, tt.steps)
+			cfg := filters.RedisRateConfig{PerIP: tt.cfg.PerIP, PerIPBurst: tt.cfg.PerIPBurst, Route: tt.cfg.Route,
+				RouteBurst: tt.cfg.RouteBurst, Now: clock.Now, RouteName: fmt.Sprint("case", i)} // one server, a route each
+			runGuardSteps(t, mustRedisLimiter(t, client, cfg), clock, tt.steps)
 		})
 	}
 }

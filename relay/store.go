@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -71,6 +72,33 @@ var (
 	// ErrNotFound: no such dead letter.
 	ErrNotFound = errors.New("not found")
 )
+
+// ValidateEnqueue checks an Enqueue call's arguments; every backend refuses the same bad input.
+func ValidateEnqueue(m *Message, dedupeKey string, ttl time.Duration) error {
+	switch {
+	case m == nil:
+		return errors.New("nil message")
+	case m.ID == "":
+		return errors.New("message without ID")
+	case m.ReceivedAt.IsZero():
+		return fmt.Errorf("message %s without ReceivedAt", m.ID)
+	case len(m.Targets) == 0:
+		return fmt.Errorf("message %s without targets", m.ID)
+	case dedupeKey != "" && ttl <= 0:
+		return fmt.Errorf("message %s: dedupe key with ttl %v", m.ID, ttl)
+	}
+	for i, t := range m.Targets {
+		if t == "" {
+			return fmt.Errorf("message %s: empty target", m.ID)
+		}
+		for _, u := range m.Targets[:i] {
+			if t == u {
+				return fmt.Errorf("message %s: target %q twice", m.ID, t)
+			}
+		}
+	}
+	return nil
+}
 
 // Enqueuer is what ingress needs: the dedupe claim and the enqueue as one atomic, durable operation.
 type Enqueuer interface {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 // concurrent callers (group commit). The key is claimed at m.ReceivedAt and held until
 // m.ReceivedAt+ttl; a key whose time has passed counts as absent even before Sweep removes it.
 func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string, ttl time.Duration) (bool, error) {
-	if err := validateMessage(m, dedupeKey, ttl); err != nil {
+	if err := relay.ValidateEnqueue(m, dedupeKey, ttl); err != nil {
 		return false, fmt.Errorf("boltstore: enqueue: %w", err)
 	}
 	// Encode outside the transaction: the batch runs every caller's function on one goroutine.
@@ -66,32 +65,6 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 		return false, fmt.Errorf("boltstore: enqueue %s: %w", m.ID, err)
 	}
 	return duplicate, nil
-}
-
-func validateMessage(m *relay.Message, dedupeKey string, ttl time.Duration) error {
-	switch {
-	case m == nil:
-		return errors.New("nil message")
-	case m.ID == "":
-		return errors.New("message without ID")
-	case m.ReceivedAt.IsZero():
-		return fmt.Errorf("message %s without ReceivedAt", m.ID)
-	case len(m.Targets) == 0:
-		return fmt.Errorf("message %s without targets", m.ID)
-	case dedupeKey != "" && ttl <= 0:
-		return fmt.Errorf("message %s: dedupe key with ttl %v", m.ID, ttl)
-	}
-	for i, t := range m.Targets {
-		if t == "" {
-			return fmt.Errorf("message %s: empty target", m.ID)
-		}
-		for _, u := range m.Targets[:i] {
-			if t == u {
-				return fmt.Errorf("message %s: target %q twice", m.ID, t)
-			}
-		}
-	}
-	return nil
 }
 
 // claimKey takes key until expires unless it is held at now. It reports false when it is held.

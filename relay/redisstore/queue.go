@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -19,7 +18,7 @@ import (
 // even before Sweep removes it. Enqueuing the same message twice (a retry after a lost reply)
 // reports it stored, not a duplicate; another message with a stored ID is an error.
 func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string, ttl time.Duration) (bool, error) {
-	if err := validateMessage(m, dedupeKey, ttl); err != nil {
+	if err := relay.ValidateEnqueue(m, dedupeKey, ttl); err != nil {
 		return false, fmt.Errorf("redisstore: enqueue: %w", err)
 	}
 	n := len(m.Targets)
@@ -50,32 +49,6 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 		return false, fmt.Errorf("redisstore: enqueue %s: %w", m.ID, err)
 	}
 	return dup == 1, nil
-}
-
-func validateMessage(m *relay.Message, dedupeKey string, ttl time.Duration) error {
-	switch {
-	case m == nil:
-		return errors.New("nil message")
-	case m.ID == "":
-		return errors.New("message without ID")
-	case m.ReceivedAt.IsZero():
-		return fmt.Errorf("message %s without ReceivedAt", m.ID)
-	case len(m.Targets) == 0:
-		return fmt.Errorf("message %s without targets", m.ID)
-	case dedupeKey != "" && ttl <= 0:
-		return fmt.Errorf("message %s: dedupe key with ttl %v", m.ID, ttl)
-	}
-	for i, t := range m.Targets {
-		if t == "" {
-			return fmt.Errorf("message %s: empty target", m.ID)
-		}
-		for _, u := range m.Targets[:i] {
-			if t == u {
-				return fmt.Errorf("message %s: target %q twice", m.ID, t)
-			}
-		}
-	}
-	return nil
 }
 
 // Sweep deletes the dedupe keys expired at now, a chunk per script so that ingress never waits
