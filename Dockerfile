@@ -11,7 +11,9 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/relay /usr/local/bin/relay
 WORKDIR /var/lib/hookrelay
 VOLUME ["/var/lib/hookrelay"]
-EXPOSE 8080
+EXPOSE 8080 9090
+# The admin API listens on loopback inside the container, where the check runs.
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/relay", "health"]
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/relay"]
 CMD ["serve", "-config", "/etc/hookrelay/config.yaml"]

@@ -110,6 +110,7 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 func writeConfig(t *testing.T, dir, targetURL, extraTarget string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
 data_dir: %s
 delivery:
   poll_interval: 50ms

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -34,6 +35,7 @@ type fileConfig struct {
 	// Allowlist applies to every route without an allowlist of its own (or a provider default).
 	Allowlist      []string       `yaml:"allowlist"`
 	AllowlistFiles []string       `yaml:"allowlist_files"`
+	Admin          adminConfig    `yaml:"admin"`
 	Log            logConfig      `yaml:"log"`
 	Store          storeConfig    `yaml:"store"`
 	Delivery       deliveryConfig `yaml:"delivery"`
@@ -43,6 +45,15 @@ type fileConfig struct {
 	clients relay.ClientResolver // built by validate
 	// redis is the client of store.redis, made by validate (it connects lazily).
 	redis redis.UniversalClient
+}
+
+// adminConfig is the admin listener: health, readiness and the dead-letter API.
+type adminConfig struct {
+	Listen    string `yaml:"listen"` // "off" disables it
+	TokenEnv  string `yaml:"token_env,omitempty"`
+	TokenFile string `yaml:"token_file,omitempty"`
+
+	token []byte // read by validate
 }
 
 type logConfig struct {
@@ -194,6 +205,7 @@ func (b byteSize) MarshalYAML() (any, error) {
 // Defaults, also documented in config.example.yaml and the README.
 const (
 	defaultListen      = "127.0.0.1:8080"
+	defaultAdminListen = "127.0.0.1:9090"
 	defaultDataDir     = "./data"
 	defaultMaxBody     = 1 << 20
 	defaultDedupeTTL   = 72 * time.Hour
@@ -242,6 +254,7 @@ func (c *fileConfig) applyDefaults() {
 		}
 	}
 	def(&c.Listen, defaultListen)
+	def(&c.Admin.Listen, defaultAdminListen)
 	def(&c.DataDir, defaultDataDir)
 	def(&c.Log.Level, "info")
 	def(&c.Log.Format, "json")
@@ -329,6 +342,46 @@ func (p *problems) add(path, format string, args ...any) {
 	*p = append(*p, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
 }
 
+// validate checks the admin listener: off loopback it must require a bearer token.
+func (a *adminConfig) validate(p *problems) {
+	if a.Listen == "off" {
+		return
+	}
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
+		p.add("admin.listen", "%q is not host:port (default 127.0.0.1:9090), or off", a.Listen)
+		return
+	}
+	if a.TokenEnv != "" && a.TokenFile != "" {
+		p.add("admin", "set token_env or token_file, not both")
+	}
+	tok, err := readSecret(a.TokenEnv, a.TokenFile)
+	switch {
+	case err != nil:
+		key := "token_env"
+		if a.TokenFile != "" {
+			key = "token_file"
+		}
+		p.add("admin."+key, "%v", err)
+	case tok != "" && len(tok) < 16:
+		p.add("admin.token_env", "the token is %d characters; use at least 16", len(tok))
+	case tok == "" && !isLoopback(host):
+		p.add("admin.listen", "%s is not a loopback address: set admin.token_env so the admin API needs a bearer token", a.Listen)
+	}
+	if tok != "" {
+		a.token = []byte(tok)
+	}
+}
+
+// isLoopback reports whether host names only this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
 // checkName checks a target's or route's name: it appears in IDs, headers and store keys.
 func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
 	if !namePattern.MatchString(name) {
@@ -353,6 +406,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.add("listen", "%q is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)", c.Listen)
 	}
+	c.Admin.validate(&p)
 	switch c.Log.Level { // newLogger has used it already; an invalid level fell back to info
 	case "debug", "info", "warn", "error":
 	default:

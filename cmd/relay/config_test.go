@@ -318,3 +318,33 @@ func TestSharedRateLimitAndReadinessOnRedis(t *testing.T) {
 		t.Fatalf("two replicas admitted %d requests from one address, want the shared burst of 3", admitted)
 	}
 }
+
+func TestAdminConfig(t *testing.T) {
+	t.Setenv("HOOKRELAY_TEST_ADMIN", "admin-token-0123456789abcdef")
+	t.Setenv("HOOKRELAY_TEST_SHORT", "short")
+	base := routeYAML("fashn", "    insecure: true\n")
+	for _, tc := range []struct {
+		admin, wantErr string
+	}{
+		{"", ""},
+		{"admin: {listen: off}", ""},
+		{"admin: {listen: '[::1]:9090'}", ""},
+		{"admin: {listen: '0.0.0.0:9090'}", "admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token_env"},
+		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_ADMIN}", ""},
+		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_SHORT}", "admin.token_env: the token is 5 characters"},
+		{"admin: {listen: nowhere}", "admin.listen:"},
+	} {
+		c, _, err := parseConfig([]byte(tc.admin+"\n"+base), "test.yaml", io.Discard)
+		if tc.wantErr == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tc.admin, err)
+			} else if tc.admin == "" && c.Admin.Listen != "127.0.0.1:9090" {
+				t.Errorf("default admin listen %q", c.Admin.Listen)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: error %v, want %q", tc.admin, err, tc.wantErr)
+		}
+	}
+}

@@ -10,10 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -29,6 +31,8 @@ commands:
   serve   -config FILE             run the relay
   check   -config FILE             validate the config and print it with defaults filled (no secrets)
   sink    -listen ADDR [flags]     a small target that prints each request and answers 200
+  dlq     list|show|replay|drop    inspect and replay dead letters through the admin API
+  health  [-admin URL]             exit 0 when the relay answers ready (a container health check)
   version                          print the version
 `
 
@@ -50,6 +54,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdCheck(rest, stdout, stderr)
 	case "sink":
 		err = cmdSink(ctx, rest, stdout, stderr)
+	case "dlq":
+		err = cmdDLQ(rest, stdout, stderr)
+	case "health":
+		err = cmdHealth(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "relay %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "-help", "--help":
@@ -133,9 +141,47 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
+	if cfg.Admin.Listen != "off" {
+		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(cfg.Admin.token), log)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+	}
 	err = r.Run(ctx, ln)
 	log.Info("relay stopped")
 	return err
+}
+
+// serveAdmin runs the admin API on addr until ctx is done; stop waits for it to close.
+func serveAdmin(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 60 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin listener failed", "error", err)
+		}
+	}()
+	shutdown := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+			shutdown()
+		case <-done:
+		}
+	}()
+	log.Info("admin listening", "addr", ln.Addr().String())
+	return func() { shutdown(); <-done }, nil
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {

@@ -69,6 +69,7 @@ func (jt *jobTarget) requests() int {
 func writeRedisConfig(t *testing.T, dir, redisAddr, targetURL, extra string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
 log: {level: info}
 store:
   type: redis

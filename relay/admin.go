@@ -1,0 +1,376 @@
+package relay
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Admin API limits.
+const (
+	adminDefaultLimit = 100
+	adminMaxLimit     = 1000
+)
+
+// deadLetterJSON is a dead letter as the admin API shows it. Every field is always present.
+type deadLetterJSON struct {
+	ID          string    `json:"id"`
+	Route       string    `json:"route"`
+	Provider    string    `json:"provider"`
+	Target      string    `json:"target"`
+	JobID       string    `json:"job_id"`
+	JobStatus   string    `json:"job_status"`
+	Attempt     int       `json:"attempt"`
+	LastStatus  int       `json:"last_status"`
+	LastError   string    `json:"last_error"`
+	ReceivedAt  time.Time `json:"received_at"`
+	DeadAt      time.Time `json:"dead_at"`
+	ContentType string    `json:"content_type"`
+	SourceAddr  string    `json:"source_addr"`
+	BodyBytes   int       `json:"body_bytes"`
+}
+
+// deadLetterDetail is one dead letter with its body: as text when it is valid UTF-8, else base64.
+type deadLetterDetail struct {
+	deadLetterJSON
+	Body       *string `json:"body,omitempty"`
+	BodyBase64 *string `json:"body_base64,omitempty"`
+}
+
+func deadLetterOf(d *Delivery) deadLetterJSON {
+	m := &d.Message
+	return deadLetterJSON{
+		ID: d.ID, Route: m.Route, Provider: m.Provider, Target: d.Target, JobID: m.JobID, JobStatus: m.JobStatus,
+		Attempt: d.Attempt, LastStatus: d.LastStatus, LastError: d.LastError,
+		ReceivedAt: m.ReceivedAt, DeadAt: d.DeadAt, ContentType: m.ContentType, SourceAddr: m.SourceAddr,
+		BodyBytes: len(m.Body),
+	}
+}
+
+// adminAPI serves the admin endpoints of one Relay.
+type adminAPI struct {
+	r         *Relay
+	mux       *http.ServeMux
+	tokenHash []byte // sha256 of the token; nil: no authentication
+}
+
+// AdminHandler is the operators' HTTP API: health and readiness probes and the dead letters (list,
+// show, replay one or by filter, drop). Every answer is JSON.
+//
+// With a nil token nothing is authenticated. Otherwise every endpoint except /healthz needs
+// "Authorization: Bearer <token>"; an empty non-nil token therefore admits nobody but /healthz.
+func (r *Relay) AdminHandler(token []byte) http.Handler {
+	a := &adminAPI{r: r, mux: http.NewServeMux()}
+	if token != nil {
+		h := sha256.Sum256(token)
+		a.tokenHash = h[:]
+	}
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.HandleFunc("GET /v1/dead-letters", a.list)
+	a.mux.HandleFunc("GET /v1/dead-letters/{id}", a.show)
+	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
+	a.mux.HandleFunc("POST /v1/dead-letters/replay", a.replayMatching)
+	a.mux.HandleFunc("DELETE /v1/dead-letters/{id}", a.drop)
+	return a
+}
+
+func (a *adminAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	_, pattern := a.mux.Handler(req)
+	if pattern != "GET /healthz" && !a.authorized(req) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hookrelay admin"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "admin token required"})
+		return
+	}
+	if pattern == "" {
+		// The mux would answer 404 or 405 in plain text: keep its status and Allow, answer JSON.
+		cw := &captureWriter{header: http.Header{}}
+		a.mux.ServeHTTP(cw, req)
+		if allow := cw.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		status := cw.status
+		if status == 0 {
+			status = http.StatusNotFound
+		}
+		writeJSON(w, status, map[string]string{"error": strings.ToLower(http.StatusText(status))})
+		return
+	}
+	a.mux.ServeHTTP(w, req)
+}
+
+// authorized reports whether req carries the admin token, comparing in constant time.
+func (a *adminAPI) authorized(req *http.Request) bool {
+	if a.tokenHash == nil {
+		return true
+	}
+	auth := req.Header.Get("Authorization")
+	const scheme = "Bearer "
+	if len(auth) <= len(scheme) || !strings.EqualFold(auth[:len(scheme)], scheme) {
+		return false
+	}
+	got := sha256.Sum256([]byte(auth[len(scheme):]))
+	return subtle.ConstantTimeCompare(got[:], a.tokenHash) == 1
+}
+
+// captureWriter records the status and headers the mux's own error handlers write.
+type captureWriter struct {
+	header http.Header
+	status int
+}
+
+func (c *captureWriter) Header() http.Header { return c.header }
+func (c *captureWriter) WriteHeader(status int) {
+	if c.status == 0 {
+		c.status = status
+	}
+}
+func (c *captureWriter) Write(b []byte) (int, error) {
+	c.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
+
+// storeCtx bounds one store operation.
+func (a *adminAPI) storeCtx(req *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(req.Context(), a.r.cfg.StoreTimeout)
+}
+
+// storeFailed logs err and answers 503 without its details.
+func (a *adminAPI) storeFailed(w http.ResponseWriter, op string, err error, extra map[string]any) {
+	a.r.log.Error("admin: store operation failed", "op", op, "error", err)
+	body := map[string]any{"error": "store unavailable"}
+	for k, v := range extra {
+		body[k] = v
+	}
+	writeJSON(w, http.StatusServiceUnavailable, body)
+}
+
+func badRequest(w http.ResponseWriter, msg string) {
+	writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
+}
+
+func notFound(w http.ResponseWriter, id string) {
+	writeJSON(w, http.StatusNotFound, map[string]string{"error": "no dead letter " + id})
+}
+
+func (a *adminAPI) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *adminAPI) readyz(w http.ResponseWriter, req *http.Request) {
+	ctx, cancel := a.storeCtx(req)
+	defer cancel()
+	if err := a.r.Ready(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// filter parses route, target and since; it answers 400 itself and reports false on a bad value.
+func (a *adminAPI) filter(w http.ResponseWriter, req *http.Request) (DeadFilter, bool) {
+	q := req.URL.Query()
+	f := DeadFilter{Route: q.Get("route"), Target: q.Get("target")}
+	if s := q.Get("since"); s != "" {
+		if t, err := time.Parse(time.RFC3339, s); err == nil {
+			f.Since = t
+		} else if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+			f.Since = a.r.cfg.Now().Add(-d)
+		} else {
+			badRequest(w, "since: "+strconv.Quote(s)+" is neither an RFC 3339 time nor a non-negative duration such as 24h")
+			return f, false
+		}
+	}
+	return f, true
+}
+
+func (a *adminAPI) list(w http.ResponseWriter, req *http.Request) {
+	f, ok := a.filter(w, req)
+	if !ok {
+		return
+	}
+	q := req.URL.Query()
+	f.Limit = adminDefaultLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > adminMaxLimit {
+			badRequest(w, "limit: "+strconv.Quote(s)+" is not a number from 1 to "+strconv.Itoa(adminMaxLimit))
+			return
+		}
+		f.Limit = n
+	}
+	f.After = q.Get("after")
+	ctx, cancel := a.storeCtx(req)
+	defer cancel()
+	dead, err := a.r.cfg.Store.ListDead(ctx, f)
+	switch {
+	case errors.Is(err, ErrNotFound) && f.After != "":
+		badRequest(w, "after: no dead letter "+f.After+" (replayed or dropped since?): list again from the start")
+		return
+	case err != nil:
+		a.storeFailed(w, "list dead", err, nil)
+		return
+	}
+	out := make([]deadLetterJSON, 0, len(dead))
+	for _, d := range dead {
+		out = append(out, deadLetterOf(d))
+	}
+	next := ""
+	if len(dead) == f.Limit {
+		next = dead[len(dead)-1].ID
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"dead_letters": out, "next": next})
+}
+
+func (a *adminAPI) show(w http.ResponseWriter, req *http.Request) {
+	id := req.PathValue("id")
+	ctx, cancel := a.storeCtx(req)
+	defer cancel()
+	d, err := a.r.cfg.Store.GetDead(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		notFound(w, id)
+		return
+	case err != nil:
+		a.storeFailed(w, "get dead", err, nil)
+		return
+	}
+	out := deadLetterDetail{deadLetterJSON: deadLetterOf(d)}
+	if body := d.Message.Body; utf8.Valid(body) {
+		s := string(body)
+		out.Body = &s
+	} else {
+		s := base64.StdEncoding.EncodeToString(body)
+		out.BodyBase64 = &s
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// replay puts one dead letter back in its target's queue and wakes the target's dispatcher.
+func (a *adminAPI) replay(req *http.Request, id, target string) error {
+	ctx, cancel := a.storeCtx(req)
+	defer cancel()
+	if err := a.r.cfg.Store.ReplayDead(ctx, id, a.r.cfg.Now()); err != nil {
+		return err
+	}
+	a.r.log.Info("dead letter replayed", "delivery_id", id, "target", target)
+	a.r.wake([]string{target})
+	return nil
+}
+
+func (a *adminAPI) replayOne(w http.ResponseWriter, req *http.Request) {
+	id := req.PathValue("id")
+	ctx, cancel := a.storeCtx(req)
+	d, err := a.r.cfg.Store.GetDead(ctx, id)
+	cancel()
+	if err == nil {
+		err = a.replay(req, id, d.Target)
+	}
+	switch {
+	case errors.Is(err, ErrNotFound):
+		notFound(w, id)
+	case err != nil:
+		a.storeFailed(w, "replay dead", err, nil)
+	default:
+		writeJSON(w, http.StatusOK, map[string]int{"replayed": 1})
+	}
+}
+
+// replayMatching replays every dead letter that matches the filter when the request arrives. It
+// lists them all first, then replays them: a replayed letter that dies again is not replayed twice.
+func (a *adminAPI) replayMatching(w http.ResponseWriter, req *http.Request) {
+	f, ok := a.filter(w, req)
+	if !ok {
+		return
+	}
+	all := false
+	if s := req.URL.Query().Get("all"); s != "" {
+		var err error
+		if all, err = strconv.ParseBool(s); err != nil {
+			badRequest(w, "all: "+strconv.Quote(s)+" is not true or false")
+			return
+		}
+	}
+	if f.Route == "" && f.Target == "" && f.Since.IsZero() && !all {
+		badRequest(w, "give route, target or since, or all=true")
+		return
+	}
+
+	// Collect first. A cursor that vanishes under us (another operator replayed or dropped it)
+	// makes us list again from the start; seen keeps each letter once.
+	type match struct{ id, target string }
+	var matches []match
+	seen := map[string]bool{}
+	f.Limit = adminMaxLimit
+	for restarts := 0; ; {
+		ctx, cancel := a.storeCtx(req)
+		page, err := a.r.cfg.Store.ListDead(ctx, f)
+		cancel()
+		if errors.Is(err, ErrNotFound) && f.After != "" && restarts < 10 {
+			restarts++
+			f.After = ""
+			continue
+		}
+		if err != nil {
+			a.storeFailed(w, "list dead", err, nil)
+			return
+		}
+		for _, d := range page {
+			if !seen[d.ID] {
+				seen[d.ID] = true
+				matches = append(matches, match{d.ID, d.Target})
+			}
+		}
+		if len(page) < f.Limit {
+			break
+		}
+		f.After = page[len(page)-1].ID
+	}
+
+	replayed := 0
+	var targets []string
+	for _, m := range matches {
+		ctx, cancel := a.storeCtx(req)
+		err := a.r.cfg.Store.ReplayDead(ctx, m.id, a.r.cfg.Now())
+		cancel()
+		switch {
+		case errors.Is(err, ErrNotFound): // replayed or dropped meanwhile
+			continue
+		case err != nil:
+			a.r.wake(targets)
+			a.storeFailed(w, "replay dead", err, map[string]any{"replayed": replayed})
+			return
+		}
+		replayed++
+		if !slices.Contains(targets, m.target) {
+			targets = append(targets, m.target)
+		}
+	}
+	a.r.wake(targets)
+	a.r.log.Info("dead letters replayed", "count", replayed, "route", f.Route, "target", f.Target, "since", f.Since)
+	writeJSON(w, http.StatusOK, map[string]int{"replayed": replayed})
+}
+
+func (a *adminAPI) drop(w http.ResponseWriter, req *http.Request) {
+	id := req.PathValue("id")
+	ctx, cancel := a.storeCtx(req)
+	defer cancel()
+	err := a.r.cfg.Store.DropDead(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		notFound(w, id)
+	case err != nil:
+		a.storeFailed(w, "drop dead", err, nil)
+	default:
+		a.r.log.Info("dead letter dropped", "delivery_id", id)
+		writeJSON(w, http.StatusOK, map[string]int{"dropped": 1})
+	}
+}
