@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -108,5 +109,85 @@ func TestBinaryDeadLetterWorkflow(t *testing.T) {
 	}
 	if out, code := relayCmd(t, nil, "health", "-admin", "http://127.0.0.1:1"); code == 0 {
 		t.Fatalf("health against nothing exited 0:\n%s", out)
+	}
+}
+
+// A full scenario with every kind of secret configured: none of them appears in the logs or in
+// relay check's output.
+func TestBinarySecretsNeverLogged(t *testing.T) {
+	secrets := map[string]string{
+		"HOOKRELAY_T_SIGNING": "whsec_c2lnbmluZy1zZWNyZXQtdmFsdWUtMTIzNDU2Nzg=",
+		"HOOKRELAY_T_GITHUB":  "github-secret-gh-9876543210zyx",
+		"HOOKRELAY_T_TOKEN":   "url-token-value-0123456789abcdef",
+		"HOOKRELAY_T_ADMIN":   "admin-token-value-0123456789",
+	}
+	var env []string
+	for k, v := range secrets {
+		env = append(env, k+"="+v)
+	}
+	var mu sync.Mutex
+	n := 0
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		n++
+		first := n == 1
+		mu.Unlock()
+		if first {
+			w.WriteHeader(http.StatusBadRequest) // one dead letter, with its log lines
+		}
+	}))
+	defer target.Close()
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, target.URL, "    signing_secret_env: HOOKRELAY_T_SIGNING\n")
+	text := strings.Replace(mustRead(t, cfg), "admin: {listen: 127.0.0.1:0}", "admin: {listen: 127.0.0.1:0, token_env: HOOKRELAY_T_ADMIN}", 1)
+	text += `  - name: gh
+    path: /hooks/gh
+    provider: fashn
+    targets: [app]
+    verify: {type: github, secrets_env: [HOOKRELAY_T_GITHUB]}
+  - name: tok
+    path: /hooks/tok
+    provider: fashn
+    targets: [app]
+    verify: {type: url_token, secrets_env: [HOOKRELAY_T_TOKEN]}
+log: {level: debug}
+`
+	writeFile(t, cfg, text)
+
+	p := startProc(t, env, "serve", "-config", cfg)
+	admin := p.adminURL(t)
+	body := `{"id":"j1","status":"completed"}`
+	postJSON(t, p.url()+"/hooks/tok/"+secrets["HOOKRELAY_T_TOKEN"], body)
+	postJSON(t, p.url()+"/hooks/tok/"+secrets["HOOKRELAY_T_TOKEN"]+"x", body)
+	postJSON(t, p.url()+"/hooks/tok/"+secrets["HOOKRELAY_T_TOKEN"]+"/more", body)
+	postJSON(t, p.url()+"/hooks/gh", body) // no signature: 401 with a logged reason
+	postJSON(t, p.url()+"/hooks/fashn", `{"id":"j2","status":"completed"}`)
+	waitUntil(t, "deliveries", func() bool { mu.Lock(); defer mu.Unlock(); return n >= 2 })
+	out, code := relayCmd(t, []string{"HOOKRELAY_ADMIN_TOKEN=" + secrets["HOOKRELAY_T_ADMIN"]}, "dlq", "list", "-admin", admin)
+	if code != 0 || !strings.Contains(out, ".app") {
+		t.Fatalf("dlq list with the admin token (exit %d):\n%s", code, out)
+	}
+	if out, code := relayCmd(t, nil, "dlq", "list", "-admin", admin); code == 0 || !strings.Contains(out, "401") {
+		t.Fatalf("dlq list without the token (exit %d):\n%s", code, out)
+	}
+	check, code := relayCmd(t, env, "check", "-config", cfg)
+	if code != 0 {
+		t.Fatalf("check (exit %d):\n%s", code, check)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	logs := p.logs()
+	if !strings.Contains(logs, `"status":401`) || !strings.Contains(logs, `"msg":"delivered"`) || !strings.Contains(logs, "dead-lettered") {
+		t.Fatalf("the scenario did not run as planned:\n%s", logs)
+	}
+	for name, v := range secrets {
+		for _, where := range []struct{ what, text string }{{"logs", logs}, {"relay check", check}} {
+			if strings.Contains(where.text, v) || strings.Contains(where.text, v[len(v)-12:]) {
+				t.Errorf("%s leaks %s", where.what, name)
+			}
+		}
 	}
 }
