@@ -37,7 +37,10 @@ type Delivery struct {
 	DueAt   time.Time `json:"due_at"`
 	// Lease is set by Claim and must be presented to Ack, Retry and Bury. A delivery whose lease
 	// expired and was claimed again carries a new one; the old holder then gets ErrLeaseLost.
-	Lease      string    `json:"lease,omitempty"`
+	Lease string `json:"lease,omitempty"`
+	// Recovered is set by Claim when the delivery's previous lease ran out unsettled: its holder
+	// died or stalled. Monitoring counts these.
+	Recovered  bool      `json:"-"`
 	LastStatus int       `json:"last_status,omitempty"`
 	LastError  string    `json:"last_error,omitempty"`
 	DeadAt     time.Time `json:"dead_at,omitzero"`
@@ -116,6 +119,8 @@ type Queue interface {
 	// NextDue reports when the earliest delivery of target is due (leased ones included, at their
 	// lease expiry); ok is false when target has none.
 	NextDue(ctx context.Context, target string) (at time.Time, ok bool, err error)
+	// Depth counts target's deliveries, leased ones included.
+	Depth(ctx context.Context, target string) (int, error)
 	// Ack removes a delivered delivery.
 	Ack(ctx context.Context, d *Delivery) error
 	// Retry releases the lease and makes d due again at at, recording the failure.

@@ -133,8 +133,8 @@ func (s *Store) init() (recovered int, err error) {
 			if err != nil {
 				return err
 			}
+			// The lease stays recorded, so that the next claim reports the delivery as recovered.
 			if r != nil { // a leased entry without its delivery is harmless: just drop it
-				r.Lease = ""
 				if err := reschedule(tx, r, r.ClaimedAt); err != nil {
 					return err
 				}

@@ -171,6 +171,7 @@ func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease t
 				return fmt.Errorf("due entry for missing delivery %s", k[8:])
 			}
 			r.Attempt++
+			r.Recovered = r.Lease != ""
 			r.Lease = rand.Text()
 			r.ClaimedAt = now
 			if err := reschedule(tx, r, now.Add(lease)); err != nil {
@@ -208,6 +209,24 @@ func (s *Store) NextDue(ctx context.Context, target string) (time.Time, bool, er
 		return time.Time{}, false, fmt.Errorf("boltstore: next due %q: %w", target, err)
 	}
 	return at, ok, nil
+}
+
+// Depth counts target's deliveries, leased ones included.
+func (s *Store) Depth(ctx context.Context, target string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("boltstore: depth %q: %w", target, err)
+	}
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if idx := tx.Bucket(bDue).Bucket([]byte(target)); idx != nil {
+			n = idx.Stats().KeyN
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("boltstore: depth %q: %w", target, err)
+	}
+	return n, nil
 }
 
 // Ack removes a delivered delivery.

@@ -79,14 +79,15 @@ func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease t
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: claim %q: %w", target, err)
 	}
-	if len(res) == 0 || (len(res)-1)%6 != 0 {
+	const fields = 7
+	if len(res) == 0 || (len(res)-1)%fields != 0 {
 		return nil, fmt.Errorf("redisstore: claim %q: unexpected reply of %d elements", target, len(res))
 	}
 	if orphans, _ := res[0].(int64); orphans > 0 {
 		s.log.Warn("redisstore: dropped due entries without a delivery", "target", target, "entries", orphans)
 	}
-	out := make([]*relay.Delivery, 0, (len(res)-1)/6)
-	for r := res[1:]; len(r) > 0; r = r[6:] {
+	out := make([]*relay.Delivery, 0, (len(res)-1)/fields)
+	for r := res[1:]; len(r) > 0; r = r[fields:] {
 		d := &relay.Delivery{Target: target, DueAt: expires}
 		d.ID, _ = r[0].(string)
 		attempt, _ := r[1].(int64)
@@ -101,6 +102,8 @@ func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease t
 			return nil, fmt.Errorf("redisstore: claim %q: delivery %s: status: %w", target, d.ID, err)
 		}
 		d.LastError, _ = r[5].(string)
+		recovered, _ := r[6].(int64)
+		d.Recovered = recovered == 1
 		out = append(out, d)
 	}
 	return out, nil
@@ -129,6 +132,15 @@ func (s *Store) NextDue(ctx context.Context, target string) (time.Time, bool, er
 		return time.Time{}, false, fmt.Errorf("redisstore: next due %q: score %v is no microsecond time", target, us)
 	}
 	return time.UnixMicro(int64(us)).UTC(), true, nil
+}
+
+// Depth counts target's deliveries, leased ones included.
+func (s *Store) Depth(ctx context.Context, target string) (int, error) {
+	n, err := s.rdb.ZCard(ctx, s.dueKey(target)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: depth %q: %w", target, err)
+	}
+	return int(n), nil
 }
 
 // Ack removes a delivered delivery.

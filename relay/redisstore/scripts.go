@@ -60,13 +60,13 @@ return 0
 //	ARGV: prefix, now µs, lease expiry µs, max, lease token base
 //
 // Returns the number of due entries without a delivery (dropped), then per delivery: ID, attempt,
-// lease, message, last status, last error.
+// lease, message, last status, last error, and 1 when an earlier lease ran out unsettled.
 var claimScript = redis.NewScript(`
 local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, ARGV[4])
 local out = {0}
 for i, id in ipairs(ids) do
   local d = ARGV[1] .. 'd:' .. id
-  local f = redis.call('HMGET', d, 'msg', 'status', 'error')
+  local f = redis.call('HMGET', d, 'msg', 'status', 'error', 'lease')
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)
     out[1] = out[1] + 1
@@ -81,6 +81,7 @@ for i, id in ipairs(ids) do
     table.insert(out, f[1])
     table.insert(out, f[2] or '')
     table.insert(out, f[3] or '')
+    table.insert(out, f[4] and 1 or 0)
   end
 end
 return out

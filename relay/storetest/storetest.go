@@ -54,6 +54,7 @@ func Run(t *testing.T, h Harness) {
 		{"DropDead", testDropDead},
 		{"UnknownDeadLetter", testUnknownDeadLetter},
 		{"NextDue", testNextDue},
+		{"Depth", testDepth},
 		{"ConcurrentDedupe", testConcurrentDedupe},
 		{"ConcurrentClaim", testConcurrentClaim},
 		{"RestartRecoversLease", testRestartRecoversLease},
@@ -453,14 +454,17 @@ func testClaimTargetIsolation(t *testing.T, f *fixture) {
 func testLeaseExpiry(t *testing.T, f *fixture) {
 	f.mustEnqueue(msg("m1", at(0), "a"), "", 0)
 	d1 := f.claimOne("a", at(10), "m1.a")
+	if d1.Recovered {
+		t.Error("first claim says Recovered")
+	}
 
 	f.claimNone("a", at(10))
 	f.claimNone("a", at(10).Add(lease-time.Second))
 	f.wantNextDue("a", at(10).Add(lease))
 
 	d2 := f.claimOne("a", at(10).Add(lease+time.Second), "m1.a")
-	if d2.Attempt != 2 {
-		t.Errorf("Attempt after the lease expired = %d, want 2", d2.Attempt)
+	if d2.Attempt != 2 || !d2.Recovered {
+		t.Errorf("after the lease expired: Attempt = %d, Recovered = %v, want 2, true", d2.Attempt, d2.Recovered)
 	}
 	if d2.Lease == d1.Lease {
 		t.Fatalf("second claim has the same lease %q", d2.Lease)
@@ -758,6 +762,32 @@ func testNextDue(t *testing.T, f *fixture) {
 	f.wantNextDue("b", at(1))
 }
 
+func testDepth(t *testing.T, f *fixture) {
+	wantDepth := func(target string, want int) {
+		t.Helper()
+		if n, err := f.s.Depth(f.ctx, target); err != nil || n != want {
+			t.Errorf("Depth(%q) = %d, %v; want %d", target, n, err, want)
+		}
+	}
+	wantDepth("a", 0)
+	f.mustEnqueue(msg("m1", at(1), "a", "b"), "", 0)
+	f.mustEnqueue(msg("m2", at(2), "a"), "", 0)
+	f.mustEnqueue(msg("m3", at(3), "a"), "", 0)
+	wantDepth("a", 3)
+	wantDepth("b", 1)
+	d := f.claimOne("a", at(1), "m1.a")
+	wantDepth("a", 3) // a leased delivery is still queued
+	f.ack(d)
+	wantDepth("a", 2)
+	d = f.claimOne("a", at(2), "m2.a")
+	f.retry(d, at(100), relay.Failure{Status: 503})
+	wantDepth("a", 2)
+	d = f.claimOne("a", at(3), "m3.a")
+	f.bury(d, at(3), relay.Failure{Status: 400})
+	wantDepth("a", 1) // dead letters are not queued
+	wantDepth("b", 1)
+}
+
 func testConcurrentDedupe(t *testing.T, f *fixture) {
 	const n = 50
 	var (
@@ -873,8 +903,9 @@ func testRestartRecoversLease(t *testing.T, f *fixture) {
 
 	// A backend may give the lease up at open already; at the latest it is due when it expires.
 	again := f.claimOne("a", at(10).Add(lease+time.Second), "m1.a")
-	if again.Attempt != 2 {
-		t.Errorf("Attempt after the crash = %d, want 2: an unacked claim counts", again.Attempt)
+	if again.Attempt != 2 || !again.Recovered {
+		t.Errorf("after the crash: Attempt = %d, Recovered = %v, want 2 (an unacked claim counts), true",
+			again.Attempt, again.Recovered)
 	}
 	if again.Lease == d.Lease {
 		t.Errorf("claim after restart reuses lease %q", d.Lease)
