@@ -6,12 +6,15 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Admin API limits.
@@ -60,21 +63,37 @@ type adminAPI struct {
 	r         *Relay
 	mux       *http.ServeMux
 	tokenHash []byte // sha256 of the token; nil: no authentication
+	reload    func(ctx context.Context) (ReloadResult, error)
 }
 
-// AdminHandler is the operators' HTTP API: health and readiness probes and the dead letters (list,
-// show, replay one or by filter, drop). Every answer is JSON.
-//
-// With a nil token nothing is authenticated. Otherwise every endpoint except /healthz needs
-// "Authorization: Bearer <token>"; an empty non-nil token therefore admits nobody but /healthz.
-func (r *Relay) AdminHandler(token []byte) http.Handler {
-	a := &adminAPI{r: r, mux: http.NewServeMux()}
-	if token != nil {
-		h := sha256.Sum256(token)
+// AdminOptions configure the admin API.
+type AdminOptions struct {
+	// Token is the bearer token every endpoint but /healthz requires. Nil: nothing is
+	// authenticated; an empty non-nil token admits nobody but /healthz.
+	Token []byte
+	// Reload, when set, serves POST /v1/reload: it rereads the configuration and swaps it in
+	// (see Relay.Reload). Its error is shown to the operator, so it must not hold a secret.
+	Reload func(ctx context.Context) (ReloadResult, error)
+}
+
+// AdminHandler is the operators' HTTP API: health and readiness probes, Prometheus metrics, the
+// dead letters (list, show, replay one or by filter, drop) and reload. Every answer but /metrics
+// is JSON.
+func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
+	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload}
+	if opt.Token != nil {
+		h := sha256.Sum256(opt.Token)
 		a.tokenHash = h[:]
 	}
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(r.cfg.Metrics, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError, // a store that cannot say its depth spoils no other series
+	}))
+	if opt.Reload != nil {
+		a.mux.HandleFunc("POST /v1/reload", a.reloadConfig)
+	}
 	a.mux.HandleFunc("GET /v1/dead-letters", a.list)
 	a.mux.HandleFunc("GET /v1/dead-letters/{id}", a.show)
 	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
@@ -173,6 +192,26 @@ func (a *adminAPI) readyz(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// reloadConfig answers 200 with what changed, or 422 with why the new configuration was refused
+// (the old one stays).
+func (a *adminAPI) reloadConfig(w http.ResponseWriter, req *http.Request) {
+	res, err := a.reload(req.Context())
+	if err != nil {
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "routes": res.Routes,
+		"targets_restarted": nonNil(res.Restarted), "targets_removed": nonNil(res.Removed)})
+}
+
+// nonNil makes an empty list encode as [] rather than null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // filter parses route, target and since; it answers 400 itself and reports false on a bad value.

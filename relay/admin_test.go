@@ -62,7 +62,7 @@ func newAdminEnv(t *testing.T, token string) *adminEnv {
 	if token != "" {
 		tok = []byte(token)
 	}
-	srv := httptest.NewServer(h.relay.AdminHandler(tok))
+	srv := httptest.NewServer(h.relay.AdminHandler(relay.AdminOptions{Token: tok}))
 	t.Cleanup(srv.Close)
 	e := &adminEnv{harness: h, app: app, billing: billing, admin: srv.URL, token: token, bodies: map[string]string{}}
 	for _, p := range []struct{ path, body string }{
@@ -302,7 +302,7 @@ func TestAdminReplayOne(t *testing.T) {
 	if r.header.Get("X-Relay-Delivery-Id") != id || r.header.Get("X-Relay-Attempt") != "1" || string(r.body) != e.bodies[id] {
 		t.Errorf("replayed delivery: id %q attempt %q body %q", r.header.Get("X-Relay-Delivery-Id"), r.header.Get("X-Relay-Attempt"), r.body)
 	}
-	eventually(t, "the ack", func() bool { return e.relay.DeliveryStats.Delivered.Load() == 1 })
+	eventually(t, "the ack", func() bool { return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
 	if _, err := e.store.GetDead(context.Background(), id); !errors.Is(err, relay.ErrNotFound) {
 		t.Errorf("dead letter %s still there after its replay: %v", id, err)
 	}
@@ -359,7 +359,7 @@ func TestAdminBulkReplay(t *testing.T) {
 	if status != http.StatusOK || got["replayed"] != 2.0 {
 		t.Fatalf("replay all: %d %v, want 2", status, got)
 	}
-	eventually(t, "app's delivery", func() bool { return e.relay.DeliveryStats.Delivered.Load() == 3 })
+	eventually(t, "app's delivery", func() bool { return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 3 })
 	eventually(t, "billing's second death", func() bool {
 		dead := e.dead()
 		return len(dead) == 1 && dead[0].Target == "billing" && len(e.billing.got()) == 2
@@ -411,6 +411,7 @@ func TestAdminAuth(t *testing.T) {
 		{http.MethodPost, "/v1/dead-letters/" + id + "/replay"},
 		{http.MethodPost, "/v1/dead-letters/replay?all=true"},
 		{http.MethodDelete, "/v1/dead-letters/" + id},
+		{http.MethodGet, "/metrics"},
 		{http.MethodGet, "/nowhere"},
 	} {
 		for _, bad := range []string{"", "wrong", token + "x", token[:len(token)-1]} {

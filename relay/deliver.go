@@ -5,9 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -27,18 +27,23 @@ type dispatcher struct {
 	freed chan struct{} // a slot came free
 	slots chan struct{} // one token per delivery in flight
 	wg    sync.WaitGroup
-	stats *DeliveryStats
-}
 
-// DeliveryStats counts delivery outcomes.
-type DeliveryStats struct {
-	Delivered, Retried, DeadLettered, LeaseLost atomic.Int64
+	attempts        func(outcome string) prometheus.Counter
+	attemptSeconds  prometheus.Observer
+	endToEndSeconds prometheus.Observer
+	deadLetters     prometheus.Counter
+	leaseRecoveries prometheus.Counter
 }
 
 func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now func() time.Time,
-	lease, poll time.Duration, stats *DeliveryStats) *dispatcher {
+	lease, poll time.Duration, m *metrics) *dispatcher {
 	d := &dispatcher{
-		t: t, q: q, fwd: fwd, now: now, lease: lease, poll: poll, stats: stats,
+		t: t, q: q, fwd: fwd, now: now, lease: lease, poll: poll,
+		attempts:        func(outcome string) prometheus.Counter { return m.attempts.WithLabelValues(t.Name, outcome) },
+		attemptSeconds:  m.attemptSeconds.WithLabelValues(t.Name),
+		endToEndSeconds: m.endToEndSeconds.WithLabelValues(t.Name),
+		deadLetters:     m.deadLetters.WithLabelValues(t.Name),
+		leaseRecoveries: m.leaseRecoveries.WithLabelValues(t.Name),
 		log:   log.With("target", t.Name),
 		wake:  make(chan struct{}, 1),
 		freed: make(chan struct{}, 1),
@@ -77,6 +82,9 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			continue
 		}
 		for _, dl := range batch {
+			if dl.Recovered {
+				d.leaseRecoveries.Inc()
+			}
 			d.slots <- struct{}{}
 			d.wg.Add(1)
 			go func() {
@@ -127,10 +135,14 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
 			return
 		}
 	}
+	sent := time.Now()
 	res := d.fwd.forward(ctx, d.t, dl)
+	d.attemptSeconds.Observe(time.Since(sent).Seconds())
 	log = log.With("status", res.status, "duration", time.Since(start))
 	if res.err == nil {
-		d.record(log, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", &d.stats.Delivered)
+		if d.record(log, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
+			d.endToEndSeconds.Observe(d.now().Sub(dl.Message.ReceivedAt).Seconds())
+		}
 		return
 	}
 	if ctx.Err() != nil {
@@ -157,11 +169,13 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
 	log = log.With("error", f.Error)
 	if reason != "" {
 		err := d.q.Bury(context.WithoutCancel(ctx), dl, now, f)
-		d.record(log.With("reason", reason), err, "dead-lettered", &d.stats.DeadLettered)
+		if d.record(log.With("reason", reason), err, "dead-lettered", attemptDeadLetter) {
+			d.deadLetters.Inc()
+		}
 		return
 	}
 	err := d.q.Retry(context.WithoutCancel(ctx), dl, now.Add(delay), f)
-	d.record(log.With("retry_in", delay), err, "delivery failed, will retry", &d.stats.Retried)
+	d.record(log.With("retry_in", delay), err, "delivery failed, will retry", attemptRetry)
 }
 
 // release gives an unattempted delivery back, due now, for another worker or the next start.
@@ -170,25 +184,32 @@ func (d *dispatcher) release(dl *Delivery, log *slog.Logger) {
 	defer cancel()
 	err := d.q.Retry(ctx, dl, d.now(), Failure{Error: "relay shut down during the attempt"})
 	if err != nil {
+		d.attempts(attemptStoreError).Inc()
 		log.Warn("could not release delivery; it is redelivered when its lease expires", "error", err)
+		return
 	}
+	d.attempts(attemptReleased).Inc()
 }
 
-// record logs an outcome whose store update may have failed. A failed update is not lost work:
-// the lease expires and the delivery is claimed again (at-least-once).
-func (d *dispatcher) record(log *slog.Logger, err error, msg string, count *atomic.Int64) {
+// record logs and counts an attempt whose store update may have failed, and reports whether the
+// update succeeded. A failed update is not lost work: the lease expires and the delivery is
+// claimed again (at-least-once).
+func (d *dispatcher) record(log *slog.Logger, err error, msg, outcome string) bool {
 	switch {
 	case err == nil:
-		count.Add(1)
+		d.attempts(outcome).Inc()
 		level := slog.LevelInfo
-		if msg != "delivered" {
+		if outcome != attemptDelivered {
 			level = slog.LevelWarn
 		}
 		log.Log(context.Background(), level, msg)
+		return true
 	case errors.Is(err, ErrLeaseLost):
-		d.stats.LeaseLost.Add(1)
+		d.attempts(attemptLeaseLost).Inc()
 		log.Warn(msg+", but the lease had expired and another worker owns the delivery", "store_error", err)
 	default:
+		d.attempts(attemptStoreError).Inc()
 		log.Error(msg+", but the store update failed; it is retried when the lease expires", "store_error", err)
 	}
+	return false
 }

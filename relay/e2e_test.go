@@ -211,7 +211,7 @@ func TestNewThenDuplicate(t *testing.T) {
 			t.Errorf("header %s = %q, want %q", k, v, want)
 		}
 	}
-	if a, d := h.relay.IngressStats.Accepted.Load(), h.relay.IngressStats.Duplicates.Load(); a != 1 || d != 1 {
+	if a, d := int(sample(t, h.relay, "hookrelay_webhooks_received_total", "outcome", "accepted")), int(sample(t, h.relay, "hookrelay_webhooks_received_total", "outcome", "duplicate")); a != 1 || d != 1 {
 		t.Errorf("stats accepted=%d duplicates=%d, want 1 and 1", a, d)
 	}
 }
@@ -280,7 +280,7 @@ func TestRetryThenSuccess(t *testing.T) {
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
 	h.post("/hooks/fashn", []byte(fashnDone))
 	eventually(t, "three attempts", func() bool { return len(rec.got()) == 3 })
-	eventually(t, "ack", func() bool { return h.relay.DeliveryStats.Delivered.Load() == 1 })
+	eventually(t, "ack", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
 	settle()
 	got := rec.got()
 	if len(got) != 3 {
@@ -294,7 +294,7 @@ func TestRetryThenSuccess(t *testing.T) {
 			t.Errorf("delivery id changed between attempts")
 		}
 	}
-	if n := h.relay.DeliveryStats.Retried.Load(); n != 2 {
+	if n := int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry")); n != 2 {
 		t.Errorf("retried = %d, want 2", n)
 	}
 	if dead, _ := h.store.ListDead(context.Background(), relay.DeadFilter{}); len(dead) != 0 {
@@ -333,7 +333,7 @@ func TestMaxAttemptsDeadLetters(t *testing.T) {
 	tg.Retry.MaxAttempts = 3
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
 	h.post("/hooks/fashn", []byte(fashnDone))
-	eventually(t, "dead letter", func() bool { return h.relay.DeliveryStats.DeadLettered.Load() == 1 })
+	eventually(t, "dead letter", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "dead_letter")) == 1 })
 	settle()
 	if n := len(rec.got()); n != 3 {
 		t.Fatalf("attempts = %d, want 3", n)
@@ -405,7 +405,7 @@ func TestCrashBetweenClaimAndAck(t *testing.T) {
 	if a := rec.got()[0].header.Get("X-Relay-Attempt"); a != "2" {
 		t.Errorf("X-Relay-Attempt = %q, want 2 (the lost claim counts)", a)
 	}
-	eventually(t, "ack", func() bool { return h.relay.DeliveryStats.Delivered.Load() == 1 })
+	eventually(t, "ack", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
 }
 
 func TestGracefulShutdownFinishesDeliveriesInFlight(t *testing.T) {
@@ -419,7 +419,7 @@ func TestGracefulShutdownFinishesDeliveriesInFlight(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	close(release) // the target answers within the grace period
 	<-stopped
-	if n := h.relay.DeliveryStats.Delivered.Load(); n != 1 {
+	if n := int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")); n != 1 {
 		t.Fatalf("delivered = %d, want the in-flight delivery acknowledged before shutdown", n)
 	}
 	if _, err := http.Post(h.url+"/hooks/fashn", "application/json", strings.NewReader(fashnDone)); err == nil {
@@ -436,7 +436,7 @@ func TestGracefulShutdownGivesBackDeliveriesPastGrace(t *testing.T) {
 	h.post("/hooks/fashn", []byte(fashnDone))
 	eventually(t, "delivery in flight", func() bool { return len(rec.got()) == 1 })
 	h.stop() // grace is 2 s; the target never answers
-	if n := h.relay.DeliveryStats.Delivered.Load() + h.relay.DeliveryStats.DeadLettered.Load(); n != 0 {
+	if n := int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) + int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "dead_letter")); n != 0 {
 		t.Fatalf("%d deliveries finished, want none", n)
 	}
 	// Given back, due now, for the next start.
@@ -461,7 +461,7 @@ func TestPayloadWithoutJobID(t *testing.T) {
 		t.Fatalf("strict route: %d %v, want 400 naming the job ID", a.status, a.body)
 	}
 	eventually(t, "both delivered (no dedupe without an ID)", func() bool { return len(rec.got()) == 2 })
-	if n := h.relay.IngressStats.MissingJobID.Load(); n != 2 {
+	if n := int(sample(t, h.relay, "hookrelay_webhooks_without_job_id_total")); n != 2 {
 		t.Errorf("missing job ID counted %d times, want 2", n)
 	}
 	if v := rec.got()[0].header.Get("X-Relay-Job-Id"); v != "" {

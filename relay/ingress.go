@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,11 +38,6 @@ type Route struct {
 	TokenInPath bool
 }
 
-// IngressStats counts what ingress did; read with the atomic methods.
-type IngressStats struct {
-	Accepted, Duplicates, MissingJobID, Rejected, StoreErrors atomic.Int64
-}
-
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
 // store operation, and only then the 2xx.
 type ingress struct {
@@ -56,7 +50,7 @@ type ingress struct {
 	storeTimeout  time.Duration
 	// enqueued is told which targets got new work, so their dispatchers wake at once.
 	enqueued func(targets []string)
-	stats    *IngressStats
+	metrics  *metrics
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -68,7 +62,9 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	client := h.clients.ClientAddr(r)
 	msg, dup, err := h.accept(rt, client, w, r)
 	log := h.log.With("path", h.logPath(r.URL.Path), "peer", r.RemoteAddr, "client", client.String())
+	route := unmatchedRoute
 	if rt != nil {
+		route = rt.Name
 		log = log.With("route", rt.Name, "provider", rt.Provider)
 	}
 	if err != nil {
@@ -78,11 +74,7 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 		}
 		status := writeError(w, err)
-		if KindOf(err) == KindUnavailable {
-			h.stats.StoreErrors.Add(1)
-		} else {
-			h.stats.Rejected.Add(1)
-		}
+		h.metrics.received.WithLabelValues(route, outcomeOf(KindOf(err))).Inc()
 		log.LogAttrs(r.Context(), levelFor(status), "webhook rejected",
 			slog.Int("status", status), slog.String("error", err.Error()),
 			slog.Duration("duration", time.Since(start)))
@@ -90,18 +82,25 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	log = log.With("job_id", msg.JobID, "job_status", msg.JobStatus)
 	if dup {
-		h.stats.Duplicates.Add(1)
 		writeJSON(w, http.StatusOK, map[string]bool{"duplicate": true})
+		h.acked(route, outcomeDuplicate, start)
+		h.metrics.dedupeHits.WithLabelValues(route).Inc()
 		log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate",
 			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
 		return
 	}
-	h.stats.Accepted.Add(1)
 	h.enqueued(rt.Targets)
 	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
+	h.acked(route, outcomeAccepted, start)
 	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
 		slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
 		slog.Duration("duration", time.Since(start)))
+}
+
+// acked counts a 2xx answer and how long it took.
+func (h *ingress) acked(route, outcome string, start time.Time) {
+	h.metrics.received.WithLabelValues(route, outcome).Inc()
+	h.metrics.ackSeconds.WithLabelValues(route).Observe(time.Since(start).Seconds())
 }
 
 func levelFor(status int) slog.Level {
@@ -170,7 +169,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		if rt.RequireJobID {
 			return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
 		}
-		h.stats.MissingJobID.Add(1)
+		h.metrics.withoutJobID.WithLabelValues(rt.Name).Inc()
 	}
 	now := h.now()
 	msg := &Message{

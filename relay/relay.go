@@ -10,9 +10,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Relay. Zero durations take the defaults named on each field.
@@ -24,6 +29,11 @@ type Config struct {
 	Now     func() time.Time // nil: time.Now
 	// Clients says who sent a request; nil: the TCP peer, believing no header.
 	Clients ClientResolver
+	// Metrics receives the relay's Prometheus collectors; nil: a registry of its own. Either way
+	// (*Relay).Metrics gathers them.
+	Metrics *prometheus.Registry
+	// ReadyChecks are further readiness conditions beside the store (certificates, say).
+	ReadyChecks []func(context.Context) error
 
 	Lease         time.Duration // how long a claimed delivery is held; default 2m, above every target timeout
 	PollInterval  time.Duration // longest a dispatcher sleeps without news; default 1s
@@ -35,14 +45,18 @@ type Config struct {
 
 // Relay receives webhooks and delivers them.
 type Relay struct {
-	cfg         Config
-	log         *slog.Logger
-	ingress     *ingress
-	dispatchers map[string]*dispatcher
-	fwd         *forwarder
+	cfg     Config
+	log     *slog.Logger
+	fwd     *forwarder
+	metrics *metrics
 
-	IngressStats  IngressStats
-	DeliveryStats DeliveryStats
+	// The routing generation: Reload swaps both, and requests and wake-ups in flight keep the
+	// generation they loaded.
+	ingress atomic.Pointer[ingress]
+	targets atomic.Pointer[map[string]*dispatcher]
+
+	mu      sync.Mutex // serialises Reload against starting and stopping the workers
+	workers *workers   // nil unless StartWorkers ran and its stop did not
 }
 
 // New validates cfg and builds a Relay. It starts nothing; call Run.
@@ -56,8 +70,8 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Clients == nil {
-		cfg.Clients = peerResolver{}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
 	}
 	setDefault(&cfg.Lease, 2*time.Minute)
 	setDefault(&cfg.PollInterval, time.Second)
@@ -67,26 +81,52 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "hookrelay"
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, dispatchers: map[string]*dispatcher{}}
+	r := &Relay{cfg: cfg, log: cfg.Logger}
 	r.fwd = newForwarder(cfg.Now, cfg.UserAgent)
-	for i := range cfg.Targets {
-		t := &cfg.Targets[i]
-		if err := validateTarget(t, cfg.Lease); err != nil {
-			return nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
+	m, err := newMetrics(cfg.Metrics, newQueueCollector(r))
+	if err != nil {
+		return nil, fmt.Errorf("relay: metrics: %w", err)
+	}
+	r.metrics = m
+	in, targets, err := r.build(cfg.Routes, cfg.Targets, cfg.Clients, nil)
+	if err != nil {
+		return nil, err
+	}
+	r.ingress.Store(in)
+	r.targets.Store(&targets)
+	return r, nil
+}
+
+// build validates a routing generation and makes its ingress and dispatchers. A dispatcher of
+// reuse whose target is unchanged is kept rather than made anew.
+func (r *Relay) build(routeList []Route, targetList []Target, clients ClientResolver,
+	reuse map[string]*dispatcher) (*ingress, map[string]*dispatcher, error) {
+	if clients == nil {
+		clients = peerResolver{}
+	}
+	targets := map[string]*dispatcher{}
+	for i := range targetList {
+		t := &targetList[i]
+		if err := validateTarget(t, r.cfg.Lease); err != nil {
+			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
 		}
-		if _, dup := r.dispatchers[t.Name]; dup {
-			return nil, fmt.Errorf("relay: target %q defined twice", t.Name)
+		if _, dup := targets[t.Name]; dup {
+			return nil, nil, fmt.Errorf("relay: target %q defined twice", t.Name)
 		}
-		r.dispatchers[t.Name] = newDispatcher(t, cfg.Store, r.fwd, r.log, cfg.Now, cfg.Lease, cfg.PollInterval, &r.DeliveryStats)
+		if old := reuse[t.Name]; old != nil && reflect.DeepEqual(*old.t, *t) {
+			targets[t.Name] = old
+			continue
+		}
+		targets[t.Name] = newDispatcher(t, r.cfg.Store, r.fwd, r.log, r.cfg.Now, r.cfg.Lease, r.cfg.PollInterval, r.metrics)
 	}
 	routes := map[string]*Route{}
-	for i := range cfg.Routes {
-		rt := &cfg.Routes[i]
-		if err := validateRoute(rt, r.dispatchers); err != nil {
-			return nil, fmt.Errorf("relay: route %q: %w", rt.Name, err)
+	for i := range routeList {
+		rt := &routeList[i]
+		if err := validateRoute(rt, targets); err != nil {
+			return nil, nil, fmt.Errorf("relay: route %q: %w", rt.Name, err)
 		}
 		if other, dup := routes[rt.Path]; dup {
-			return nil, fmt.Errorf("relay: routes %q and %q share the path %s", other.Name, rt.Name, rt.Path)
+			return nil, nil, fmt.Errorf("relay: routes %q and %q share the path %s", other.Name, rt.Name, rt.Path)
 		}
 		routes[rt.Path] = rt
 	}
@@ -96,12 +136,71 @@ func New(cfg Config) (*Relay, error) {
 			tokenPrefixes = append(tokenPrefixes, rt.Path+"/")
 		}
 	}
-	r.ingress = &ingress{
-		routes: routes, tokenPrefixes: tokenPrefixes, clients: cfg.Clients, store: cfg.Store, log: r.log, now: cfg.Now, storeTimeout: cfg.StoreTimeout,
-		enqueued: r.wake, stats: &r.IngressStats,
+	in := &ingress{
+		routes: routes, tokenPrefixes: tokenPrefixes, clients: clients, store: r.cfg.Store, log: r.log,
+		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics,
 	}
-	return r, nil
+	return in, targets, nil
 }
+
+// Routing is what Reload replaces: the routes with their checks, the targets, and who is believed
+// about a sender's address.
+type Routing struct {
+	Routes  []Route
+	Targets []Target
+	Clients ClientResolver // nil: the TCP peer
+}
+
+// ReloadResult says what a reload changed.
+type ReloadResult struct {
+	Routes int
+	// Restarted names the targets whose dispatchers were replaced (new or changed); Removed those
+	// no longer configured, whose queued deliveries stay in the store until a target of that
+	// name is configured again.
+	Restarted, Removed []string
+}
+
+// Reload swaps in new routes, targets and client resolution without dropping a webhook: requests
+// in flight finish on the routes they started with, deliveries in flight finish under the target
+// settings they started with, and a target whose settings did not change keeps its dispatcher.
+// An invalid routing is refused and the current one kept.
+func (r *Relay) Reload(rt Routing) (ReloadResult, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.targets.Load()
+	in, targets, err := r.build(rt.Routes, rt.Targets, rt.Clients, old)
+	if err != nil {
+		return ReloadResult{}, err
+	}
+	res := ReloadResult{Routes: len(rt.Routes)}
+	for name, d := range targets {
+		if old[name] != d {
+			res.Restarted = append(res.Restarted, name)
+			if r.workers != nil {
+				r.workers.start(d)
+			}
+		}
+	}
+	for name, d := range old {
+		if targets[name] != d {
+			if targets[name] == nil {
+				res.Removed = append(res.Removed, name)
+			}
+			if r.workers != nil {
+				r.workers.retire(d)
+			}
+		}
+	}
+	slices.Sort(res.Restarted)
+	slices.Sort(res.Removed)
+	r.targets.Store(&targets)
+	r.ingress.Store(in)
+	return res, nil
+}
+
+// Metrics gathers the relay's Prometheus series (and whatever else is registered on
+// Config.Metrics).
+func (r *Relay) Metrics() prometheus.Gatherer { return r.cfg.Metrics }
 
 func setDefault(d *time.Duration, def time.Duration) {
 	if *d <= 0 {
@@ -157,21 +256,32 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	return nil
 }
 
-// Ready reports whether the relay can take webhooks: its store answers. Readiness probes use it.
+// Ready reports whether the relay can take webhooks: its store answers and every ReadyCheck
+// passes. Readiness probes use it.
 func (r *Relay) Ready(ctx context.Context) error {
 	if err := r.cfg.Store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
+	for _, check := range r.cfg.ReadyChecks {
+		if err := check(ctx); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// Handler is the public webhook handler.
-func (r *Relay) Handler() http.Handler { return r.ingress }
+// Handler is the public webhook handler. It follows reloads.
+func (r *Relay) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.ingress.Load().ServeHTTP(w, req)
+	})
+}
 
 // wake tells the named targets' dispatchers that work arrived.
 func (r *Relay) wake(targets []string) {
+	current := *r.targets.Load()
 	for _, name := range targets {
-		if d := r.dispatchers[name]; d != nil {
+		if d := current[name]; d != nil {
 			notify(d.wake)
 		}
 	}
@@ -210,23 +320,57 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
+// workers runs the dispatchers' claim loops. Deliveries run under work, which outlives the
+// loops so that a shutdown can give them a grace period.
+type workers struct {
+	work     context.Context
+	stopWork context.CancelFunc
+	loops    sync.WaitGroup
+	stops    map[*dispatcher]context.CancelFunc // running claim loops
+	started  []*dispatcher                      // every dispatcher started, retired ones included
+}
+
+func (w *workers) start(d *dispatcher) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w.stops[d] = cancel
+	w.started = append(w.started, d)
+	w.loops.Go(func() { d.run(ctx, w.work) })
+}
+
+// retire stops d claiming; its deliveries in flight run on and are waited for at shutdown.
+func (w *workers) retire(d *dispatcher) {
+	if stop := w.stops[d]; stop != nil {
+		stop()
+		delete(w.stops, d)
+	}
+}
+
 // StartWorkers starts the delivery dispatchers and the dedupe sweeper. The returned stop
 // function stops claiming, waits for deliveries in flight until ctx is done, then cancels them
 // (they are given back to the queue) and returns when all have finished.
 func (r *Relay) StartWorkers() (stop func(ctx context.Context)) {
-	claimCtx, stopClaims := context.WithCancel(context.Background())
-	workCtx, stopWork := context.WithCancel(context.Background())
-	var loops sync.WaitGroup
-	for _, d := range r.dispatchers {
-		loops.Go(func() { d.run(claimCtx, workCtx) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	work, stopWork := context.WithCancel(context.Background())
+	w := &workers{work: work, stopWork: stopWork, stops: map[*dispatcher]context.CancelFunc{}}
+	for _, d := range *r.targets.Load() {
+		w.start(d)
 	}
-	loops.Go(func() { r.sweep(claimCtx) })
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	w.loops.Go(func() { r.sweep(sweepCtx) })
+	r.workers = w
 	return func(ctx context.Context) {
-		stopClaims()
-		loops.Wait()
+		r.mu.Lock()
+		r.workers = nil
+		stopSweep()
+		for d := range w.stops {
+			w.retire(d)
+		}
+		r.mu.Unlock()
+		w.loops.Wait()
 		done := make(chan struct{})
 		go func() {
-			for _, d := range r.dispatchers {
+			for _, d := range w.started {
 				d.wg.Wait()
 			}
 			close(done)

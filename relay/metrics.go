@@ -1,0 +1,172 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Webhook outcomes, the outcome label of hookrelay_webhooks_received_total.
+const (
+	outcomeAccepted    = "accepted"
+	outcomeDuplicate   = "duplicate"
+	outcomeDeniedIP    = "denied_ip"
+	outcomeRateLimited = "rate_limited"
+	outcomeBadSig      = "bad_signature"
+	outcomeTooLarge    = "too_large"
+	outcomeInvalid     = "invalid"
+	outcomeStoreError  = "store_error"
+	outcomeNoRoute     = "no_route"
+	outcomeError       = "error"
+)
+
+// unmatchedRoute labels requests that matched no route; real route names cannot be empty, and
+// this keeps arbitrary paths out of the label values.
+const unmatchedRoute = ""
+
+// outcomeOf names what a refused webhook came to, by its error kind.
+func outcomeOf(k Kind) string {
+	switch k {
+	case KindForbidden:
+		return outcomeDeniedIP
+	case KindRateLimited:
+		return outcomeRateLimited
+	case KindUnauthorized:
+		return outcomeBadSig
+	case KindTooLarge:
+		return outcomeTooLarge
+	case KindInvalid, KindMethod:
+		return outcomeInvalid
+	case KindUnavailable:
+		return outcomeStoreError
+	case KindNotFound:
+		return outcomeNoRoute
+	default:
+		return outcomeError
+	}
+}
+
+// Delivery attempt outcomes, the outcome label of hookrelay_delivery_attempts_total. Each attempt
+// is counted once, after the store recorded it.
+const (
+	attemptDelivered  = "delivered"
+	attemptRetry      = "retry"
+	attemptDeadLetter = "dead_letter"
+	attemptReleased   = "released"    // cut short by shutdown or reload and given back
+	attemptLeaseLost  = "lease_lost"  // settled too late: another worker had claimed it again
+	attemptStoreError = "store_error" // the store could not record it; redelivered after the lease
+)
+
+// metrics are the relay's Prometheus series; see the README's Operations section.
+type metrics struct {
+	received        *prometheus.CounterVec   // route, outcome
+	withoutJobID    *prometheus.CounterVec   // route
+	dedupeHits      *prometheus.CounterVec   // route
+	ackSeconds      *prometheus.HistogramVec // route
+	attempts        *prometheus.CounterVec   // target, outcome
+	attemptSeconds  *prometheus.HistogramVec // target
+	endToEndSeconds *prometheus.HistogramVec // target
+	deadLetters     *prometheus.CounterVec   // target
+	leaseRecoveries *prometheus.CounterVec   // target
+}
+
+func newMetrics(reg prometheus.Registerer, queues *queueCollector) (*metrics, error) {
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_webhooks_received_total",
+			Help: "Webhooks received, by route and outcome (accepted, duplicate, denied_ip, rate_limited, bad_signature, too_large, invalid, store_error, no_route, error).",
+		}, []string{"route", "outcome"}),
+		withoutJobID: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_webhooks_without_job_id_total",
+			Help: "Accepted webhooks whose payload had no job ID, so they could not be deduplicated.",
+		}, []string{"route"}),
+		dedupeHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_dedupe_hits_total",
+			Help: "Webhooks answered as duplicates of one already stored.",
+		}, []string{"route"}),
+		ackSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hookrelay_ack_duration_seconds",
+			Help:    "Time from receiving a webhook to answering it 2xx (accepted or duplicate), the store write included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms to 4 s
+		}, []string{"route"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_delivery_attempts_total",
+			Help: "Delivery attempts, by target and outcome (delivered, retry, dead_letter, released, lease_lost, store_error).",
+		}, []string{"target", "outcome"}),
+		attemptSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hookrelay_delivery_duration_seconds",
+			Help:    "Duration of one delivery attempt to a target.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12), // 1 ms to 60 s
+		}, []string{"target"}),
+		endToEndSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hookrelay_end_to_end_seconds",
+			Help:    "Time from receiving a webhook to its successful delivery to a target, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 12), // 5 ms to 6 h
+		}, []string{"target"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_dead_letters_total",
+			Help: "Deliveries moved to the dead letters.",
+		}, []string{"target"}),
+		leaseRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_lease_recoveries_total",
+			Help: "Deliveries claimed again after a lease ran out unsettled (a relay died or stalled mid-delivery).",
+		}, []string{"target"}),
+	}
+	for _, c := range []prometheus.Collector{m.received, m.withoutJobID, m.dedupeHits, m.ackSeconds,
+		m.attempts, m.attemptSeconds, m.endToEndSeconds, m.deadLetters, m.leaseRecoveries, queues} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// queueCollector reads each target's queue from the store when scraped, so the figures are the
+// store's, shared by every replica, rather than what one process saw.
+type queueCollector struct {
+	r       *Relay
+	depth   *prometheus.Desc
+	age     *prometheus.Desc
+	timeout time.Duration
+}
+
+func newQueueCollector(r *Relay) *queueCollector {
+	return &queueCollector{
+		r: r,
+		depth: prometheus.NewDesc("hookrelay_queue_depth",
+			"Deliveries queued for a target, those in flight included.", []string{"target"}, nil),
+		age: prometheus.NewDesc("hookrelay_queue_oldest_due_age_seconds",
+			"How long the oldest due delivery of a target has been waiting; 0 when none is due.", []string{"target"}, nil),
+		timeout: 5 * time.Second,
+	}
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.depth
+	ch <- c.age
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	now := c.r.cfg.Now()
+	for name := range *c.r.targets.Load() {
+		n, err := c.r.cfg.Store.Depth(ctx, name)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(c.depth, err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(n), name)
+		at, ok, err := c.r.cfg.Store.NextDue(ctx, name)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(c.age, err)
+			continue
+		}
+		age := 0.0
+		if ok && !at.After(now) {
+			age = now.Sub(at).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age, name)
+	}
+}
