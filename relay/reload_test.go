@@ -1,0 +1,134 @@
+package relay_test
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/hookrelay/filters"
+	"github.com/hookrelay/hookrelay/relay"
+)
+
+// Reloading while senders keep posting drops nothing and answers no 5xx: every acknowledged
+// webhook reaches a target, the new token and route work at once, and the old token stops working.
+func TestReloadUnderLoad(t *testing.T) {
+	oldApp, newApp := newRecorder(t, nil), newRecorder(t, nil)
+	tokenRoute := func(token string) relay.Route {
+		rt := route(t, "fashn", "fashn", "app")
+		rt.Verifier = must[*filters.URLToken](t)(filters.NewURLToken([]string{token}, "token"))
+		return rt
+	}
+	h := startRelay(t, []relay.Route{tokenRoute("old-token-0123456789")}, oldApp.target("app"), newApp.target("other"))
+
+	var (
+		acked   sync.Map // job ID -> true
+		bad     atomic.Int64
+		stop    atomic.Bool
+		senders sync.WaitGroup
+		token   atomic.Value
+	)
+	token.Store("old-token-0123456789")
+	for w := range 8 {
+		senders.Go(func() {
+			for i := 0; !stop.Load(); i++ {
+				id := "w" + strconv.Itoa(w) + "-" + strconv.Itoa(i)
+				tok := token.Load().(string)
+				resp, err := http.Post(h.url+"/hooks/fashn?token="+tok, "application/json",
+					strings.NewReader(`{"id":"`+id+`","status":"completed"}`))
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode == http.StatusAccepted:
+					acked.Store(id, true)
+				case resp.StatusCode == http.StatusUnauthorized && tok != token.Load().(string):
+					// sent with the token the reload just retired: the sender's problem, not a loss
+				default:
+					t.Errorf("job %s: status %d", id, resp.StatusCode)
+					bad.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	// An invalid routing is refused and changes nothing.
+	broken := tokenRoute("new-token-0123456789")
+	broken.Targets = []string{"missing"}
+	if _, err := h.relay.Reload(relay.Routing{Routes: []relay.Route{broken},
+		Targets: []relay.Target{oldApp.target("app")}}); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("reload with an unknown target: %v, want an error naming it", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+
+	// The new routing: the token rotates, app moves to the new server, a route appears and the
+	// target "other" goes.
+	moved := newApp.target("app")
+	extra := route(t, "fal", "fal", "app")
+	extra.Verifier = must[*filters.URLToken](t)(filters.NewURLToken([]string{"fal-token-0123456789"}, "token"))
+	res, err := h.relay.Reload(relay.Routing{Routes: []relay.Route{tokenRoute("new-token-0123456789"), extra},
+		Targets: []relay.Target{moved}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token.Store("new-token-0123456789")
+	if strings.Join(res.Restarted, ",") != "app" || strings.Join(res.Removed, ",") != "other" || res.Routes != 2 {
+		t.Errorf("reload result %+v, want app restarted, other removed, 2 routes", res)
+	}
+	// Reloading the same targets again restarts nothing.
+	if res, err := h.relay.Reload(relay.Routing{Routes: []relay.Route{tokenRoute("new-token-0123456789"), extra},
+		Targets: []relay.Target{newApp.target("app")}}); err != nil || len(res.Restarted)+len(res.Removed) != 0 {
+		t.Errorf("identical reload: %+v, %v; want nothing restarted", res, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	stop.Store(true)
+	senders.Wait()
+
+	if a := h.post("/hooks/fashn?token=old-token-0123456789", []byte(fashnDone)); a.status != http.StatusUnauthorized {
+		t.Errorf("old token after the reload: %d, want 401", a.status)
+	}
+	if a := h.post("/hooks/fal?token=fal-token-0123456789",
+		[]byte(`{"request_id":"r1","status":"OK","payload":{}}`)); a.status != extra.AckStatus {
+		t.Errorf("new route: %d %v, want %d", a.status, a.body, extra.AckStatus)
+	}
+
+	want := map[string]bool{}
+	acked.Range(func(k, _ any) bool { want[k.(string)] = true; return true })
+	if len(want) < 50 || bad.Load() != 0 {
+		t.Fatalf("%d acknowledged, %d bad answers: the load did not run cleanly", len(want), bad.Load())
+	}
+	delivered := func() map[string]int {
+		got := map[string]int{}
+		for _, rec := range []*recorder{oldApp, newApp} {
+			for _, r := range rec.got() {
+				got[r.header.Get("X-Relay-Job-Id")]++
+			}
+		}
+		return got
+	}
+	eventually(t, "every acknowledged webhook delivered", func() bool {
+		got := delivered()
+		for id := range want {
+			if got[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for id, n := range delivered() {
+		if n > 1 {
+			t.Errorf("job %s delivered %d times", id, n)
+		}
+	}
+	n := len(newApp.got())
+	if n == 0 {
+		t.Error("nothing reached the target's new URL")
+	}
+	t.Logf("%d acknowledged across the reload; %d delivered to the old URL, %d to the new", len(want), len(oldApp.got()), n)
+}
