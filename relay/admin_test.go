@@ -302,7 +302,9 @@ func TestAdminReplayOne(t *testing.T) {
 	if r.header.Get("X-Relay-Delivery-Id") != id || r.header.Get("X-Relay-Attempt") != "1" || string(r.body) != e.bodies[id] {
 		t.Errorf("replayed delivery: id %q attempt %q body %q", r.header.Get("X-Relay-Delivery-Id"), r.header.Get("X-Relay-Attempt"), r.body)
 	}
-	eventually(t, "the ack", func() bool { return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
+	eventually(t, "the ack", func() bool {
+		return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
+	})
 	if _, err := e.store.GetDead(context.Background(), id); !errors.Is(err, relay.ErrNotFound) {
 		t.Errorf("dead letter %s still there after its replay: %v", id, err)
 	}
@@ -359,7 +361,9 @@ func TestAdminBulkReplay(t *testing.T) {
 	if status != http.StatusOK || got["replayed"] != 2.0 {
 		t.Fatalf("replay all: %d %v, want 2", status, got)
 	}
-	eventually(t, "app's delivery", func() bool { return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 3 })
+	eventually(t, "app's delivery", func() bool {
+		return int(sample(t, e.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 3
+	})
 	eventually(t, "billing's second death", func() bool {
 		dead := e.dead()
 		return len(dead) == 1 && dead[0].Target == "billing" && len(e.billing.got()) == 2

@@ -44,10 +44,10 @@ func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now fun
 		endToEndSeconds: m.endToEndSeconds.WithLabelValues(t.Name),
 		deadLetters:     m.deadLetters.WithLabelValues(t.Name),
 		leaseRecoveries: m.leaseRecoveries.WithLabelValues(t.Name),
-		log:   log.With("target", t.Name),
-		wake:  make(chan struct{}, 1),
-		freed: make(chan struct{}, 1),
-		slots: make(chan struct{}, t.Concurrency),
+		log:             log.With("target", t.Name),
+		wake:            make(chan struct{}, 1),
+		freed:           make(chan struct{}, 1),
+		slots:           make(chan struct{}, t.Concurrency),
 	}
 	if t.RateLimit > 0 {
 		d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(t.RateBurst, 1))
@@ -126,7 +126,7 @@ func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan s
 
 // deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter.
 func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
-	log := d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "job_id", dl.Message.JobID,
+	log := d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "provider", dl.Message.Provider, "job_id", dl.Message.JobID,
 		"attempt", dl.Attempt)
 	start := time.Now()
 	if d.limiter != nil {

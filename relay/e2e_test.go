@@ -280,7 +280,9 @@ func TestRetryThenSuccess(t *testing.T) {
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
 	h.post("/hooks/fashn", []byte(fashnDone))
 	eventually(t, "three attempts", func() bool { return len(rec.got()) == 3 })
-	eventually(t, "ack", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
+	eventually(t, "ack", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
+	})
 	settle()
 	got := rec.got()
 	if len(got) != 3 {
@@ -333,7 +335,9 @@ func TestMaxAttemptsDeadLetters(t *testing.T) {
 	tg.Retry.MaxAttempts = 3
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
 	h.post("/hooks/fashn", []byte(fashnDone))
-	eventually(t, "dead letter", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "dead_letter")) == 1 })
+	eventually(t, "dead letter", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "dead_letter")) == 1
+	})
 	settle()
 	if n := len(rec.got()); n != 3 {
 		t.Fatalf("attempts = %d, want 3", n)
@@ -405,7 +409,9 @@ func TestCrashBetweenClaimAndAck(t *testing.T) {
 	if a := rec.got()[0].header.Get("X-Relay-Attempt"); a != "2" {
 		t.Errorf("X-Relay-Attempt = %q, want 2 (the lost claim counts)", a)
 	}
-	eventually(t, "ack", func() bool { return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1 })
+	eventually(t, "ack", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
+	})
 }
 
 func TestGracefulShutdownFinishesDeliveriesInFlight(t *testing.T) {

@@ -232,6 +232,12 @@ func loadConfig(path string, logs io.Writer) (*fileConfig, *slog.Logger, error) 
 // parseConfig decodes, fills defaults, and validates, building every check once; the logger
 // (from the file's log section, writing to logs) is the one the checks log through.
 func parseConfig(raw []byte, name string, logs io.Writer) (*fileConfig, *slog.Logger, error) {
+	return parse(raw, name, logs, nil, nil)
+}
+
+// parse is parseConfig for a first start (prev nil) or a reload: then the checks log through the
+// running logger, and the running Redis client is reused rather than a second one dialled.
+func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.Logger) (*fileConfig, *slog.Logger, error) {
 	var c fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
@@ -240,7 +246,12 @@ func parseConfig(raw []byte, name string, logs io.Writer) (*fileConfig, *slog.Lo
 		return nil, nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(msg, "yaml: "))
 	}
 	c.applyDefaults()
-	log := newLogger(c.Log, logs)
+	if log == nil {
+		log = newLogger(c.Log, logs)
+	}
+	if prev != nil && c.Store.Type == "redis" {
+		c.redis = prev.redis
+	}
 	if err := c.validate(log); err != nil {
 		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
 	}
@@ -423,7 +434,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	case "redis":
 		if c.Store.Redis == nil {
 			p.add("store.redis", "store.type is redis: set store.redis.url or store.redis.addrs")
-		} else if opts := c.Store.Redis.validate(&p); opts != nil && len(p) == 0 {
+		} else if opts := c.Store.Redis.validate(&p); opts != nil && len(p) == 0 && c.redis == nil {
 			c.redis = redis.NewUniversalClient(opts)
 		}
 	default:

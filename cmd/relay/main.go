@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/relay"
@@ -32,6 +34,7 @@ commands:
   check   -config FILE             validate the config and print it with defaults filled (no secrets)
   sink    -listen ADDR [flags]     a small target that prints each request and answers 200
   dlq     list|show|replay|drop    inspect and replay dead letters through the admin API
+  reload  [-admin URL]             reload the running relay's config file (as SIGHUP does) and say what changed
   health  [-admin URL]             exit 0 when the relay answers ready (a container health check)
   version                          print the version
 `
@@ -58,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdDLQ(rest, stdout, stderr)
 	case "health":
 		err = cmdHealth(rest, stdout, stderr)
+	case "reload":
+		err = cmdReload(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "relay %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	case "help", "-h", "-help", "--help":
@@ -117,12 +122,17 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	reg := newRegistry()
 	r, err := relay.New(relay.Config{
-		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients,
+		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients, Metrics: reg,
 		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
 		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
 		UserAgent: "hookrelay/" + version,
 	})
+	if err != nil {
+		return err
+	}
+	reloads, err := newReloader(*path, stderr, log, r, cfg, reg)
 	if err != nil {
 		return err
 	}
@@ -132,6 +142,20 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading the configuration", "path", *path)
+				_, _ = reloads.reload(ctx) // the outcome is logged
+			}
+		}
+	}()
 	for _, r := range cfg.Routes {
 		level := slog.LevelInfo
 		if r.Insecure {
@@ -142,7 +166,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token}), log)
+		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload}), log)
 		if err != nil {
 			return err
 		}
@@ -151,6 +175,16 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	err = r.Run(ctx, ln)
 	log.Info("relay stopped")
 	return err
+}
+
+// newRegistry holds the relay's metrics beside the Go runtime's, the process's and the build's.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hookrelay_build_info",
+		Help: "Always 1; the labels say which build runs."}, []string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build)
+	return reg
 }
 
 // serveAdmin runs the admin API on addr until ctx is done; stop waits for it to close.
