@@ -11,7 +11,9 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/relay /usr/local/bin/relay
 WORKDIR /var/lib/hookrelay
 VOLUME ["/var/lib/hookrelay"]
-EXPOSE 8080 9090
+# 443 and 80 with tls.mode acme (80 answers HTTP-01 and redirects); 8080 plain behind a balancer;
+# 9090 the admin API, which listens on loopback unless admin.listen and a token say otherwise.
+EXPOSE 443 80 8080 9090
 # The admin API listens on loopback inside the container, where the check runs.
 HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/relay", "health"]
 USER nonroot:nonroot
