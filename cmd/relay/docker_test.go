@@ -36,7 +36,7 @@ func TestDockerfileBinaryIsStaticAndVersioned(t *testing.T) {
 	}
 	dockerfile := string(raw)
 	for _, want := range []string{
-		"CGO_ENABLED=0 go build",       // static
+		"CGO_ENABLED=0 go build",        // static
 		"FROM gcr.io/distroless/static", // CA certificates, no shell, no libc
 		"USER nonroot",
 		`VOLUME ["/var/lib/hookrelay"]`,

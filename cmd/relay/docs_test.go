@@ -60,4 +60,3 @@ func TestReadmeReferenceCoversEveryKey(t *testing.T) {
 		}
 	}
 }
-
