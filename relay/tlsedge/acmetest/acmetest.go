@@ -55,7 +55,7 @@ type Options struct {
 // test must not be parallel.
 func Start(t testing.TB, opt Options) *CA {
 	t.Helper()
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")     // validate at once instead of after up to 5 s
+	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // validate at once instead of after up to 5 s
 	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no deliberate bad-nonce rejections
 	if opt.HTTPPort == 0 {
 		opt.HTTPPort = FreePort(t)
