@@ -136,21 +136,16 @@ func (e *Edge) setupACME() error {
 	})
 	iss := certmagic.ACMEIssuer{
 		CA: c.CA, Email: c.Email, Agreed: true, TrustedRoots: c.TrustedRoots, Logger: zl,
-		// The solvers "listen" on these; finding our own listeners there, they leave the
-		// answering to them (HTTP-01 through HTTPHandler, TLS-ALPN-01 through GetCertificate).
+		// The solvers "listen" on these; finding our own listeners there (the port taken), they
+		// leave the answering to them: HTTP-01 to HTTPHandler, TLS-ALPN-01 to GetCertificate.
 		ListenHost: host, AltTLSALPNPort: tlsPort,
 	}
 	if c.HTTPAddr == "" {
 		iss.DisableHTTPChallenge = true
 	} else {
-		hhost, httpPort, err := portOf(c.HTTPAddr)
+		_, httpPort, err := portOf(c.HTTPAddr)
 		if err != nil {
 			return fmt.Errorf("tlsedge: http address: %w", err)
-		}
-		if hhost != host {
-			// Both solvers share ListenHost; a port-80 listener on another host than the main
-			// one would make certmagic's HTTP solver bind a listener of its own.
-			return fmt.Errorf("tlsedge: the HTTP-01 listener (%s) and the main listener (%s) must use the same host", c.HTTPAddr, c.ListenAddr)
 		}
 		iss.AltHTTPPort = httpPort
 	}
