@@ -31,6 +31,8 @@ type Config struct {
 	StoreTimeout  time.Duration // per store operation on the ingress path; default 10s
 	ShutdownGrace time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
 	UserAgent     string        // sent to targets; default "hookrelay"
+	// ReadyChecks are asked by Ready after the store (TLS: a certificate is loaded).
+	ReadyChecks []func(context.Context) error
 }
 
 // Relay receives webhooks and delivers them.
@@ -157,10 +159,16 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	return nil
 }
 
-// Ready reports whether the relay can take webhooks: its store answers. Readiness probes use it.
+// Ready reports whether the relay can take webhooks: its store answers and every ReadyCheck
+// passes. Readiness probes use it.
 func (r *Relay) Ready(ctx context.Context) error {
 	if err := r.cfg.Store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	for _, check := range r.cfg.ReadyChecks {
+		if err := check(ctx); err != nil {
+			return err
+		}
 	}
 	return nil
 }
