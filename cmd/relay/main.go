@@ -117,11 +117,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	edge, err := newEdge(cfg, log)
+	if err != nil {
+		return err
+	}
 	r, err := relay.New(relay.Config{
 		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients,
 		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
 		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
-		UserAgent: "hookrelay/" + version,
+		UserAgent: "hookrelay/" + version, ReadyChecks: edgeReadyChecks(edge),
 	})
 	if err != nil {
 		return err
@@ -132,6 +136,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if ln, err = serveEdge(ctx, edge, cfg, ln, log); err != nil {
+		return err
+	}
 	for _, r := range cfg.Routes {
 		level := slog.LevelInfo
 		if r.Insecure {
