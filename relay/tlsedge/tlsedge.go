@@ -103,7 +103,7 @@ func portOf(addr string) (string, int, error) {
 		return "", 0, err
 	}
 	port, err := strconv.Atoi(p)
-	if err != nil || port <= 0 || port > 65535 {
+	if err != nil || port < 0 || port > 65535 {
 		return "", 0, fmt.Errorf("%q has no usable port", addr)
 	}
 	return host, port, nil
