@@ -36,6 +36,11 @@ func TestTLSConfigDefaults(t *testing.T) {
 	if c.TLS.Mode != "off" {
 		t.Errorf("tls.mode defaults to %q, want off", c.TLS.Mode)
 	}
+	// YAML 1.1 would read an unquoted off as false; the key takes it as the word.
+	c, _, err = parseConfig([]byte("tls:\n  mode: off\n"+minimal), "test.yaml", io.Discard)
+	if err != nil || c.TLS.Mode != "off" {
+		t.Fatalf("mode: off = %v, %+v", err, c)
+	}
 	c, _, err = parseConfig([]byte("tls:\n  mode: acme\n  acme:\n    domains: [hooks.example.com]\n"+minimal), "test.yaml", io.Discard)
 	if err != nil {
 		t.Fatal(err)
