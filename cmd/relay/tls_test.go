@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hookrelay/hookrelay/relay/redistest"
 	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
 )
 
@@ -244,4 +245,52 @@ func TestBinaryTLSFiles(t *testing.T) {
 		t.Fatalf("got %d", resp.StatusCode)
 	}
 	waitUntil(t, "the delivery", func() bool { return len(jt.snapshot()["job-files-1"]) == 1 })
+}
+
+// Two relay processes on one Redis with ACME: one order reaches the CA, both serve the same
+// certificate. Only the second listens where the CA validates; when the first wins the lock, the
+// second answers its challenge from the shared storage.
+func TestBinaryACMEReplicasShareCertificate(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	ca := acmetest.Start(t, acmetest.Options{})
+	var replicas []*proc
+	var tlsAddrs []string
+	for i, ports := range [][2]int{{acmetest.FreePort(t), acmetest.FreePort(t)}, {ca.TLSPort, ca.HTTPPort}} {
+		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		tlsAddr := "127.0.0.1:" + strconv.Itoa(ports[0])
+		// Separate data directories: what they share is Redis.
+		path := writeRedisConfig(t, dir, rs.Addr, "http://127.0.0.1:1/", fmt.Sprintf("data_dir: %s\n", dir)+fmt.Sprintf(
+			"tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n    ca: %s\n    trusted_roots_file: %s\n    http_listen: 127.0.0.1:%d\n",
+			ca.Directory, ca.ServerRootsFile, ports[1]))
+		writeFile(t, path, strings.Replace(mustRead(t, path), "listen: 127.0.0.1:0", "listen: "+tlsAddr, 1))
+		replicas = append(replicas, startProc(t, nil, "serve", "-config", path))
+		tlsAddrs = append(tlsAddrs, tlsAddr)
+	}
+	var serials []string
+	for i, p := range replicas {
+		admin := p.adminURL(t)
+		waitUntil(t, "replica ready", func() bool {
+			resp, err := http.Get(admin + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
+		conn, err := tls.Dial("tcp", tlsAddrs[i], &tls.Config{RootCAs: ca.IssuerRoots, ServerName: "hooks.relay.test"})
+		if err != nil {
+			t.Fatalf("replica %d: %v\n%s", i, err, p.logs())
+		}
+		serials = append(serials, conn.ConnectionState().PeerCertificates[0].SerialNumber.String())
+		conn.Close()
+	}
+	if serials[0] != serials[1] {
+		t.Errorf("the replicas serve different certificates: %v", serials)
+	}
+	if n := ca.Orders(); n != 1 {
+		t.Errorf("%d orders reached the CA, want 1", n)
+	}
 }
