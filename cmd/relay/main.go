@@ -206,6 +206,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	for _, r := range cfg.Routes {
 		fmt.Fprintf(stdout, "# route %s: %s\n", r.Name, r.posture())
 	}
+	fmt.Fprintf(stdout, "# tls %s\n", cfg.TLS.summary(cfg.Listen))
 	for _, t := range cfg.Targets {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)

@@ -31,6 +31,8 @@ type tlsConfig struct {
 	CertFile string     `yaml:"cert_file,omitempty"`
 	KeyFile  string     `yaml:"key_file,omitempty"`
 	ACME     acmeConfig `yaml:"acme,omitempty"`
+
+	leaf *x509.Certificate // files: read by validate
 }
 
 type acmeConfig struct {
@@ -120,6 +122,27 @@ func (t *tlsConfig) validateFiles(p *problems) {
 	if now := time.Now(); now.After(leaf.NotAfter) {
 		p.add("tls.cert_file", "the certificate expired at %s; renew it", leaf.NotAfter.Format(time.RFC3339))
 	}
+	t.leaf = leaf
+}
+
+// summary says in one line how the listener does TLS, for relay check.
+func (t *tlsConfig) summary(listen string) string {
+	switch t.Mode {
+	case "files":
+		names := strings.Join(t.leaf.DNSNames, ", ")
+		if names == "" {
+			names = t.leaf.Subject.CommonName
+		}
+		return fmt.Sprintf("files: certificate for %s valid until %s, reloaded when the files change",
+			names, t.leaf.NotAfter.UTC().Format(time.RFC3339))
+	case "acme":
+		challenges := "TLS-ALPN-01 on " + listen
+		if t.ACME.HTTPListen != "off" {
+			challenges = "HTTP-01 on " + t.ACME.HTTPListen + ", " + challenges
+		}
+		return fmt.Sprintf("acme: %s from %s (%s)", strings.Join(t.ACME.Domains, ", "), t.ACME.CA, challenges)
+	}
+	return "off: plain HTTP (terminate TLS in front, and list that proxy in trusted_proxies)"
 }
 
 func (a *acmeConfig) validate(p *problems) {

@@ -223,7 +223,8 @@ func TestBinaryTLSFiles(t *testing.T) {
 	certFile, keyFile := tlsPair(t, dir, "edge", time.Now().Add(24*time.Hour))
 	path := writeConfig(t, dir, jt.srv.URL, "")
 	writeFile(t, path, mustRead(t, path)+fmt.Sprintf("tls:\n  mode: files\n  cert_file: %s\n  key_file: %s\n", certFile, keyFile))
-	if out, code := relayCmd(t, nil, "check", "-config", path); code != 0 || !strings.Contains(out, "mode: files") {
+	if out, code := relayCmd(t, nil, "check", "-config", path); code != 0 || !strings.Contains(out, "mode: files") ||
+		!strings.Contains(out, "# tls files: certificate for a.relay.test valid until") {
 		t.Fatalf("relay check = %d:\n%s", code, out)
 	}
 	p := startProc(t, nil, "serve", "-config", path)
