@@ -53,7 +53,8 @@ func startEdge(t *testing.T, ca *acmetest.CA, tlsPort, httpPort int, storage cer
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{domain}, Email: "ops@relay.test",
+	// The name in upper case: the edge normalises it as certmagic does.
+	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{strings.ToUpper(domain)}, Email: "ops@relay.test",
 		CA: ca.Directory, TrustedRoots: ca.ServerRoots, ListenAddr: "127.0.0.1:" + strconv.Itoa(tlsPort),
 		Storage: storage, Logger: log}
 	if httpPort != 0 {

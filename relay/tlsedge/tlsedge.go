@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,9 +111,14 @@ func portOf(addr string) (string, int, error) {
 }
 
 func (e *Edge) setupACME() error {
+	e.cfg.Domains = slices.Clone(e.cfg.Domains)
 	c := e.cfg
 	if len(c.Domains) == 0 {
 		return errors.New("tlsedge: acme needs at least one domain")
+	}
+	// certmagic keys its cache by the normalised name; Ready and NotAfter look names up there.
+	for i, d := range c.Domains {
+		c.Domains[i] = strings.ToLower(strings.TrimSuffix(d, "."))
 	}
 	if c.Storage == nil {
 		return errors.New("tlsedge: acme needs a certificate storage")
