@@ -36,6 +36,7 @@ type fileConfig struct {
 	Allowlist      []string       `yaml:"allowlist"`
 	AllowlistFiles []string       `yaml:"allowlist_files"`
 	Admin          adminConfig    `yaml:"admin"`
+	TLS            tlsConfig      `yaml:"tls"`
 	Log            logConfig      `yaml:"log"`
 	Store          storeConfig    `yaml:"store"`
 	Delivery       deliveryConfig `yaml:"delivery"`
@@ -270,6 +271,7 @@ func (c *fileConfig) applyDefaults() {
 	def(&c.Log.Level, "info")
 	def(&c.Log.Format, "json")
 	def(&c.Store.Type, "embedded")
+	c.TLS.applyDefaults()
 	if c.Store.Type == "embedded" {
 		def(&c.Store.Path, filepath.Join(c.DataDir, "relay.db"))
 	}
@@ -418,6 +420,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		p.add("listen", "%q is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)", c.Listen)
 	}
 	c.Admin.validate(&p)
+	c.TLS.validate(&p)
 	switch c.Log.Level { // newLogger has used it already; an invalid level fell back to info
 	case "debug", "info", "warn", "error":
 	default:

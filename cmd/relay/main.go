@@ -22,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/tlsedge"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -122,12 +123,16 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	reg := newRegistry()
+	edge, err := newEdge(cfg, log)
+	if err != nil {
+		return err
+	}
+	reg := newRegistry(edge)
 	r, err := relay.New(relay.Config{
 		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients, Metrics: reg,
 		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
 		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
-		UserAgent: "hookrelay/" + version,
+		UserAgent: "hookrelay/" + version, ReadyChecks: edgeReadyChecks(edge),
 	})
 	if err != nil {
 		return err
@@ -142,6 +147,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if ln, err = serveEdge(ctx, edge, cfg, ln, log); err != nil {
+		return err
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -177,14 +185,33 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// newRegistry holds the relay's metrics beside the Go runtime's, the process's and the build's.
-func newRegistry() *prometheus.Registry {
+// newRegistry holds the relay's metrics beside the Go runtime's, the process's, the build's and,
+// with TLS, the certificates'.
+func newRegistry(edge *tlsedge.Edge) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hookrelay_build_info",
 		Help: "Always 1; the labels say which build runs."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build)
+	if edge != nil {
+		reg.MustRegister(certExpiry{edge: edge, desc: prometheus.NewDesc("hookrelay_certificate_expiry_timestamp_seconds",
+			"When the certificate served for a name expires (unix seconds).", []string{"name"}, nil)})
+	}
 	return reg
+}
+
+// certExpiry reports the served certificates' expiry when scraped, so renewals show at once.
+type certExpiry struct {
+	edge *tlsedge.Edge
+	desc *prometheus.Desc
+}
+
+func (c certExpiry) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c certExpiry) Collect(ch chan<- prometheus.Metric) {
+	for name, at := range c.edge.NotAfter() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(at.Unix()), name)
+	}
 }
 
 // serveAdmin runs the admin API on addr until ctx is done; stop waits for it to close.
@@ -233,6 +260,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	for _, r := range cfg.Routes {
 		fmt.Fprintf(stdout, "# route %s: %s\n", r.Name, r.posture())
 	}
+	fmt.Fprintf(stdout, "# tls %s\n", cfg.TLS.summary(cfg.Listen))
 	for _, t := range cfg.Targets {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)

@@ -108,9 +108,10 @@ func TestBinaryReloadUnderLoad(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "routes[0].ack_status") || !strings.Contains(out, "running configuration is kept") {
 		t.Errorf("relay reload of an invalid file: exit %d\n%s", code, out)
 	}
-	if !strings.Contains(p.logs(), `"msg":"configuration reload refused; the running configuration is kept"`) {
-		t.Error("the refused reload was not logged")
-	}
+	// The log line is written before the answer, but reaches us through a pipe: wait for it.
+	waitUntil(t, "the refused reload logged", func() bool {
+		return strings.Contains(p.logs(), `"msg":"configuration reload refused; the running configuration is kept"`)
+	})
 	before = ackedCount()
 	waitUntil(t, "load after the refused reload", func() bool { return ackedCount() > before+50 })
 

@@ -1,0 +1,226 @@
+package tlsedge_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/hookrelay/hookrelay/relay/tlsedge"
+	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
+)
+
+const domain = "hooks.relay.test"
+
+// syncBuffer collects logs written from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// edgeServer is an Edge serving a small handler on a TLS listener and, with HTTP-01, a port-80
+// style listener, on the given loopback ports.
+type edgeServer struct {
+	edge *tlsedge.Edge
+	addr string
+	logs *syncBuffer
+}
+
+func startEdge(t *testing.T, ca *acmetest.CA, tlsPort, httpPort int, storage certmagic.Storage) *edgeServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// The name in upper case: the edge normalises it as certmagic does.
+	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{strings.ToUpper(domain)}, Email: "ops@relay.test",
+		CA: ca.Directory, TrustedRoots: ca.ServerRoots, ListenAddr: "127.0.0.1:" + strconv.Itoa(tlsPort),
+		Storage: storage, Logger: log}
+	if httpPort != 0 {
+		cfg.HTTPAddr = "127.0.0.1:" + strconv.Itoa(httpPort)
+	}
+	edge, err := tlsedge.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, tls.NewListener(ln, edge.TLSConfig()), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "hello over "+r.Proto)
+	}))
+	if cfg.HTTPAddr != "" {
+		hln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serve(t, hln, edge.HTTPHandler())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := edge.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &edgeServer{edge: edge, addr: cfg.ListenAddr, logs: logs}
+}
+
+func serve(t *testing.T, ln net.Listener, h http.Handler) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+}
+
+func waitReady(t *testing.T, e *edgeServer) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := e.edge.Ready(context.Background())
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no certificate: %v\nlogs:\n%s", err, e.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// httpsClient trusts only the CA's issuing root and reaches domain at addr.
+func httpsClient(ca *acmetest.CA, addr string) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: ca.IssuerRoots, ServerName: domain},
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	return &http.Client{Transport: tr, Timeout: 5 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func TestACMEIssuance(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		http  bool
+		check func(t *testing.T, ca *acmetest.CA)
+	}{
+		{name: "http-01", http: true},
+		{name: "tls-alpn-01", http: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := acmetest.Start(t, acmetest.Options{})
+			httpPort := 0
+			if tc.http {
+				httpPort = ca.HTTPPort
+			}
+			e := startEdge(t, ca, ca.TLSPort, httpPort, &certmagic.FileStorage{Path: t.TempDir()})
+			waitReady(t, e)
+
+			client := httpsClient(ca, e.addr)
+			resp, err := client.Get("https://" + domain + "/")
+			if err != nil {
+				t.Fatalf("handshake verified against the CA's root: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "hello over HTTP/2.0" {
+				t.Errorf("body %q, want HTTP/2 negotiated", body)
+			}
+			if resp.TLS.Version < tls.VersionTLS12 {
+				t.Errorf("TLS version %x", resp.TLS.Version)
+			}
+			exp := e.edge.NotAfter()[domain]
+			if !exp.Equal(resp.TLS.PeerCertificates[0].NotAfter) {
+				t.Errorf("NotAfter() = %v, served certificate expires %v", exp, resp.TLS.PeerCertificates[0].NotAfter)
+			}
+			// TLS 1.1 is refused.
+			_, err = tls.Dial("tcp", e.addr, &tls.Config{RootCAs: ca.IssuerRoots, ServerName: domain, MaxVersion: tls.VersionTLS11})
+			if err == nil {
+				t.Error("a TLS 1.1 handshake succeeded")
+			}
+			if tc.http {
+				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept.
+				noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+				resp, err := noFollow.Post("http://127.0.0.1:"+strconv.Itoa(ca.HTTPPort)+"/hooks/x?a=1", "application/json", strings.NewReader("{}"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				want := "https://127.0.0.1:" + strconv.Itoa(ca.TLSPort) + "/hooks/x?a=1"
+				if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
+					t.Errorf("port 80 answered %d %q, want 308 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
+				}
+			}
+			if ca.Orders() != 1 {
+				t.Errorf("%d orders at the CA, want 1", ca.Orders())
+			}
+		})
+	}
+}
+
+// A CA that does not answer leaves the edge up, not ready, with the reason in Ready and a clear
+// error in the log.
+func TestACMEUnreachableCA(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	logs := &syncBuffer{}
+	tlsPort := acmetest.FreePort(t)
+	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{domain},
+		CA: "https://" + deadAddr + "/dir", ListenAddr: "127.0.0.1:" + strconv.Itoa(tlsPort),
+		Storage: &certmagic.FileStorage{Path: t.TempDir()}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	if err := edge.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Start blocked for %v; obtaining must happen in the background", d)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "could not obtain a certificate") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no clear error logged:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	err = edge.Ready(ctx)
+	if err == nil || !strings.Contains(err.Error(), domain) || !strings.Contains(err.Error(), deadAddr) {
+		t.Errorf("Ready = %v, want the domain and the failing CA named", err)
+	}
+	if !strings.Contains(logs.String(), deadAddr) {
+		t.Errorf("the log does not name the CA:\n%s", logs.String())
+	}
+	if len(edge.NotAfter()) != 0 {
+		t.Errorf("NotAfter = %v without a certificate", edge.NotAfter())
+	}
+}

@@ -1,0 +1,141 @@
+package tlsedge_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay/tlsedge"
+	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
+)
+
+// served is the certificate a client sees when it connects to ln's address.
+func served(t *testing.T, addr string, roots *x509.CertPool) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "a.relay.test"})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
+func writePair(t *testing.T, certFile, keyFile string, cert, key []byte) {
+	t.Helper()
+	// Both written under other names and renamed, as a certificate manager would.
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{certFile, cert}, {keyFile, key}} {
+		if err := os.WriteFile(f.path+".tmp", f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(f.path+".tmp", f.path); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A replaced pair is served without a restart; a broken replacement is logged and the previous
+// certificate kept.
+func TestFilesReloadReplacedPair(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	expA := time.Now().Add(48 * time.Hour).Truncate(time.Second)
+	certA, keyA := acmetest.SelfSigned(t, expA, "a.relay.test")
+	writePair(t, certFile, keyFile, certA, keyA)
+
+	logs := &syncBuffer{}
+	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile,
+		ReloadInterval: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := edge.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, tls.NewListener(ln, edge.TLSConfig()), nil)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certA)
+	if got := served(t, ln.Addr().String(), roots); !got.NotAfter.Equal(expA) {
+		t.Fatalf("served certificate expires %v, want %v", got.NotAfter, expA)
+	}
+	if err := edge.Ready(ctx); err != nil {
+		t.Errorf("Ready = %v", err)
+	}
+
+	expB := expA.Add(24 * time.Hour)
+	certB, keyB := acmetest.SelfSigned(t, expB, "a.relay.test", "b.relay.test")
+	roots.AppendCertsFromPEM(certB)
+	writePair(t, certFile, keyFile, certB, keyB)
+	waitFor(t, "the replaced pair to be served", func() bool { return served(t, ln.Addr().String(), roots).NotAfter.Equal(expB) })
+	if got := edge.NotAfter(); !got["a.relay.test"].Equal(expB) || !got["b.relay.test"].Equal(expB) || len(got) != 2 {
+		t.Errorf("NotAfter = %v, want both names at %v", got, expB)
+	}
+
+	// A new certificate without its key: logged once, the old pair kept. (The pair caught
+	// half-written above may have been logged already.)
+	before := strings.Count(logs.String(), "do not load")
+	certC, _ := acmetest.SelfSigned(t, expB.Add(time.Hour), "a.relay.test")
+	if err := os.WriteFile(certFile+".tmp", certC, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(certFile+".tmp", certFile); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the broken pair to be logged", func() bool {
+		return strings.Count(logs.String(), "do not load; keeping the current certificate") > before
+	})
+	if got := served(t, ln.Addr().String(), roots); !got.NotAfter.Equal(expB) {
+		t.Errorf("after a broken replacement the served certificate expires %v, want the previous one (%v)", got.NotAfter, expB)
+	}
+	time.Sleep(100 * time.Millisecond) // several more looks at the unchanged broken pair
+	if n := strings.Count(logs.String(), "do not load") - before; n != 1 {
+		t.Errorf("the broken pair was logged %d times, want once", n)
+	}
+}
+
+func TestFilesNewRefusesBrokenPair(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	cert, _ := acmetest.SelfSigned(t, time.Now().Add(time.Hour), "a.relay.test")
+	_, otherKey := acmetest.SelfSigned(t, time.Now().Add(time.Hour), "a.relay.test")
+	writePair(t, certFile, keyFile, cert, otherKey)
+	if _, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile}); err == nil ||
+		!strings.Contains(err.Error(), "private key does not match public key") {
+		t.Errorf("New with a mismatched pair = %v", err)
+	}
+	expired, key := acmetest.SelfSigned(t, time.Now().Add(-time.Minute), "a.relay.test")
+	writePair(t, certFile, keyFile, expired, key)
+	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := edge.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("Ready with an expired certificate = %v", err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
