@@ -41,6 +41,11 @@ type Config struct {
 	StoreTimeout  time.Duration // per store operation on the ingress path; default 10s
 	ShutdownGrace time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
 	UserAgent     string        // sent to targets; default "hookrelay"
+
+	// The public listener's limits on a sender's connection (net/http's): headers within
+	// ReadHeaderTimeout (default 10s), the whole request within ReadTimeout (default 1m), the
+	// answer within WriteTimeout (default 1m), idle keep-alive for IdleTimeout (default 2m).
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 }
 
 // Relay receives webhooks and delivers them.
@@ -78,6 +83,10 @@ func New(cfg Config) (*Relay, error) {
 	setDefault(&cfg.SweepInterval, time.Minute)
 	setDefault(&cfg.StoreTimeout, 10*time.Second)
 	setDefault(&cfg.ShutdownGrace, 10*time.Second)
+	setDefault(&cfg.ReadHeaderTimeout, 10*time.Second)
+	setDefault(&cfg.ReadTimeout, time.Minute)
+	setDefault(&cfg.WriteTimeout, time.Minute)
+	setDefault(&cfg.IdleTimeout, 2*time.Minute)
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "hookrelay"
 	}
@@ -293,10 +302,10 @@ func (r *Relay) wake(targets []string) {
 func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           r.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: r.cfg.ReadHeaderTimeout,
+		ReadTimeout:       r.cfg.ReadTimeout,
+		WriteTimeout:      r.cfg.WriteTimeout,
+		IdleTimeout:       r.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
 	}

@@ -39,6 +39,7 @@ type fileConfig struct {
 	TLS            tlsConfig      `yaml:"tls"`
 	Log            logConfig      `yaml:"log"`
 	Store          storeConfig    `yaml:"store"`
+	Timeouts       timeoutsConfig `yaml:"timeouts"`
 	Delivery       deliveryConfig `yaml:"delivery"`
 	Targets        []targetConfig `yaml:"targets"`
 	Routes         []routeConfig  `yaml:"routes"`
@@ -66,6 +67,15 @@ type storeConfig struct {
 	Type  string       `yaml:"type"`
 	Path  string       `yaml:"path,omitempty"`
 	Redis *redisConfig `yaml:"redis,omitempty"`
+}
+
+// timeoutsConfig bounds how long a sender's connection may take, so that slow or idle
+// connections (slowloris) cannot pile up.
+type timeoutsConfig struct {
+	ReadHeader time.Duration `yaml:"read_header"`
+	Read       time.Duration `yaml:"read"`
+	Write      time.Duration `yaml:"write"`
+	Idle       time.Duration `yaml:"idle"`
 }
 
 type deliveryConfig struct {
@@ -283,6 +293,10 @@ func (c *fileConfig) applyDefaults() {
 			*d = v
 		}
 	}
+	dur(&c.Timeouts.ReadHeader, 10*time.Second)
+	dur(&c.Timeouts.Read, time.Minute)
+	dur(&c.Timeouts.Write, time.Minute)
+	dur(&c.Timeouts.Idle, 2*time.Minute)
 	dur(&c.Delivery.Lease, 2*time.Minute)
 	dur(&c.Delivery.PollInterval, time.Second)
 	dur(&c.Delivery.SweepInterval, time.Minute)
@@ -447,6 +461,13 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		if d < 0 {
 			p.add(path, "must be positive, got %v", d)
 		}
+	}
+	positive("timeouts.read_header", c.Timeouts.ReadHeader)
+	positive("timeouts.read", c.Timeouts.Read)
+	positive("timeouts.write", c.Timeouts.Write)
+	positive("timeouts.idle", c.Timeouts.Idle)
+	if c.Timeouts.Read > 0 && c.Timeouts.ReadHeader > c.Timeouts.Read {
+		p.add("timeouts.read_header", "%v is above timeouts.read (%v), which includes the headers", c.Timeouts.ReadHeader, c.Timeouts.Read)
 	}
 	positive("delivery.lease", c.Delivery.Lease)
 	positive("delivery.poll_interval", c.Delivery.PollInterval)

@@ -87,6 +87,8 @@ func TestConfigErrorsNameThePath(t *testing.T) {
 		{"bad name", strings.Replace(minimal, "name: app", "name: App Server", 1), []string{"targets[0].name:"}},
 		{"several problems at once", strings.Replace(strings.Replace(minimal, "provider: fashn", "provider: x", 1), "targets: [app]", "targets: [y]", 1),
 			[]string{"routes[0].provider:", "routes[0].targets[0]:"}},
+		{"header timeout above read", "timeouts: {read_header: 2m, read: 1m}\n" + minimal, []string{"timeouts.read_header:", "above timeouts.read"}},
+		{"negative idle timeout", "timeouts: {idle: -1s}\n" + minimal, []string{"timeouts.idle: must be positive"}},
 		{"no routes", "targets:\n  - name: app\n    url: http://127.0.0.1:1/\n", []string{"routes: none defined"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

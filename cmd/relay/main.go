@@ -133,6 +133,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
 		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
 		UserAgent: "hookrelay/" + version, ReadyChecks: edgeReadyChecks(edge),
+		ReadHeaderTimeout: cfg.Timeouts.ReadHeader, ReadTimeout: cfg.Timeouts.Read,
+		WriteTimeout: cfg.Timeouts.Write, IdleTimeout: cfg.Timeouts.Idle,
 	})
 	if err != nil {
 		return err

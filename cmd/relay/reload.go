@@ -90,7 +90,7 @@ func (rl *reloader) apply() (relay.ReloadResult, error) {
 	}
 	// What needs a restart keeps describing the running process.
 	next.Listen, next.DataDir, next.TLS, next.Admin, next.Log = rl.current.Listen, rl.current.DataDir, rl.current.TLS, rl.current.Admin, rl.current.Log
-	next.Store, next.Delivery = rl.current.Store, rl.current.Delivery
+	next.Store, next.Delivery, next.Timeouts = rl.current.Store, rl.current.Delivery, rl.current.Timeouts
 	rl.current = next
 	for _, r := range next.Routes {
 		rl.log.Info("route", "route", r.Name, "path", r.Path, "checks", r.posture())
@@ -106,7 +106,8 @@ func restartOnly(a, b *fileConfig) []string {
 		key  string
 		a, b any
 	}{
-		{"listen", a.Listen, b.Listen}, {"data_dir", a.DataDir, b.DataDir}, {"tls", a.TLS, b.TLS}, {"admin", a.Admin, b.Admin},
+		{"listen", a.Listen, b.Listen}, {"data_dir", a.DataDir, b.DataDir}, {"tls", a.TLS, b.TLS}, {"timeouts", a.Timeouts, b.Timeouts},
+		{"admin", a.Admin, b.Admin},
 		{"log", a.Log, b.Log}, {"store", a.Store, b.Store}, {"delivery", a.Delivery, b.Delivery},
 	} {
 		// Compared as YAML: only what the file says, not what was built from it.
