@@ -237,6 +237,6 @@ func writeConfigDir(o *options) error {
 	if err != nil {
 		return err
 	}
-	cfg := relayConfig(k, o, "127.0.0.1:8080", "http://"+o.sinkListen, filepath.Join(dir, "data"), "relaybench")
+	cfg := relayConfig(k, o, o.listen, "http://"+o.sinkListen, filepath.Join(dir, "data"), "relaybench")
 	return os.WriteFile(k.path(fileConfig), []byte(cfg), 0o600)
 }
