@@ -38,6 +38,7 @@ type result struct {
 	Bad         int64
 	FirstBad    string
 	Drain       time.Duration // from the end of sending until every acknowledged webhook was delivered
+	DeliveredPS float64       // distinct webhooks delivered per second while sending
 
 	// Memory of the relay (or nginx's processes) in KiB; 0 when unknown.
 	MemIdle, MemPeak, MemHWM, MemBacklog int64
@@ -121,7 +122,15 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 		dataDir := filepath.Join(tmp, "data")
 		prefix := "relaybench-" + nonce
 		cfg := filepath.Join(tmp, fileConfig)
-		if err := os.WriteFile(cfg, []byte(relayConfig(k, o, "127.0.0.1:0", snk.url, dataDir, prefix)), 0o600); err != nil {
+		listen, err := freePort()
+		if err != nil {
+			return res, err
+		}
+		admin, err := freePort()
+		if err != nil {
+			return res, err
+		}
+		if err := os.WriteFile(cfg, []byte(relayConfig(k, o, listen, admin, snk.url, dataDir, prefix)), 0o600); err != nil {
 			return res, err
 		}
 		if o.store == "redis" {
@@ -135,7 +144,7 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 			st = &boltProbe{path: filepath.Join(dataDir, "relay.db")}
 		}
 		st.before(ctx)
-		p, err := startRelay(ctx, bin, cfg, filepath.Join(tmp, "relay.log"))
+		p, err := startRelay(ctx, bin, cfg, listen, admin, filepath.Join(tmp, "relay.log"))
 		if err != nil {
 			return res, err
 		}
@@ -210,6 +219,7 @@ func drive(ctx context.Context, o *options, k *kit, shapes []*shape, base, nonce
 		}
 	})
 	elapsed := l.run(ctx)
+	res.DeliveredPS = float64(snk.unique.Load()) / elapsed.Seconds()
 	res.UniqueAcked = int64(l.uniqueAcked())
 	atEnd()
 	snk.resume()
@@ -342,8 +352,8 @@ func (r *result) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  ack latency p50 %s, p99 %s, p99.9 %s; end to end p50 %s, p99 %s\n",
 		ms(r.Ack50), ms(r.Ack99), ms(r.Ack999), ms(r.E2E50), ms(r.E2E99))
-	fmt.Fprintf(w, "  deliveries %d (unique %d of %d acknowledged), duplicates delivered %d, lost %d, drained %.1fs after sending\n",
-		r.Deliveries, r.Unique, r.UniqueAcked, r.DupDeliv, r.Lost, r.Drain.Seconds())
+	fmt.Fprintf(w, "  deliveries %d (unique %d of %d acknowledged; %.0f/s while sending), duplicates delivered %d, lost %d, drained %.1fs after sending\n",
+		r.Deliveries, r.Unique, r.UniqueAcked, r.DeliveredPS, r.DupDeliv, r.Lost, r.Drain.Seconds())
 	if r.Bad > 0 {
 		fmt.Fprintf(w, "  BAD deliveries %d, first: %s\n", r.Bad, r.FirstBad)
 	}

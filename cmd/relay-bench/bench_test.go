@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -107,11 +106,11 @@ func TestWriteConfigThenURL(t *testing.T) {
 		!strings.Contains(stderr.String(), "fixed address") {
 		t.Fatalf("-sink-listen :0 with -write-config: exit %d, %q", code, stderr.String())
 	}
-	sinkAddr, listen := freeAddr(t), freeAddr(t)
-	if code := run(t.Context(), []string{"-write-config", dir, "-sink-listen", sinkAddr, "-relay-listen", listen}, &stdout, &stderr); code != 0 {
+	sinkAddr, listen, admin := freeAddr(t), freeAddr(t), freeAddr(t)
+	if code := run(t.Context(), []string{"-write-config", dir, "-sink-listen", sinkAddr, "-relay-listen", listen, "-relay-admin", admin}, &stdout, &stderr); code != 0 {
 		t.Fatalf("-write-config: exit %d, %s", code, stderr.String())
 	}
-	p, err := startRelay(t.Context(), relayBin, filepath.Join(dir, fileConfig), filepath.Join(t.TempDir(), "relay.log"))
+	p, err := startRelay(t.Context(), relayBin, filepath.Join(dir, fileConfig), listen, admin, filepath.Join(t.TempDir(), "relay.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,14 +123,12 @@ func TestWriteConfigThenURL(t *testing.T) {
 	checkRun(t, o)
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
 func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // relayBin is the relay binary, built once for the package as the bench builds it.

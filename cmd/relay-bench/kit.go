@@ -166,9 +166,9 @@ func selfSigned() (certPEM, keyPEM []byte, err error) {
 
 // relayConfig is the configuration of a relay under test: one route per provider shape, each with
 // the verification it has in production, all delivering to the bench's target.
-func relayConfig(k *kit, o *options, listen, sinkURL, dataDir, redisPrefix string) string {
+func relayConfig(k *kit, o *options, listen, admin, sinkURL, dataDir, redisPrefix string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: 127.0.0.1:0}\ndata_dir: %s\n", listen, dataDir)
+	fmt.Fprintf(&b, "listen: %s\nadmin: {listen: %s}\ndata_dir: %s\n", listen, admin, dataDir)
 	fmt.Fprintf(&b, "log: {level: %s, format: json}\n", o.logLevel)
 	if k.tls {
 		fmt.Fprintf(&b, "tls: {mode: files, cert_file: %s, key_file: %s}\n", k.path(fileCert), k.path(fileKey))
@@ -237,6 +237,6 @@ func writeConfigDir(o *options) error {
 	if err != nil {
 		return err
 	}
-	cfg := relayConfig(k, o, o.listen, "http://"+o.sinkListen, filepath.Join(dir, "data"), "relaybench")
+	cfg := relayConfig(k, o, o.listen, o.admin, "http://"+o.sinkListen, filepath.Join(dir, "data"), "relaybench")
 	return os.WriteFile(k.path(fileConfig), []byte(cfg), 0o600)
 }

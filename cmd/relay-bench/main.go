@@ -37,6 +37,7 @@ type options struct {
 	writeDir   string
 	sinkListen string
 	listen     string
+	admin      string
 	relayPID   int
 
 	senders  int
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.writeDir, "write-config", "", "write config.yaml and the secrets for a relay into this directory and exit; run it with `relay serve -config DIR/config.yaml`, then relay-bench -url")
 	fs.StringVar(&o.sinkListen, "sink-listen", "127.0.0.1:0", "address of the bench's own target (fix it with -write-config/-url)")
 	fs.StringVar(&o.listen, "relay-listen", "127.0.0.1:8080", "with -write-config: the relay's listen address")
+	fs.StringVar(&o.admin, "relay-admin", "127.0.0.1:9090", "with -write-config: the relay's admin address")
 	fs.IntVar(&o.relayPID, "relay-pid", 0, "with -url: the relay's process ID, for its memory figures")
 	fs.IntVar(&o.senders, "senders", 64, "concurrent senders (keep-alive connections)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to send (ignored with -n)")

@@ -1,17 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,62 +37,24 @@ type relayProc struct {
 	once  sync.Once
 }
 
-var (
-	listenRe = regexp.MustCompile(`"msg":"relay listening","addr":"([^"]+)"`)
-	adminRe  = regexp.MustCompile(`"msg":"admin listening","addr":"([^"]+)"`)
-)
-
-// startRelay runs bin serve -config cfg and waits until /readyz answers 200.
-func startRelay(ctx context.Context, bin, cfg, logPath string) (*relayProc, error) {
+// startRelay runs bin serve -config cfg, whose listen and admin addresses are given, and waits
+// until /readyz answers 200. Its logs go to logPath, whatever their level.
+func startRelay(ctx context.Context, bin, cfg, listen, admin, logPath string) (*relayProc, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	p := &relayProc{cmd: exec.Command(bin, "serve", "-config", cfg), done: make(chan error, 1), log: logPath}
-	p.cmd.Stdout = logf
-	pipe, err := p.cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
+	p := &relayProc{cmd: exec.Command(bin, "serve", "-config", cfg), done: make(chan error, 1), log: logPath,
+		addr: listen, admin: admin}
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
+		logf.Close()
 		return nil, err
 	}
-	addrs := make(chan [2]string, 2)
 	go func() {
-		defer logf.Close()
-		sc := bufio.NewScanner(pipe)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			_, _ = logf.Write(append(line, '\n'))
-			if m := listenRe.FindSubmatch(line); m != nil {
-				addrs <- [2]string{"listen", string(m[1])}
-			} else if m := adminRe.FindSubmatch(line); m != nil {
-				addrs <- [2]string{"admin", string(m[1])}
-			}
-		}
-		_, _ = io.Copy(logf, pipe)
 		p.done <- p.cmd.Wait()
+		logf.Close()
 	}()
-	timeout := time.After(30 * time.Second)
-	for p.addr == "" || p.admin == "" {
-		select {
-		case a := <-addrs:
-			if a[0] == "listen" {
-				p.addr = a[1]
-			} else {
-				p.admin = a[1]
-			}
-		case err := <-p.done:
-			return nil, fmt.Errorf("relay exited before listening: %v; log: %s\n%s", err, logPath, tail(logPath))
-		case <-timeout:
-			p.stop()
-			return nil, fmt.Errorf("relay did not start within 30s; log: %s\n%s", logPath, tail(logPath))
-		case <-ctx.Done():
-			p.stop()
-			return nil, ctx.Err()
-		}
-	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + p.admin + "/readyz")
@@ -105,12 +64,30 @@ func startRelay(ctx context.Context, bin, cfg, logPath string) (*relayProc, erro
 				return p, nil
 			}
 		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			return nil, fmt.Errorf("relay exited: %v; log: %s\n%s", err, logPath, tail(logPath))
+		case <-ctx.Done():
+			p.stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 		if time.Now().After(deadline) {
 			p.stop()
 			return nil, fmt.Errorf("relay not ready within 30s; log: %s\n%s", logPath, tail(logPath))
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 func (p *relayProc) pid() int { return p.cmd.Process.Pid }
@@ -202,12 +179,10 @@ func startNginx(ctx context.Context, dir string, k *kit, sinkAddr string, withTL
 			return nil, errors.New("-baseline nginx: nginx not found (Debian: apt-get install -y nginx)")
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
