@@ -42,6 +42,7 @@ type result struct {
 
 	// Memory of the relay (or nginx's processes) in KiB; 0 when unknown.
 	MemIdle, MemPeak, MemHWM, MemBacklog int64
+	PeakAnon, PeakFile                   int64    // the split of MemPeak
 	Store                                []string // store figures, one line each
 }
 
@@ -165,6 +166,9 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 	}
 	err = drive(ctx, o, k, shapes, base, nonce, snk, &res, progress, func() int64 {
 		m, _ := readMemory(pid)
+		if m.rss > res.MemPeak {
+			res.PeakAnon, res.PeakFile = m.anon, m.file
+		}
 		return m.rss
 	}, func() {
 		if m, err := readMemory(pid); err == nil && o.pause {
@@ -357,7 +361,11 @@ func (r *result) print(w io.Writer) {
 	if r.Bad > 0 {
 		fmt.Fprintf(w, "  BAD deliveries %d, first: %s\n", r.Bad, r.FirstBad)
 	}
-	fmt.Fprintf(w, "  RSS idle %s, peak under load %s, high-water %s", mib(r.MemIdle), mib(r.MemPeak), mib(r.MemHWM))
+	fmt.Fprintf(w, "  RSS idle %s, peak under load %s", mib(r.MemIdle), mib(r.MemPeak))
+	if r.PeakAnon+r.PeakFile > 0 {
+		fmt.Fprintf(w, " (anonymous %s, file-backed %s)", mib(r.PeakAnon), mib(r.PeakFile))
+	}
+	fmt.Fprintf(w, ", high-water %s", mib(r.MemHWM))
 	if r.MemBacklog > 0 {
 		fmt.Fprintf(w, ", with the backlog queued %s", mib(r.MemBacklog))
 	}

@@ -112,8 +112,10 @@ func tail(path string) string {
 	return strings.Join(lines[max(0, len(lines)-10):], "\n")
 }
 
-// memory is a process's resident set from /proc/<pid>/status, in KiB.
-type memory struct{ rss, hwm int64 }
+// memory is a process's resident set from /proc/<pid>/status, in KiB. File-backed pages are
+// mostly the embedded store's memory-mapped file, which the kernel can drop under pressure;
+// anonymous ones are the heap and stacks.
+type memory struct{ rss, hwm, anon, file int64 }
 
 func readMemory(pid int) (memory, error) {
 	if pid <= 0 {
@@ -135,6 +137,10 @@ func readMemory(pid int) (memory, error) {
 			m.rss = kb
 		case "VmHWM":
 			m.hwm = kb
+		case "RssAnon":
+			m.anon = kb
+		case "RssFile":
+			m.file = kb
 		}
 	}
 	return m, nil
