@@ -39,10 +39,13 @@ type result struct {
 	FirstBad    string
 	Drain       time.Duration // from the end of sending until every acknowledged webhook was delivered
 	DeliveredPS float64       // distinct webhooks delivered per second while sending
+	CPU         float64       // cores the relay (or nginx) used while sending
+	BenchCPU    float64       // cores relay-bench itself (senders and target) used meanwhile
 
 	// Memory of the relay (or nginx's processes) in KiB; 0 when unknown.
 	MemIdle, MemPeak, MemHWM, MemBacklog int64
 	PeakAnon, PeakFile                   int64    // the split of MemPeak
+	BacklogAnon, BacklogFile             int64    // the split of MemBacklog
 	Store                                []string // store figures, one line each
 }
 
@@ -164,7 +167,7 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 	if m, err := readMemory(pid); err == nil {
 		res.MemIdle = m.rss
 	}
-	err = drive(ctx, o, k, shapes, base, nonce, snk, &res, progress, func() int64 {
+	err = drive(ctx, o, k, shapes, base, nonce, snk, &res, progress, func() time.Duration { return cpuTime(pid, false) }, func() int64 {
 		m, _ := readMemory(pid)
 		if m.rss > res.MemPeak {
 			res.PeakAnon, res.PeakFile = m.anon, m.file
@@ -172,7 +175,7 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 		return m.rss
 	}, func() {
 		if m, err := readMemory(pid); err == nil && o.pause {
-			res.MemBacklog = m.rss
+			res.MemBacklog, res.BacklogAnon, res.BacklogFile = m.rss, m.anon, m.file
 		}
 		st.backlog(ctx, &res)
 	})
@@ -204,14 +207,15 @@ func benchNginx(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 	time.Sleep(time.Second)
 	pid := ng.cmd.Process.Pid
 	res.MemIdle = treeMemory(pid)
-	err = drive(ctx, &po, k, shapes, ng.url, randomNonce(), snk, &res, progress, func() int64 { return treeMemory(pid) }, func() {})
+	err = drive(ctx, &po, k, shapes, ng.url, randomNonce(), snk, &res, progress, func() time.Duration { return cpuTime(pid, true) },
+		func() int64 { return treeMemory(pid) }, func() {})
 	return res, err
 }
 
 // drive runs the load against base, prints progress, waits for the deliveries, and fills res.
 // atEnd runs when sending has ended, before a paused target is released.
 func drive(ctx context.Context, o *options, k *kit, shapes []*shape, base, nonce string, snk *sink,
-	res *result, progress io.Writer, rss func() int64, atEnd func()) error {
+	res *result, progress io.Writer, cpu func() time.Duration, rss func() int64, atEnd func()) error {
 	l, err := newLoad(o, k, shapes, base, nonce)
 	if err != nil {
 		return err
@@ -222,7 +226,10 @@ func drive(ctx context.Context, o *options, k *kit, shapes []*shape, base, nonce
 			res.MemPeak = m
 		}
 	})
+	cpu0, self0 := cpu(), cpuTime(os.Getpid(), false)
 	elapsed := l.run(ctx)
+	res.CPU = (cpu() - cpu0).Seconds() / elapsed.Seconds()
+	res.BenchCPU = (cpuTime(os.Getpid(), false) - self0).Seconds() / elapsed.Seconds()
 	res.DeliveredPS = float64(snk.unique.Load()) / elapsed.Seconds()
 	res.UniqueAcked = int64(l.uniqueAcked())
 	atEnd()
@@ -354,6 +361,7 @@ func (r *result) print(w io.Writer) {
 	if r.ErrorKinds != "" {
 		fmt.Fprintf(w, "  errors: %s\n", r.ErrorKinds)
 	}
+	fmt.Fprintf(w, "  CPU while sending: %s %.2f cores, relay-bench (senders and target) %.2f cores\n", r.Name, r.CPU, r.BenchCPU)
 	fmt.Fprintf(w, "  ack latency p50 %s, p99 %s, p99.9 %s; end to end p50 %s, p99 %s\n",
 		ms(r.Ack50), ms(r.Ack99), ms(r.Ack999), ms(r.E2E50), ms(r.E2E99))
 	fmt.Fprintf(w, "  deliveries %d (unique %d of %d acknowledged; %.0f/s while sending), duplicates delivered %d, lost %d, drained %.1fs after sending\n",
@@ -367,7 +375,7 @@ func (r *result) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, ", high-water %s", mib(r.MemHWM))
 	if r.MemBacklog > 0 {
-		fmt.Fprintf(w, ", with the backlog queued %s", mib(r.MemBacklog))
+		fmt.Fprintf(w, ", with the backlog queued %s (anonymous %s, file-backed %s)", mib(r.MemBacklog), mib(r.BacklogAnon), mib(r.BacklogFile))
 	}
 	fmt.Fprintln(w)
 	for _, s := range r.Store {

@@ -141,5 +141,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "relay-bench: %d acknowledged webhooks were never delivered\n", rep.Relay.Lost)
 		return 1
 	}
+	if rep.Relay.Bad > 0 {
+		fmt.Fprintf(stderr, "relay-bench: %d deliveries did not match what was sent\n", rep.Relay.Bad)
+		return 1
+	}
 	return 0
 }
