@@ -107,3 +107,9 @@ func urlUnreserved(s string) bool {
 	}
 	return true
 }
+
+// HeadOnly marks URLToken as a relay.HeadVerifier: the token is in the URL, so it is checked before
+// the body is read.
+func (u *URLToken) HeadOnly() {}
+
+var _ relay.HeadVerifier = (*URLToken)(nil)

@@ -7,8 +7,10 @@ import (
 )
 
 // The checks a webhook passes before it is stored, in this order (DESIGN.md section 2):
-// body cap, Guards (source IP, rate: before the body is read), Verifier (signature or token: on
-// the body), then the provider preset and the store. Nothing touches the store before they pass.
+// body cap, Guards (source IP, per-address rate: before the body is read), a HeadVerifier (URL
+// token, also before the body), the Verifier (signature: on the body), VerifiedGuards (the
+// route-wide rate, spent only by authenticated webhooks), then the provider preset and the store.
+// Nothing touches the store before they pass.
 
 // ClientResolver says who sent a request: the TCP peer, unless a trusted proxy says otherwise.
 type ClientResolver interface {
@@ -25,6 +27,13 @@ type Guard interface {
 // returns nil or an error from Unauthorized.
 type Verifier interface {
 	Verify(r *http.Request, body []byte) error
+}
+
+// HeadVerifier is a Verifier that needs only the request line and headers (a URL token); ingress
+// runs it before reading the body, and passes it a nil body.
+type HeadVerifier interface {
+	Verifier
+	HeadOnly()
 }
 
 // Forbidden refuses a source address (403). cause is logged, never sent.

@@ -30,10 +30,15 @@ type Route struct {
 	RequireJobID bool
 	AckStatus    int // 200 or 202 for a newly stored webhook
 
-	// Guards run before the body is read, in order: source-IP allowlist, then rate limits.
+	// Guards run before the body is read, in order: source-IP allowlist, then per-address rate
+	// limits (which protect the verifier's CPU).
 	Guards []Guard
-	// Verifier authenticates the webhook (signature or URL token); nil accepts any sender.
+	// Verifier authenticates the webhook (signature or URL token); nil accepts any sender. A
+	// HeadVerifier (URL token) runs before the body is read.
 	Verifier Verifier
+	// VerifiedGuards run once the webhook passed Verifier: a route-wide rate limit here is spent
+	// only by authenticated senders, so nobody without the secret can use it up.
+	VerifiedGuards []Guard
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
 }
@@ -152,12 +157,24 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 			return nil, false, err
 		}
 	}
+	_, headOnly := rt.Verifier.(HeadVerifier)
+	if headOnly {
+		// A wrong URL token costs no body read.
+		if err := rt.Verifier.Verify(r, nil); err != nil {
+			return nil, false, err
+		}
+	}
 	body, err := readBody(w, r, rt.MaxBody)
 	if err != nil {
 		return nil, false, err
 	}
-	if rt.Verifier != nil {
+	if rt.Verifier != nil && !headOnly {
 		if err := rt.Verifier.Verify(r, body); err != nil {
+			return nil, false, err
+		}
+	}
+	for _, g := range rt.VerifiedGuards {
+		if err := g.Admit(r, client); err != nil {
 			return nil, false, err
 		}
 	}

@@ -129,9 +129,10 @@ type routeConfig struct {
 
 // builtRoute holds a route's checks, constructed (and so validated) once.
 type builtRoute struct {
-	preset   *filters.Preset
-	guards   []relay.Guard
-	verifier relay.Verifier
+	preset         *filters.Preset
+	guards         []relay.Guard // before the body: allowlist, per-address rate
+	verifier       relay.Verifier
+	verifiedGuards []relay.Guard // after verification: the route-wide rate
 }
 
 type rateConfig struct {
@@ -625,24 +626,19 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 		}
 	}
 	if rl := r.RateLimit; rl != nil {
-		var (
-			lim relay.Guard
-			err error
-		)
-		switch {
-		case rl.Shared && rdb == nil:
-			err = errors.New("shared: true keeps the limit in Redis; it needs store.type: redis")
-		case rl.Shared:
-			lim, err = filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
-				Route: rl.Route, RouteBurst: rl.RouteBurst, Prefix: redisPrefix, RouteName: r.Name, Now: time.Now})
-		default:
-			lim, err = filters.NewRateLimiter(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
-				Route: rl.Route, RouteBurst: rl.RouteBurst, MaxTracked: rl.MaxTracked, Now: time.Now})
-		}
+		// Two limiters: the per-address one runs before the body is read (it protects the
+		// verifier's CPU), the route-wide one only after verification, so that senders without the
+		// secret cannot spend the provider's allowance.
+		perIP, route, err := rl.build(r.Name, rdb, redisPrefix)
 		if err != nil {
 			p.add(at+".rate_limit", "%v", err)
 		} else {
-			r.built.guards = append(r.built.guards, lim)
+			if perIP != nil {
+				r.built.guards = append(r.built.guards, perIP)
+			}
+			if route != nil {
+				r.built.verifiedGuards = append(r.built.verifiedGuards, route)
+			}
 		}
 	}
 	if r.Verify != nil {
@@ -656,6 +652,37 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+
 			"an allowlist, or insecure: true to accept that")
 	}
+}
+
+// build makes the per-address limiter and the route-wide one, each nil when its rate is 0. Both
+// constructors validate, so both run even for a rate of 0.
+func (rl *rateConfig) build(route string, rdb redis.UniversalClient, redisPrefix string) (perIP, all relay.Guard, err error) {
+	if rl.Shared && rdb == nil {
+		return nil, nil, errors.New("shared: true keeps the limit in Redis; it needs store.type: redis")
+	}
+	mk := func(c filters.RateConfig) (relay.Guard, error) {
+		if rl.Shared {
+			return filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: c.PerIP, PerIPBurst: c.PerIPBurst,
+				Route: c.Route, RouteBurst: c.RouteBurst, Prefix: redisPrefix, RouteName: route, Now: time.Now})
+		}
+		c.Now = time.Now
+		return filters.NewRateLimiter(c)
+	}
+	perIP, err = mk(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst, MaxTracked: rl.MaxTracked})
+	if err != nil {
+		return nil, nil, err
+	}
+	all, err = mk(filters.RateConfig{Route: rl.Route, RouteBurst: rl.RouteBurst})
+	if err != nil {
+		return nil, nil, err
+	}
+	if rl.PerIP == 0 {
+		perIP = nil
+	}
+	if rl.Route == 0 {
+		all = nil
+	}
+	return perIP, all, nil
 }
 
 // posture says in one line who may post to the route, for relay check and the startup log.
@@ -771,7 +798,7 @@ func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 		routes = append(routes, relay.Route{
 			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.Targets,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
-			Guards: r.built.guards, Verifier: r.built.verifier,
+			Guards: r.built.guards, Verifier: r.built.verifier, VerifiedGuards: r.built.verifiedGuards,
 			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
 		})
 	}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Tests of the edge's defences (issue 14) against the real binary.
+
+// edgeToken is a URL token the edge tests configure, and edgeHMAC an HMAC secret: each has its
+// own variable.
+const (
+	edgeToken = "tok-0123456789abcdef"
+	edgeHMAC  = "hmac-secret-0123456789"
+)
+
+// edgeTarget counts what the relay delivers.
+type edgeTarget struct {
+	mu     sync.Mutex
+	bodies []string
+	url    string
+}
+
+func newEdgeTarget(t *testing.T) *edgeTarget {
+	t.Helper()
+	et := &edgeTarget{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		et.mu.Lock()
+		et.bodies = append(et.bodies, string(b))
+		et.mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	et.url = srv.URL
+	return et
+}
+
+func (et *edgeTarget) count() int {
+	et.mu.Lock()
+	defer et.mu.Unlock()
+	return len(et.bodies)
+}
+
+// edgeConfig writes a config with one target at targetURL, the top-level keys in top and the
+// routes in routes (a YAML list, indented by two spaces), and returns its path.
+func edgeConfig(t *testing.T, targetURL, top, routes string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+data_dir: %s
+log: {level: debug}
+delivery: {poll_interval: 50ms, shutdown_grace: 2s}
+%s
+targets:
+  - name: app
+    url: %s
+    timeout: 5s
+    retry: {initial: 10ms, max_backoff: 50ms}
+routes:
+%s`, dir, top, targetURL, routes)
+	path := filepath.Join(dir, "config.yaml")
+	writeFile(t, path, cfg)
+	return path
+}
+
+// edgeEnv passes the edge tests' secrets.
+var edgeEnv = []string{"EDGE_TOKEN=" + edgeToken, "EDGE_HMAC=" + edgeHMAC}
+
+// send posts body to url with headers and returns the status.
+func send(t *testing.T, url, body string, hdr map[string]string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// Requests with a wrong URL token spend nothing of the route-wide limit: the provider's webhook
+// right after them is accepted. The token is checked before the body is read.
+func TestBinaryBadTokensDoNotSpendTheRouteLimit(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    verify: {type: url_token, secrets_env: [EDGE_TOKEN]}
+    rate_limit: {route: 2, route_burst: 2}
+`)
+	p := startProc(t, edgeEnv, "serve", "-config", cfg)
+	for i := range 3 {
+		if got := send(t, p.url()+"/hooks/fashn/wrong-token-0123456789", `{"id":"x","status":"completed"}`, nil); got != http.StatusUnauthorized {
+			t.Fatalf("bad token %d: %d, want 401", i+1, got)
+		}
+	}
+	if got := send(t, p.url()+"/hooks/fashn/"+edgeToken, `{"id":"job-1","status":"completed"}`, nil); got != http.StatusAccepted {
+		t.Fatalf("the provider's webhook after three bad tokens: %d, want 202", got)
+	}
+	if got := send(t, p.url()+"/hooks/fashn/"+edgeToken, `{"id":"job-2","status":"completed"}`, nil); got != http.StatusAccepted {
+		t.Fatalf("second webhook: %d, want 202", got)
+	}
+	if got := send(t, p.url()+"/hooks/fashn/"+edgeToken, `{"id":"job-3","status":"completed"}`, nil); got != http.StatusTooManyRequests {
+		t.Fatalf("third webhook over route_burst 2: %d, want 429", got)
+	}
+
+	// A wrong token whose body never comes is answered: the relay did not wait for the body.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest(http.MethodPost, p.url()+"/hooks/fashn/wrong-token-0123456789", pr)
+	req.ContentLength = 100
+	got := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- 0
+			return
+		}
+		resp.Body.Close()
+		got <- resp.StatusCode
+	}()
+	select {
+	case status := <-got:
+		if status != http.StatusUnauthorized {
+			t.Fatalf("wrong token without body: %d, want 401", status)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay waited for the body of a request with a wrong URL token")
+	}
+}
