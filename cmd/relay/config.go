@@ -29,8 +29,7 @@ type fileConfig struct {
 	DataDir string `yaml:"data_dir"`
 	// TrustedProxies are the only peers whose X-Forwarded-For, Forwarded or X-Real-IP is believed.
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	// ClientIPHeader names the one header the trusted proxies set; empty believes Forwarded, then
-	// X-Forwarded-For, then X-Real-IP.
+	// ClientIPHeader names the one header the trusted proxies set; required with TrustedProxies.
 	ClientIPHeader string `yaml:"client_ip_header"`
 	// Allowlist applies to every route without an allowlist of its own (or a provider default).
 	Allowlist      []string       `yaml:"allowlist"`
@@ -431,6 +430,12 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		}
 	}
 	c.clients = clients
+	if len(c.TrustedProxies) > 0 && c.ClientIPHeader == "" {
+		// Proxies differ in which of the three headers they overwrite; one they pass through
+		// untouched would let a sender choose its own address.
+		p.add("client_ip_header", "required when trusted_proxies is set: name the one header your proxies set "+
+			"(X-Forwarded-For, Forwarded or X-Real-IP), so that a sender cannot supply another one the proxy passes through")
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.add("listen", "%q is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)", c.Listen)
 	}

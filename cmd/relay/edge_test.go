@@ -145,3 +145,53 @@ func TestBinaryBadTokensDoNotSpendTheRouteLimit(t *testing.T) {
 		t.Fatal("the relay waited for the body of a request with a wrong URL token")
 	}
 }
+
+// trusted_proxies needs client_ip_header, and may not trust every address: relay check says which
+// keys to fix.
+func TestBinaryTrustedProxiesNeedTheHeader(t *testing.T) {
+	route := `  - name: fotor
+    path: /hooks/fotor
+    provider: fotor
+    targets: [app]
+`
+	for _, tt := range []struct {
+		name, top string
+		want      []string
+	}{
+		{"no header", "trusted_proxies: [127.0.0.1]", []string{"client_ip_header: required when trusted_proxies is set"}},
+		{"all of IPv4", "trusted_proxies: [0.0.0.0/0]\nclient_ip_header: X-Forwarded-For", []string{"trusted_proxies:", "0.0.0.0/0"}},
+		{"all of IPv6", "trusted_proxies: [10.0.0.0/8, \"::/0\"]\nclient_ip_header: X-Forwarded-For", []string{"trusted_proxies:", "::/0"}},
+		{"IPv4 in two halves", "trusted_proxies: [0.0.0.0/1, 128.0.0.0/1]\nclient_ip_header: X-Forwarded-For", []string{"trusted_proxies:", "0.0.0.0/0"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := relayCmd(t, nil, "check", "-config", edgeConfig(t, "http://127.0.0.1:1", tt.top, route))
+			if code != 1 {
+				t.Fatalf("relay check exited %d, want 1:\n%s", code, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+// Behind a trusted proxy that sets X-Forwarded-For, a sender's own Forwarded header does not make
+// it an allowlisted Fotor address.
+func TestBinaryForwardedFromSenderIgnored(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "trusted_proxies: [127.0.0.1]\nclient_ip_header: X-Forwarded-For", `  - name: fotor
+    path: /hooks/fotor
+    provider: fotor
+    targets: [app]
+`)
+	p := startProc(t, nil, "serve", "-config", cfg)
+	body := `{"taskId":"t-1","status":1}`
+	if got := send(t, p.url()+"/hooks/fotor", body, map[string]string{"Forwarded": "for=54.212.95.175", "X-Forwarded-For": "203.0.113.7"}); got != http.StatusForbidden {
+		t.Fatalf("sender's Forwarded for=54.212.95.175: %d, want 403", got)
+	}
+	if got := send(t, p.url()+"/hooks/fotor", body, map[string]string{"X-Forwarded-For": "54.212.95.175"}); got != http.StatusOK {
+		t.Fatalf("Fotor's address set by the proxy: %d, want 200", got)
+	}
+}
