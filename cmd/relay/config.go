@@ -53,6 +53,8 @@ type adminConfig struct {
 	Listen    string `yaml:"listen"` // "off" disables it
 	TokenEnv  string `yaml:"token_env,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
+	// Hosts are the DNS names the API answers to besides localhost and its IP address.
+	Hosts []string `yaml:"hosts,omitempty"`
 
 	token []byte // read by validate
 }
@@ -226,8 +228,10 @@ const (
 )
 
 var (
-	namePattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	unknownKeyErr = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	// hostnamePattern is a DNS name: dot-separated labels of letters, digits and hyphens.
+	hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+	unknownKeyErr   = regexp.MustCompile(`field (\S+) not found in type \S+`)
 )
 
 // loadConfig reads, decodes strictly, fills defaults and validates. The error lists every problem
@@ -378,6 +382,11 @@ func (a *adminConfig) validate(p *problems) {
 	if err != nil {
 		p.add("admin.listen", "%q is not host:port (default 127.0.0.1:9090), or off", a.Listen)
 		return
+	}
+	for i, h := range a.Hosts {
+		if !hostnamePattern.MatchString(h) {
+			p.add(fmt.Sprintf("admin.hosts[%d]", i), "%q is not a DNS name (no scheme, port or path; IP addresses need no entry)", h)
+		}
 	}
 	if a.TokenEnv != "" && a.TokenFile != "" {
 		p.add("admin", "set token_env or token_file, not both")

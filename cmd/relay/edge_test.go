@@ -195,3 +195,65 @@ func TestBinaryForwardedFromSenderIgnored(t *testing.T) {
 		t.Fatalf("Fotor's address set by the proxy: %d, want 200", got)
 	}
 }
+
+// The admin API, without a token (the loopback default), answers only its own names, and refuses
+// cross-site state changes from a browser.
+func TestBinaryAdminHostAndOrigin(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+`)
+	cfg = strings.Replace(mustRead(t, cfg), "admin: {listen: 127.0.0.1:0}", "admin: {listen: 127.0.0.1:0, hosts: [relay-admin.internal]}", 1)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, path, cfg)
+	p := startProc(t, nil, "serve", "-config", path)
+	admin := p.adminURL(t)
+	port := admin[strings.LastIndexByte(admin, ':')+1:]
+
+	for _, tt := range []struct {
+		name, method, path, host string
+		hdr                      map[string]string
+		want                     int
+	}{
+		{"rebound name", "GET", "/v1/dead-letters", "evil.example:" + port, nil, http.StatusMisdirectedRequest},
+		{"rebound name, reload", "POST", "/v1/reload", "attacker.test", nil, http.StatusMisdirectedRequest},
+		{"another IP", "GET", "/v1/dead-letters", "10.1.2.3:" + port, nil, http.StatusMisdirectedRequest},
+		{"listen address", "GET", "/v1/dead-letters", "127.0.0.1:" + port, nil, http.StatusOK},
+		{"localhost", "GET", "/v1/dead-letters", "localhost:" + port, nil, http.StatusOK},
+		{"configured name", "GET", "/v1/dead-letters", "Relay-Admin.internal:" + port, nil, http.StatusOK},
+		{"cross-site Origin", "POST", "/v1/dead-letters/replay?all=true", "127.0.0.1:" + port,
+			map[string]string{"Origin": "http://evil.example"}, http.StatusForbidden},
+		{"cross-site fetch", "POST", "/v1/reload", "localhost:" + port,
+			map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
+		{"same-site page", "DELETE", "/v1/dead-letters/x", "localhost:" + port,
+			map[string]string{"Sec-Fetch-Site": "same-site"}, http.StatusForbidden},
+		{"cross-site GET is only a read", "GET", "/healthz", "localhost:" + port,
+			map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusOK},
+		{"no browser: the CLI", "POST", "/v1/dead-letters/replay?all=true", "127.0.0.1:" + port, nil, http.StatusOK},
+		{"same origin", "POST", "/v1/reload", "127.0.0.1:" + port,
+			map[string]string{"Origin": "http://127.0.0.1:" + port}, http.StatusOK},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, admin+tt.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = tt.host
+			for k, v := range tt.hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Fatalf("%s %s (Host %s): %d %s, want %d", tt.method, tt.path, tt.host, resp.StatusCode, body, tt.want)
+			}
+		})
+	}
+}
