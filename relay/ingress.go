@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -46,13 +47,13 @@ type Route struct {
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
 // store operation, and only then the 2xx.
 type ingress struct {
-	routes        map[string]*Route
-	tokenPrefixes []string // Path+"/" of each route with TokenInPath
-	clients       ClientResolver
-	store         Enqueuer
-	log           *slog.Logger
-	now           func() time.Time
-	storeTimeout  time.Duration
+	routes       map[string]*Route
+	routePaths   []string // every route's Path, lower-cased: what an unmatched path may be logged up to
+	clients      ClientResolver
+	store        Enqueuer
+	log          *slog.Logger
+	now          func() time.Time
+	storeTimeout time.Duration
 	// enqueued is told which targets got new work, so their dispatchers wake at once.
 	enqueued func(targets []string)
 	metrics  *metrics
@@ -66,7 +67,7 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
 	msg, dup, err := h.accept(rt, client, w, r)
-	log := h.log.With("path", h.logPath(r.URL.Path), "peer", r.RemoteAddr, "client", client.String())
+	log := h.log.With("path", h.logPath(r.URL.Path, rt), "peer", r.RemoteAddr, "client", client.String())
 	route := unmatchedRoute
 	if rt != nil {
 		route = rt.Name
@@ -115,15 +116,45 @@ func levelFor(status int) slog.Level {
 	return slog.LevelWarn
 }
 
-// logPath is path with any secret token cut out: whatever follows the path of a route that takes
-// a token in its path, whether or not the request matched the route.
-func (h *ingress) logPath(path string) string {
-	for _, prefix := range h.tokenPrefixes {
-		if strings.HasPrefix(path, prefix) {
-			return prefix + "<token>"
+// logPath is what the log may show of the request path. A matched route shows its own path, a
+// token in it replaced by <token>. Any other path may be a near miss that holds a token
+// (//hooks/x/<token>, /hooks/X/<token>, /hooks/x<token>), so it is cleaned and case-folded, and
+// only its leading segments that a route path shares are kept: the rest becomes "/...".
+func (h *ingress) logPath(p string, rt *Route) string {
+	if rt != nil {
+		if p == rt.Path {
+			return p
+		}
+		return rt.Path + "/<token>"
+	}
+	clean := strings.ToLower(path.Clean("/" + p))
+	kept := ""
+	for _, rp := range h.routePaths {
+		if k := sharedSegments(clean, rp); len(k) > len(kept) {
+			kept = k
 		}
 	}
-	return path
+	if kept == clean {
+		return clean
+	}
+	return strings.TrimSuffix(kept, "/") + "/..."
+}
+
+// sharedSegments returns the leading whole path segments a and b have in common.
+func sharedSegments(a, b string) string {
+	n := 0
+	for i := 0; i < len(a) && i < len(b) && a[i] == b[i]; i++ {
+		if a[i] == '/' {
+			n = i
+		}
+	}
+	switch {
+	case len(a) <= len(b) && b[:len(a)] == a && (len(b) == len(a) || b[len(a)] == '/'):
+		return a
+	case len(b) < len(a) && a[:len(b)] == b && a[len(b)] == '/':
+		return b
+	}
+	return a[:n]
 }
 
 // match finds the route for path: an exact match, or Path/<token> for a route with TokenInPath.

@@ -139,14 +139,12 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 		}
 		routes[rt.Path] = rt
 	}
-	var tokenPrefixes []string
+	var routePaths []string
 	for _, rt := range routes {
-		if rt.TokenInPath {
-			tokenPrefixes = append(tokenPrefixes, rt.Path+"/")
-		}
+		routePaths = append(routePaths, strings.ToLower(rt.Path))
 	}
 	in := &ingress{
-		routes: routes, tokenPrefixes: tokenPrefixes, clients: clients, store: r.cfg.Store, log: r.log,
+		routes: routes, routePaths: routePaths, clients: clients, store: r.cfg.Store, log: r.log,
 		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics,
 	}
 	return in, targets, nil

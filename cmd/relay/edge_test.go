@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -256,4 +258,68 @@ func TestBinaryAdminHostAndOrigin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A URL token never reaches the log, whatever near miss of the route's path carries it, and an
+// unmatched path is logged only up to what a route's path shares with it.
+func TestBinaryNearMissPathsDoNotLogTheToken(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    verify: {type: url_token, secrets_env: [EDGE_TOKEN]}
+`)
+	p := startProc(t, edgeEnv, "serve", "-config", cfg)
+	for _, tt := range []struct {
+		path, logged string
+		status       int
+	}{
+		{"/hooks/fashn/" + edgeToken, `"path":"/hooks/fashn/<token>"`, http.StatusAccepted},
+		{"//hooks/fashn/" + edgeToken, `"path":"/hooks/fashn/..."`, http.StatusNotFound},
+		{"/hooks//fashn/" + edgeToken, `"path":"/hooks/fashn/..."`, http.StatusNotFound},
+		{"/hooks/FASHN/" + edgeToken, `"path":"/hooks/fashn/..."`, http.StatusNotFound},
+		{"/hooks/fashn" + edgeToken, `"path":"/hooks/..."`, http.StatusNotFound},
+		{"/hooks/fashn/./" + edgeToken, `"path":"/hooks/fashn/..."`, http.StatusNotFound},
+		{"/hoks/fashn/" + edgeToken, `"path":"/..."`, http.StatusNotFound},
+		{"/" + edgeToken, `"path":"/..."`, http.StatusNotFound},
+		{"/hooks/fashn/" + edgeToken + "/x", `"path":"/hooks/fashn/..."`, http.StatusNotFound},
+		{"/HOOKS", `"path":"/hooks"`, http.StatusNotFound},
+	} {
+		before := len(p.logs())
+		// A raw request line: net/http's client would clean some of these paths itself.
+		got := rawPost(t, p.url(), tt.path)
+		if got != tt.status {
+			t.Errorf("%s: %d, want %d", tt.path, got, tt.status)
+		}
+		var line string
+		waitUntil(t, "the log line of "+tt.path, func() bool {
+			line = p.logs()[before:]
+			return strings.Contains(line, `"msg":"webhook `)
+		})
+		if strings.Contains(line, edgeToken) || strings.Contains(strings.ToLower(line), strings.ToLower(edgeToken)) {
+			t.Errorf("%s: the token is in the log:\n%s", tt.path, line)
+		}
+		if !strings.Contains(line, tt.logged) {
+			t.Errorf("%s: log line lacks %s:\n%s", tt.path, tt.logged, line)
+		}
+	}
+}
+
+// rawPost sends a POST with path exactly as given on the request line and returns the status.
+func rawPost(t *testing.T, base, path string) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"id":"near-miss","status":"completed"}`
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", path, len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
