@@ -14,7 +14,7 @@ import (
 const (
 	// urlTokenMinLen refuses guessable tokens: 16 random characters are at least 64 bits even
 	// from hex digits.
-	urlTokenMinLen = 16
+	urlTokenMinLen = MinSecretLen
 	// urlTokenMaxLen bounds what is hashed per request; no real token is longer.
 	urlTokenMaxLen = 512
 )

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -270,6 +272,7 @@ func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.
 	if err := c.validate(log); err != nil {
 		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
 	}
+	c.warnSecretFiles(log)
 	return &c, log, nil
 }
 
@@ -498,7 +501,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		at := fmt.Sprintf("targets[%d]", i)
 		p.checkName(at, "target", t.Name, targets)
 		if u, err := url.Parse(t.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p.add(at+".url", "%q is not an absolute http:// or https:// URL", t.URL)
+			p.add(at+".url", "%q is not an absolute http:// or https:// URL", redactURL(t.URL))
 		}
 		if t.Timeout <= 0 || t.Timeout >= c.Delivery.Lease {
 			p.add(at+".timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, c.Delivery.Lease)
@@ -582,6 +585,70 @@ func (t *targetConfig) secretSource() string {
 		return "file"
 	}
 	return "env"
+}
+
+// redactURL returns s with the password in its user information replaced by xxxxx, or, when s
+// does not parse, everything between :// and the last @: a URL is printed and logged.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	i, j := strings.Index(s, "://"), strings.LastIndexByte(s, '@')
+	if i >= 0 && j > i {
+		return s[:i+3] + "xxxxx" + s[j:]
+	}
+	return s
+}
+
+// redactedURLError describes err, the failure to parse raw, without raw's credentials: url.Error
+// quotes the whole URL, and its cause may quote part of the user information.
+func redactedURLError(raw string, err error) string {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		if strings.Contains(raw, "@") {
+			return fmt.Sprintf("%q does not parse as a URL (the cause is not shown: it may quote the credentials)", redactURL(raw))
+		}
+		return fmt.Sprintf("%q does not parse as a URL: %v", raw, ue.Err)
+	}
+	msg := err.Error()
+	if i, j := strings.Index(raw, "://"), strings.LastIndexByte(raw, '@'); i >= 0 && j > i+3 {
+		msg = strings.ReplaceAll(msg, raw[i+3:j], "xxxxx")
+	}
+	return fmt.Sprintf("%s: %s", redactURL(raw), msg)
+}
+
+// warnSecretFiles warns about every *_file secret that group or others may read: anyone else on
+// the host could read the secret.
+func (c *fileConfig) warnSecretFiles(log *slog.Logger) {
+	files := map[string]string{}
+	if c.Admin.TokenFile != "" {
+		files["admin.token_file"] = c.Admin.TokenFile
+	}
+	if c.Store.Redis != nil && c.Store.Redis.PasswordFile != "" {
+		files["store.redis.password_file"] = c.Store.Redis.PasswordFile
+	}
+	for i, t := range c.Targets {
+		if t.SigningSecretFile != "" {
+			files[fmt.Sprintf("targets[%d].signing_secret_file", i)] = t.SigningSecretFile
+		}
+	}
+	for i, r := range c.Routes {
+		if r.Verify == nil {
+			continue
+		}
+		for j, f := range r.Verify.SecretsFiles {
+			files[fmt.Sprintf("routes[%d].verify.secrets_files[%d]", i, j)] = f
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(files)) {
+		fi, err := os.Stat(files[key])
+		if err != nil { // validate reported it
+			continue
+		}
+		if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+			log.Warn("secret file is readable by group or others: chmod 600 it (or 400)",
+				"key", key, "file", files[key], "mode", fmt.Sprintf("%04o", mode))
+		}
+	}
 }
 
 // readSecret reads one secret from an env var or a file; "" when neither is named. The error

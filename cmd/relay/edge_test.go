@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -322,4 +323,122 @@ func rawPost(t *testing.T, base, path string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// Credentials in a Redis URL or a target URL never reach relay check's output, serve's error or
+// the reload API's answer.
+func TestBinaryURLCredentialsRedacted(t *testing.T) {
+	const pw = "s3cret-Passw0rd"
+	route := `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+`
+	for _, bad := range []string{
+		"redis://user:" + pw + "@redis.internal:abc/0",        // url.Parse fails: it quotes the URL
+		"redis://:" + pw + "@redis.internal:6379/x",           // go-redis fails on the database
+		"redis://user:" + pw + "%zz@redis.internal:6379/0",    // the cause would quote the escape
+		"redis://user:" + pw + "@redis.internal:6379/0",       // parses: refused for holding a password
+		"redix://user:" + pw + "@redis.internal:6379/0",       // wrong scheme
+		"redis://user:" + pw + "@redis.internal:6379/0?x=y",   // unknown option
+		"redis://user:" + pw + "/x@redis.internal:6379/0?x=y", // a slash in the password
+	} {
+		cfg := edgeConfig(t, "http://127.0.0.1:1", "store: {type: redis, redis: {url: \""+bad+"\"}}", route)
+		for _, cmd := range []string{"check", "serve"} {
+			out, code := relayCmd(t, nil, cmd, "-config", cfg)
+			if code != 1 || !strings.Contains(out, "store.redis.url") {
+				t.Errorf("%s with %s: exit %d, want 1 and an error at store.redis.url:\n%s", cmd, bad, code, out)
+			}
+			if strings.Contains(out, pw) {
+				t.Errorf("%s with %s prints the password:\n%s", cmd, bad, out)
+			}
+		}
+	}
+
+	// A target URL's user information is printed redacted.
+	cfg := edgeConfig(t, "http://relay:"+pw+"@127.0.0.1:9000/hooks", "", route)
+	out, code := relayCmd(t, nil, "check", "-config", cfg)
+	if code != 0 || strings.Contains(out, pw) || !strings.Contains(out, "http://relay:xxxxx@127.0.0.1:9000/hooks") {
+		t.Errorf("check of a target URL with a password: exit %d, want 0 and the URL redacted:\n%s", code, out)
+	}
+	bad := edgeConfig(t, "http://relay:"+pw+"@127.0.0.1:9000:bad/hooks", "", route)
+	if out, code := relayCmd(t, nil, "check", "-config", bad); code != 1 || strings.Contains(out, pw) {
+		t.Errorf("check of a malformed target URL with a password: exit %d, want 1 without the password:\n%s", code, out)
+	}
+
+	// The reload API's 422 says what is wrong, without the password.
+	et := newEdgeTarget(t)
+	path := edgeConfig(t, et.url, "", route)
+	p := startProc(t, nil, "serve", "-config", path)
+	admin := p.adminURL(t)
+	good := mustRead(t, path)
+	writeFile(t, path, strings.Replace(good, "\ntargets:", "\nstore: {type: redis, redis: {url: \"redis://:"+pw+"@redis.internal:6379/x\"}}\ntargets:", 1))
+	resp, err := http.Post(admin+"/v1/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), "store.redis.url") || strings.Contains(string(body), pw) {
+		t.Errorf("reload with a bad Redis URL: %d %s, want 422 naming store.redis.url without the password", resp.StatusCode, body)
+	}
+	if strings.Contains(p.logs(), pw) {
+		t.Errorf("the relay's log holds the password:\n%s", p.logs())
+	}
+}
+
+// Signing secrets shorter than 16 bytes are refused, for every scheme.
+func TestBinaryShortSecretsRefused(t *testing.T) {
+	for _, v := range []string{
+		"{type: hmac, header: X-Signature, secrets_env: [SHORT]}",
+		"{type: github, secrets_env: [SHORT]}",
+		"{type: stripe, secrets_env: [SHORT]}",
+		"{type: standard_webhooks, secrets_env: [SHORT_WHSEC]}",
+		"{type: url_token, secrets_env: [SHORT]}",
+	} {
+		cfg := edgeConfig(t, "http://127.0.0.1:1", "", `  - name: custom
+    path: /hooks/custom
+    provider: generic
+    generic: {job_id: id}
+    targets: [app]
+    verify: `+v+"\n")
+		// SHORT_WHSEC is whsec_ and the base64 of 15 bytes.
+		out, code := relayCmd(t, []string{"SHORT=k", "SHORT_WHSEC=whsec_MDEyMzQ1Njc4OWFiY2Rl"}, "check", "-config", cfg)
+		if code != 1 || !strings.Contains(out, "routes[0].verify") || !strings.Contains(out, "at least 16") {
+			t.Errorf("verify %s with a short secret: exit %d, want 1 and an error asking for 16 bytes:\n%s", v, code, out)
+		}
+	}
+}
+
+// A secret file that group or others can read is warned about; one only its owner reads is not.
+func TestBinarySecretFilePermissionsWarned(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		mode os.FileMode
+		warn bool
+	}{{0o644, true}, {0o640, true}, {0o600, false}, {0o400, false}} {
+		f := filepath.Join(dir, fmt.Sprintf("token-%o", tt.mode))
+		writeFile(t, f, edgeToken+"\n")
+		if err := os.Chmod(f, tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		cfg := edgeConfig(t, "http://127.0.0.1:1", "", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    verify: {type: url_token, secrets_files: [`+f+`]}
+`)
+		out, code := relayCmd(t, nil, "check", "-config", cfg)
+		if code != 0 {
+			t.Fatalf("check: exit %d\n%s", code, out)
+		}
+		warned := strings.Contains(out, "secret file is readable by group or others") && strings.Contains(out, "routes[0].verify.secrets_files[0]")
+		if warned != tt.warn {
+			t.Errorf("mode %04o: warned %v, want %v:\n%s", tt.mode, warned, tt.warn, out)
+		}
+		if strings.Contains(out, edgeToken) {
+			t.Errorf("check prints the token:\n%s", out)
+		}
+	}
 }

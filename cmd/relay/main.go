@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"syscall"
 	"time"
 
@@ -268,9 +269,15 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
 		}
 	}
+	// Target URLs may hold user:password: print them redacted.
+	out := *cfg
+	out.Targets = slices.Clone(cfg.Targets)
+	for i := range out.Targets {
+		out.Targets[i].URL = redactURL(out.Targets[i].URL)
+	}
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)
-	if err := enc.Encode(cfg); err != nil {
+	if err := enc.Encode(&out); err != nil {
 		return err
 	}
 	return enc.Close()

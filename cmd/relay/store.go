@@ -70,7 +70,7 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 	case r.URL != "":
 		u, err := redis.ParseURL(r.URL)
 		if err != nil {
-			p.add(at+".url", "%v", err)
+			p.add(at+".url", "%s", redactedURLError(r.URL, err))
 			return nil
 		}
 		if u.Password != "" {
