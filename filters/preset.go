@@ -148,11 +148,20 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	if !json.Valid(body) {
 		return relay.Job{}, errors.New("body is not valid JSON")
 	}
+	// encoding/json accepts invalid UTF-8 and turns it into U+FFFD, so two different job IDs would
+	// read as one; a target may decode the bytes otherwise again.
+	if !utf8.Valid(body) {
+		return relay.Job{}, errors.New("body is not valid UTF-8")
+	}
 	start := skipSpace(body, 0)
 	if body[start] != '{' {
 		return relay.Job{}, fmt.Errorf("body is a JSON %s, want an object", typeName(body[start]))
 	}
-	id, err := scalarText(find(body, start, p.idPath), "job ID", p.idPath.text)
+	raw, err := find(body, start, p.idPath, "job ID")
+	if err != nil {
+		return relay.Job{}, err
+	}
+	id, err := scalarText(raw, "job ID", p.idPath.text)
 	if err != nil {
 		return relay.Job{}, err
 	}
@@ -163,7 +172,11 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	if len(p.statusPath.steps) == 0 {
 		return job, nil
 	}
-	st, err := scalarText(find(body, start, p.statusPath), "status", p.statusPath.text)
+	raw, err = find(body, start, p.statusPath, "status")
+	if err != nil {
+		return relay.Job{}, err
+	}
+	st, err := scalarText(raw, "status", p.statusPath.text)
 	if err != nil {
 		return relay.Job{}, err
 	}
@@ -234,45 +247,91 @@ func arrayIndex(seg string) int {
 // it short: no syntax errors to report and every container is closed.
 
 // find returns the raw value at p in body, whose value at offset i is an object, or nil when the
-// path leads nowhere.
-func find(body []byte, i int, p path) []byte {
-	for _, s := range p.steps {
+// path leads nowhere. An object on the way with keys that differ from the path's key only in case
+// is an error: a target that matches keys case-insensitively (Go's encoding/json) could read
+// another value than the relay.
+func find(body []byte, i int, p path, what string) ([]byte, error) {
+	for n, s := range p.steps {
 		ok := false
 		switch body[i] {
 		case '{':
-			i, ok = member(body, i, s.key)
+			var clash bool
+			i, ok, clash = member(body, i, s.key)
+			if clash {
+				where := "the body"
+				if n > 0 {
+					where = fmt.Sprintf("the object at %q", strings.Join(p.segments()[:n], "."))
+				}
+				return nil, fmt.Errorf("%s at %q: %s has keys that differ from %q only in case, which a target may read as one", what, p.text, where, s.key)
+			}
 		case '[':
 			i, ok = element(body, i, s.index)
 		}
 		if !ok {
-			return nil
+			return nil, nil
 		}
 	}
-	return body[i:skipValue(body, i)]
+	return body[i:skipValue(body, i)], nil
+}
+
+// segments returns the path's keys.
+func (p path) segments() []string {
+	out := make([]string, len(p.steps))
+	for i, s := range p.steps {
+		out[i] = s.key
+	}
+	return out
 }
 
 // member returns the offset of the value of key in the object at body[i]; the last one wins when
-// key repeats.
-func member(body []byte, i int, key string) (int, bool) {
-	at, found := 0, false
+// key repeats. clash reports a key other than key that equals it but for case.
+func member(body []byte, i int, key string) (at int, found, clash bool) {
 	i = skipSpace(body, i+1)
 	if body[i] == '}' {
-		return 0, false
+		return 0, false, false
 	}
 	for {
 		end := skipString(body, i)
 		k := body[i:end]
 		i = skipSpace(body, end) // at ':'
 		i = skipSpace(body, i+1) // at the value
-		if keyIs(k, key) {
+		switch keyMatch(k, key) {
+		case matchExact:
 			at, found = i, true
+		case matchFold:
+			clash = true
 		}
 		i = skipSpace(body, skipValue(body, i)) // at ',' or '}'
 		if body[i] == '}' {
-			return at, found
+			return at, found, clash
 		}
 		i = skipSpace(body, i+1)
 	}
+}
+
+const (
+	matchNone = iota
+	matchExact
+	matchFold // equal under Unicode case folding, as encoding/json matches field names
+)
+
+// keyMatch compares the quoted key with want, exactly and under case folding.
+func keyMatch(quoted []byte, want string) int {
+	raw := quoted[1 : len(quoted)-1]
+	if needsDecode(raw) {
+		var k string
+		if json.Unmarshal(quoted, &k) != nil {
+			return matchNone
+		}
+		raw = []byte(k)
+	}
+	switch {
+	case string(raw) == want:
+		return matchExact
+	case bytes.EqualFold(raw, []byte(want)):
+		return matchFold
+	}
+	return matchNone
 }
 
 // element returns the offset of element n of the array at body[i].
@@ -292,16 +351,6 @@ func element(body []byte, i, n int) (int, bool) {
 		i = skipSpace(body, i+1)
 	}
 	return i, true
-}
-
-// keyIs reports whether the quoted key decodes to want.
-func keyIs(quoted []byte, want string) bool {
-	raw := quoted[1 : len(quoted)-1]
-	if !needsDecode(raw) {
-		return string(raw) == want
-	}
-	var k string
-	return json.Unmarshal(quoted, &k) == nil && k == want
 }
 
 // needsDecode reports whether a string's raw bytes differ from its decoded text: escapes, or

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
@@ -127,7 +128,6 @@ func TestExtract(t *testing.T) {
 		{"escaped status", "fashn", nil, `{"id":"a","status":"c\u006fmpleted"}`, relay.Job{ID: "a", Status: "succeeded"}},
 		{"duplicate key last wins", "fotor", nil, `{"taskId":"first","status":0,"taskId":"last","status":2}`, relay.Job{ID: "last", Status: "failed"}},
 		{"duplicate key last null", "fashn", nil, `{"id":"first","id":null}`, relay.Job{}},
-		{"invalid UTF-8 replaced", "fashn", nil, "{\"id\":\"a\xffb\"}", relay.Job{ID: "a\uFFFDb"}},
 		{"nested lookalike ignored", "fashn", nil, `{"x":{"id":"inner","s":"}"},"id":"outer"}`, relay.Job{ID: "outer"}},
 		{"backslash runs before quotes", "fashn", nil, `{"a":"\\\"}\\\\","id":"ok\\"}`, relay.Job{ID: `ok\`}},
 		{"braces inside strings", "fashn", nil, `{"a":"{[\"]}","b":["]",{"}":"\\"}],"id":"ok"}`, relay.Job{ID: "ok"}},
@@ -156,6 +156,15 @@ func TestExtractErrors(t *testing.T) {
 		wantErr string
 	}{
 		{"malformed JSON", "fashn", nil, `{"id":"a",}`, "body is not valid JSON"},
+		{"invalid UTF-8 ID", "fashn", nil, "{\"id\":\"a\xffb\"}", "body is not valid UTF-8"},
+		{"invalid UTF-8 elsewhere", "fashn", nil, "{\"id\":\"a\",\"x\":\"\xfe\"}", "body is not valid UTF-8"},
+		{"ID key in two cases", "fashn", nil, `{"id":"A","ID":"B"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"ID key in another case only", "fashn", nil, `{"Id":"B","status":"completed"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"ID key folded by Unicode", "fotor", nil, "{\"taskId\":\"a\",\"tas\u212aId\":\"b\"}", `job ID at "taskId": the body has keys that differ from "taskId" only in case, which a target may read as one`},
+		{"escaped key in another case", "fashn", nil, `{"id":"A","\u0049D":"B"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"status key in two cases", "fashn", nil, `{"id":"A","status":"completed","Status":"failed"}`, `status at "status": the body has keys that differ from "status" only in case, which a target may read as one`},
+		{"nested key in two cases", "generic", nested, `{"data":{"id":"a"},"Data":{"id":"b"}}`, `job ID at "data.id": the body has keys that differ from "data" only in case, which a target may read as one`},
+		{"deeper key in two cases", "generic", nested, `{"data":{"id":"a","iD":"b"}}`, `job ID at "data.id": the object at "data" has keys that differ from "id" only in case, which a target may read as one`},
 		{"truncated", "fashn", nil, `{"id":"a"`, "body is not valid JSON"},
 		{"empty body", "fal", nil, ``, "body is not valid JSON"},
 		{"trailing data", "fal", nil, `{} {}`, "body is not valid JSON"},
@@ -284,7 +293,7 @@ func fuzzSpecs() []presetSpec {
 // refDecode is the first half of the slow, obvious implementation: decode the whole body with
 // encoding/json. ok is false where every preset must return an error.
 func refDecode(body []byte) (v any, ok bool) {
-	if !json.Valid(body) {
+	if !json.Valid(body) || !utf8.Valid(body) {
 		return nil, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -299,6 +308,9 @@ func refDecode(body []byte) (v any, ok bool) {
 // refExtract is the second half: walk the paths through the decoded maps and slices. ok is false
 // where Extract must return an error.
 func refExtract(s presetSpec, v any) (job relay.Job, ok bool) {
+	if refClash(v, s.idPath) || (s.statusPath != "" && refClash(v, s.statusPath)) {
+		return relay.Job{}, false
+	}
 	if job.ID, ok = refText(refFind(v, s.idPath)); !ok {
 		return relay.Job{}, false
 	}
@@ -319,6 +331,23 @@ func refExtract(s presetSpec, v any) (job relay.Job, ok bool) {
 		job.Status = st
 	}
 	return job, true
+}
+
+// refClash reports an object on path with a key that equals the path's key but for case.
+func refClash(v any, path string) bool {
+	for _, seg := range strings.Split(path, ".") {
+		if m, isMap := v.(map[string]any); isMap {
+			for k := range m {
+				if k != seg && strings.EqualFold(k, seg) {
+					return true
+				}
+			}
+		}
+		if v = refFind(v, seg); v == nil {
+			return false
+		}
+	}
+	return false
 }
 
 func refFind(v any, path string) any {
@@ -380,6 +409,7 @@ func FuzzExtract(f *testing.F) {
 		"{\"taskId\":12\t,\"status\":1\r}", "{\"id\":-0.5E+2\n}", "{\"id\":false\t}", "{\"id\" : null\r\n}",
 		"\t{\"data\":{\"items\":[ {\"id\":1 } ,2\t] } }\n",
 		`{"a":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `,"id":"deep"}`,
+		`{"id":"A","ID":"B"}`, `{"Id":"x"}`, "{\"taskId\":\"a\",\"tas\u212aId\":\"b\"}", `{"data":{"items":[{"iD":"x"}]},"DATA":1}`,
 	} {
 		f.Add([]byte(body), "data.items.0.id")
 		f.Add([]byte(body), "id")

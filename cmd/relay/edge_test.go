@@ -442,3 +442,35 @@ func TestBinarySecretFilePermissionsWarned(t *testing.T) {
 		}
 	}
 }
+
+// Bodies the relay and a target could decode differently are refused: invalid UTF-8 (which
+// encoding/json would turn into U+FFFD, making two job IDs one) and keys on the job-ID or status
+// path that differ only in case.
+func TestBinaryAmbiguousBodiesRefused(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+`)
+	p := startProc(t, nil, "serve", "-config", cfg)
+	for _, tt := range []struct {
+		body string
+		want int
+	}{
+		{"{\"id\":\"job-\xff\",\"status\":\"completed\"}", http.StatusBadRequest},
+		{"{\"id\":\"job-\xfe\",\"status\":\"completed\"}", http.StatusBadRequest},
+		{"{\"id\":\"job-1\",\"status\":\"completed\",\"note\":\"\xc3\"}", http.StatusBadRequest},
+		{`{"id":"A","ID":"B","status":"completed"}`, http.StatusBadRequest},
+		{`{"ID":"B","id":"A","status":"completed"}`, http.StatusBadRequest},
+		{`{"id":"A","status":"completed","STATUS":"failed"}`, http.StatusBadRequest},
+		{`{"id":"A","id":"B","status":"completed"}`, http.StatusAccepted}, // one key twice: the last, for everyone
+		{`{"id":"job-é","status":"completed","Id2":"x"}`, http.StatusAccepted},
+	} {
+		if got := send(t, p.url()+"/hooks/fashn", tt.body, nil); got != tt.want {
+			t.Errorf("%q: %d, want %d", tt.body, got, tt.want)
+		}
+	}
+	waitUntil(t, "two deliveries", func() bool { return et.count() == 2 })
+}
