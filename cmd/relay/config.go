@@ -144,6 +144,8 @@ type rateConfig struct {
 	Route      float64 `yaml:"route"`
 	RouteBurst int     `yaml:"route_burst"`
 	MaxTracked int     `yaml:"max_tracked,omitempty"`
+	// IPv6Prefix groups IPv6 senders per prefix of this length (default 64).
+	IPv6Prefix int `yaml:"ipv6_prefix,omitempty"`
 	// Shared keeps the limit in Redis so that it holds across replicas (store.type: redis).
 	Shared bool `yaml:"shared,omitempty"`
 }
@@ -744,12 +746,13 @@ func (rl *rateConfig) build(route string, rdb redis.UniversalClient, redisPrefix
 	mk := func(c filters.RateConfig) (relay.Guard, error) {
 		if rl.Shared {
 			return filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: c.PerIP, PerIPBurst: c.PerIPBurst,
-				Route: c.Route, RouteBurst: c.RouteBurst, Prefix: redisPrefix, RouteName: route, Now: time.Now})
+				Route: c.Route, RouteBurst: c.RouteBurst, Prefix: redisPrefix, RouteName: route, MaxTracked: c.MaxTracked,
+				IPv6Prefix: c.IPv6Prefix, Now: time.Now})
 		}
 		c.Now = time.Now
 		return filters.NewRateLimiter(c)
 	}
-	perIP, err = mk(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst, MaxTracked: rl.MaxTracked})
+	perIP, err = mk(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst, MaxTracked: rl.MaxTracked, IPv6Prefix: rl.IPv6Prefix})
 	if err != nil {
 		return nil, nil, err
 	}

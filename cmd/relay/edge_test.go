@@ -474,3 +474,34 @@ func TestBinaryAmbiguousBodiesRefused(t *testing.T) {
 	}
 	waitUntil(t, "two deliveries", func() bool { return et.count() == 2 })
 }
+
+// Addresses of one IPv6 /64 share one per-address bucket: a sender cannot take a fresh address
+// per request.
+func TestBinaryIPv6SendersGroupedBy64(t *testing.T) {
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, "trusted_proxies: [127.0.0.1]\nclient_ip_header: X-Forwarded-For", `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+    rate_limit: {per_ip: 1, per_ip_burst: 1}
+`)
+	p := startProc(t, nil, "serve", "-config", cfg)
+	admitted := 0
+	for i := range 200 {
+		body := fmt.Sprintf(`{"id":"v6-%d","status":"completed"}`, i)
+		switch got := send(t, p.url()+"/hooks/fashn", body, map[string]string{"X-Forwarded-For": fmt.Sprintf("2001:db8:5:6::%x", i+1)}); got {
+		case http.StatusAccepted:
+			admitted++
+		case http.StatusTooManyRequests:
+		default:
+			t.Fatalf("request %d: %d", i, got)
+		}
+	}
+	if admitted != 1 {
+		t.Errorf("%d of 200 requests from one /64 admitted with per_ip_burst 1, want 1", admitted)
+	}
+	if got := send(t, p.url()+"/hooks/fashn", `{"id":"other","status":"completed"}`, map[string]string{"X-Forwarded-For": "2001:db8:5:7::1"}); got != http.StatusAccepted {
+		t.Errorf("another /64: %d, want 202", got)
+	}
+}
