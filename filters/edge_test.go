@@ -3,6 +3,7 @@ package filters_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -128,6 +129,74 @@ func TestRedisRateLimiterBoundsTrackedSenders(t *testing.T) {
 	for _, bits := range []int{-1, 8, 129} {
 		if _, err := filters.NewRateLimiter(filters.RateConfig{PerIP: 1, IPv6Prefix: bits}); err == nil {
 			t.Errorf("IPv6 prefix %d accepted", bits)
+		}
+	}
+}
+
+// Each verifier names a webhook by what its signature covers, for as long as a replay would verify.
+func TestVerifierIdentities(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	sw, _ := filters.NewStandardWebhooks([]string{"whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, 0, nil)
+	gh, _ := filters.NewGitHub([]string{key})
+	plain, _ := filters.NewHMAC(filters.HMACConfig{Header: "X-Sig"}, []string{key}, nil)
+	timed, _ := filters.NewHMAC(filters.HMACConfig{Header: "X-Sig", TimestampHeader: "X-Ts", Tolerance: time.Minute}, []string{key}, nil)
+	st, _ := filters.NewStripe([]string{key}, 2*time.Minute, nil)
+	fal, _ := filters.NewFal(filters.FalConfig{Tolerance: 30 * time.Second})
+	type ident interface {
+		Identity(*http.Request, []byte) (string, time.Duration)
+	}
+	for _, tt := range []struct {
+		name       string
+		v          ident
+		a, b       map[string]string // headers of two requests
+		bodyA      string
+		bodyB      string
+		same       bool
+		wantWindow time.Duration
+	}{
+		{"standard webhooks: webhook-id", sw, map[string]string{"Webhook-Id": "m1", "Webhook-Timestamp": "1"}, map[string]string{"Webhook-Id": "m1", "Webhook-Timestamp": "2"}, "{}", "{}", true, 10 * time.Minute},
+		{"standard webhooks: another id", sw, map[string]string{"Webhook-Id": "m1"}, map[string]string{"Webhook-Id": "m2"}, "{}", "{}", false, 10 * time.Minute},
+		{"github: delivery header ignored", gh, map[string]string{"X-GitHub-Delivery": "1"}, map[string]string{"X-GitHub-Delivery": "2"}, "{}", "{}", true, 0},
+		{"github: body", gh, nil, nil, "{}", "{ }", false, 0},
+		{"hmac: body", plain, nil, nil, "a", "b", false, 0},
+		{"hmac: timestamp", timed, map[string]string{"X-Ts": "1"}, map[string]string{"X-Ts": "2"}, "a", "a", false, 2 * time.Minute},
+		{"stripe: event id across signatures", st, map[string]string{"Stripe-Signature": "t=1,v1=aa"}, map[string]string{"Stripe-Signature": "t=2,v1=bb"}, `{"id":"evt_1"}`, `{"id":"evt_1"}`, true, 0},
+		{"stripe: no event id", st, map[string]string{"Stripe-Signature": "t=1,v1=aa"}, map[string]string{"Stripe-Signature": "t=2,v1=aa"}, `{}`, `{}`, false, 4 * time.Minute},
+		{"fal: request and timestamp", fal, map[string]string{filters.FalHeaderRequestID: "r", filters.FalHeaderTimestamp: "1"}, map[string]string{filters.FalHeaderRequestID: "r", filters.FalHeaderTimestamp: "2"}, "{}", "{}", false, time.Minute},
+	} {
+		ida, wa := tt.v.Identity(whRequest("/", tt.a, nil), []byte(tt.bodyA))
+		idb, _ := tt.v.Identity(whRequest("/", tt.b, nil), []byte(tt.bodyB))
+		if ida == "" || (ida == idb) != tt.same || wa != tt.wantWindow {
+			t.Errorf("%s: identities %q, %q (same: want %v), window %v (want %v)", tt.name, ida, idb, tt.same, wa, tt.wantWindow)
+		}
+	}
+}
+
+// generic.job_id_header: the job ID comes from the header, once, held to the rules of a value.
+func TestGenericJobIDHeader(t *testing.T) {
+	p, err := filters.NewPreset("generic", &filters.Generic{JobIDHeader: "idempotency-key", StatusPath: "state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	h.Set("Idempotency-Key", "k-1")
+	if job, err := p.ExtractRequest(h, []byte(`{"state":"done","id":"body"}`)); err != nil || job != (relay.Job{ID: "k-1", Status: "done"}) {
+		t.Errorf("got %+v, %v", job, err)
+	}
+	if job, err := p.ExtractRequest(http.Header{}, []byte(`{"state":"done"}`)); err != nil || job.ID != "" {
+		t.Errorf("without the header: %+v, %v", job, err)
+	}
+	h.Add("Idempotency-Key", "k-2")
+	if _, err := p.ExtractRequest(h, []byte(`{}`)); err == nil {
+		t.Error("the header twice accepted")
+	}
+	h = http.Header{"Idempotency-Key": {strings.Repeat("x", filters.MaxValueLen+1)}}
+	if _, err := p.ExtractRequest(h, []byte(`{}`)); err == nil {
+		t.Error("an over-long header accepted")
+	}
+	for _, g := range []*filters.Generic{{JobIDPath: "id", JobIDHeader: "K"}, {JobIDHeader: "bad header"}} {
+		if _, err := filters.NewPreset("generic", g); err == nil {
+			t.Errorf("%+v accepted", g)
 		}
 	}
 }

@@ -28,9 +28,13 @@ const presetNames = "fashn, fal, fotor, abstrakt, generic"
 // non-negative integer (no leading zeros) indexes an array; on an object it is an ordinary key.
 // Keys containing a dot cannot be addressed.
 type Generic struct {
-	JobIDPath  string            // required
-	StatusPath string            // optional: without it every status is ""
-	StatusMap  map[string]string // raw status -> normalised; unmapped values are kept raw
+	JobIDPath string // this or JobIDHeader is required
+	// JobIDHeader names a request header holding the job ID (an idempotency key), instead of a
+	// path in the body. It is only as trustworthy as the route's verification: a signature over
+	// the body alone does not cover it.
+	JobIDHeader string
+	StatusPath  string            // optional: without it every status is ""
+	StatusMap   map[string]string // raw status -> normalised; unmapped values are kept raw
 }
 
 // Preset reads the job ID and normalised status out of one provider's webhook bodies. It is not
@@ -45,6 +49,7 @@ type Generic struct {
 // the relay reads the same ID the target will.
 type Preset struct {
 	name       string
+	idHeader   string // canonical header name holding the job ID; "" reads idPath
 	idPath     path
 	statusPath path // no steps: the preset reads no status
 	statusMap  map[string]string
@@ -96,14 +101,26 @@ func builtin(name, idPath, statusPath string, statusMap map[string]string) *Pres
 }
 
 func newGeneric(g *Generic) (*Preset, error) {
-	if g.JobIDPath == "" {
+	p := &Preset{name: "generic", ack: http.StatusAccepted}
+	switch {
+	case g.JobIDPath != "" && g.JobIDHeader != "":
+		return nil, errors.New(`preset "generic": give a job ID path or a job ID header, not both`)
+	case g.JobIDHeader != "":
+		h, err := macHeaderName("job ID header", g.JobIDHeader)
+		if err != nil {
+			return nil, fmt.Errorf(`preset "generic": %w`, err)
+		}
+		p.idHeader = h
+	case g.JobIDPath == "":
 		return nil, errors.New(`preset "generic": job ID path is required`)
+	default:
+		id, err := parsePath(g.JobIDPath)
+		if err != nil {
+			return nil, fmt.Errorf(`preset "generic": job ID path: %w`, err)
+		}
+		p.idPath = id
 	}
-	id, err := parsePath(g.JobIDPath)
-	if err != nil {
-		return nil, fmt.Errorf(`preset "generic": job ID path: %w`, err)
-	}
-	p := &Preset{name: "generic", idPath: id, ack: http.StatusAccepted}
+	var err error
 	if g.StatusPath == "" {
 		if len(g.StatusMap) > 0 {
 			return nil, errors.New(`preset "generic": status map given without a status path`)
@@ -157,17 +174,20 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	if body[start] != '{' {
 		return relay.Job{}, fmt.Errorf("body is a JSON %s, want an object", typeName(body[start]))
 	}
-	raw, err := find(body, start, p.idPath, "job ID")
-	if err != nil {
-		return relay.Job{}, err
-	}
-	id, err := scalarText(raw, "job ID", p.idPath.text)
-	if err != nil {
-		return relay.Job{}, err
-	}
 	var job relay.Job
-	if id != nil {
-		job.ID = string(id)
+	var raw []byte
+	var err error
+	if len(p.idPath.steps) > 0 {
+		if raw, err = find(body, start, p.idPath, "job ID"); err != nil {
+			return relay.Job{}, err
+		}
+		id, err := scalarText(raw, "job ID", p.idPath.text)
+		if err != nil {
+			return relay.Job{}, err
+		}
+		if id != nil {
+			job.ID = string(id)
+		}
 	}
 	if len(p.statusPath.steps) == 0 {
 		return job, nil
@@ -185,6 +205,33 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	}
 	return job, nil
 }
+
+// ExtractRequest is Extract, with the job ID read from the configured header when there is one:
+// present once, it is held to the rules of an extracted value; absent, there is no job ID.
+func (p *Preset) ExtractRequest(h http.Header, body []byte) (relay.Job, error) {
+	job, err := p.Extract(body)
+	if err != nil || p.idHeader == "" {
+		return job, err
+	}
+	vals := h.Values(p.idHeader)
+	switch {
+	case len(vals) > 1:
+		return relay.Job{}, fmt.Errorf("job ID header %s is given %d times", p.idHeader, len(vals))
+	case len(vals) == 0:
+		return job, nil
+	}
+	v := strings.TrimSpace(vals[0])
+	switch {
+	case len(v) > MaxValueLen:
+		return relay.Job{}, fmt.Errorf("job ID header %s is longer than %d bytes", p.idHeader, MaxValueLen)
+	case hasControl([]byte(v)) || !utf8.ValidString(v):
+		return relay.Job{}, fmt.Errorf("job ID header %s holds a control character or invalid UTF-8", p.idHeader)
+	}
+	job.ID = v
+	return job, nil
+}
+
+var _ relay.RequestExtractor = (*Preset)(nil)
 
 func (p *Preset) normalise(raw []byte) string {
 	if s, ok := p.statusMap[string(raw)]; ok { // the compiler does not copy raw for this lookup

@@ -36,6 +36,22 @@ type HeadVerifier interface {
 	HeadOnly()
 }
 
+// Identifier is a Verifier that names the webhook it verified, so that a replay of a webhook
+// without a job ID is answered as a duplicate. Identity runs only after Verify passed. id is
+// what a replay repeats and the signature covers (Standard Webhooks' webhook-id, a hash of the
+// signed body and timestamp); window is how long a replay could verify (twice the timestamp
+// tolerance), 0 when forever (no signed timestamp): then the route's dedupe TTL bounds it. id ""
+// names nothing.
+type Identifier interface {
+	Identity(r *http.Request, body []byte) (id string, window time.Duration)
+}
+
+// RequestExtractor is an Extractor that also reads the request's headers (a job ID sent in a
+// header); ingress prefers it to Extract.
+type RequestExtractor interface {
+	ExtractRequest(h http.Header, body []byte) (Job, error)
+}
+
 // Forbidden refuses a source address (403). cause is logged, never sent.
 func Forbidden(cause error) *Error {
 	return &Error{Kind: KindForbidden, Msg: "source address not allowed", Err: cause}

@@ -209,15 +209,33 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 			return nil, false, err
 		}
 	}
-	job, err := rt.Extractor.Extract(body)
+	var job Job
+	if re, ok := rt.Extractor.(RequestExtractor); ok {
+		job, err = re.ExtractRequest(r.Header, body)
+	} else {
+		job, err = rt.Extractor.Extract(body)
+	}
 	if err != nil {
 		return nil, false, &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
 	}
-	if job.ID == "" {
-		if rt.RequireJobID {
-			return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
-		}
+	key, ttl := "", rt.DedupeTTL
+	switch {
+	case job.ID != "":
+		key = DedupeKey(rt.Name, job.ID, job.Status)
+	case rt.RequireJobID:
+		return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
+	default:
 		h.metrics.withoutJobID.WithLabelValues(rt.Name).Inc()
+		// Without a job ID nothing dedupes it, so a captured webhook could be sent again: its own
+		// identity stands in, remembered for as long as a replay would verify.
+		if idf, ok := rt.Verifier.(Identifier); ok {
+			if id, window := idf.Identity(r, body); id != "" {
+				key = ReplayKey(rt.Name, id)
+				if window > 0 {
+					ttl = window
+				}
+			}
+		}
 	}
 	now := h.now()
 	msg := &Message{
@@ -232,15 +250,11 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		Body:        body,
 		Targets:     rt.Targets,
 	}
-	key := ""
-	if job.ID != "" {
-		key = DedupeKey(rt.Name, job.ID, job.Status)
-	}
 	// The store operation must not be cut short by a sender that hangs up: it either commits or
 	// fails as a whole, and the sender's retry is deduped either way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.storeTimeout)
 	defer cancel()
-	dup, err := h.store.Enqueue(ctx, msg, key, rt.DedupeTTL)
+	dup, err := h.store.Enqueue(ctx, msg, key, ttl)
 	if err != nil {
 		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
 	}
@@ -292,6 +306,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // The job ID is length-prefixed so that no choice of IDs and statuses can make two keys collide.
 func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
+}
+
+// ReplayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
+// Identifier). It cannot collide with a DedupeKey, whose part after the route starts with a digit.
+func ReplayKey(route, identity string) string {
+	return route + "|replay:" + identity
 }
 
 // sourceAddr is the sender's address as targets see it in X-Forwarded-For.

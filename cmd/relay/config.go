@@ -171,9 +171,10 @@ type verifyConfig struct {
 }
 
 type genericConfig struct {
-	JobID     string            `yaml:"job_id"`
-	Status    string            `yaml:"status,omitempty"`
-	StatusMap map[string]string `yaml:"status_map,omitempty"`
+	JobID       string            `yaml:"job_id,omitempty"`
+	JobIDHeader string            `yaml:"job_id_header,omitempty"` // or the job ID from this header
+	Status      string            `yaml:"status,omitempty"`
+	StatusMap   map[string]string `yaml:"status_map,omitempty"`
 }
 
 // byteSize reads "1MiB", "512KiB", "64KB" or a plain number of bytes.
@@ -368,7 +369,7 @@ func (r *routeConfig) generic() *filters.Generic {
 	if r.Generic == nil {
 		return nil
 	}
-	return &filters.Generic{JobIDPath: r.Generic.JobID, StatusPath: r.Generic.Status, StatusMap: r.Generic.StatusMap}
+	return &filters.Generic{JobIDPath: r.Generic.JobID, JobIDHeader: r.Generic.JobIDHeader, StatusPath: r.Generic.Status, StatusMap: r.Generic.StatusMap}
 }
 
 // problems collects validation errors, each with its key path.

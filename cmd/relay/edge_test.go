@@ -2,6 +2,10 @@ package main
 
 import (
 	"bufio"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -9,10 +13,13 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // Tests of the edge's defences (issue 14) against the real binary.
@@ -504,4 +511,61 @@ func TestBinaryIPv6SendersGroupedBy64(t *testing.T) {
 	if got := send(t, p.url()+"/hooks/fashn", `{"id":"other","status":"completed"}`, map[string]string{"X-Forwarded-For": "2001:db8:5:7::1"}); got != http.StatusAccepted {
 		t.Errorf("another /64: %d, want 202", got)
 	}
+}
+
+// A signed webhook without a job ID, sent again, is a duplicate: each scheme names it by what it
+// signs. A job ID can also come from a header (generic.job_id_header).
+func TestBinaryReplaysOfSignedWebhooksWithoutJobID(t *testing.T) {
+	et := newEdgeTarget(t)
+	whKey := []byte("0123456789abcdef0123456789abcdef")
+	env := append([]string{"EDGE_WHSEC=whsec_" + base64.StdEncoding.EncodeToString(whKey)}, edgeEnv...)
+	route := func(name, verify, generic string) string {
+		return fmt.Sprintf("  - name: %s\n    path: /hooks/%s\n    provider: generic\n    generic: %s\n    targets: [app]\n    verify: %s\n", name, name, generic, verify)
+	}
+	cfg := edgeConfig(t, et.url, "", route("hmac", "{type: hmac, header: X-Signature, secrets_env: [EDGE_HMAC]}", "{job_id: id}")+
+		route("github", "{type: github, secrets_env: [EDGE_HMAC]}", "{job_id: id}")+
+		route("sw", "{type: standard_webhooks, secrets_env: [EDGE_WHSEC]}", "{job_id: id}")+
+		route("stripe", "{type: stripe, secrets_env: [EDGE_HMAC]}", "{job_id: data.object.job}")+
+		route("keyed", "{type: hmac, header: X-Signature, secrets_env: [EDGE_HMAC]}", "{job_id_header: Idempotency-Key}"))
+	p := startProc(t, env, "serve", "-config", cfg)
+	mac := func(msg string) string {
+		m := hmac.New(sha256.New, []byte(edgeHMAC))
+		m.Write([]byte(msg))
+		return hex.EncodeToString(m.Sum(nil))
+	}
+	now := time.Now().Unix()
+	ts := strconv.FormatInt(now, 10)
+	sw := func(id, body string) map[string]string {
+		return map[string]string{"Webhook-Id": id, "Webhook-Timestamp": ts, "Webhook-Signature": relay.SignStandardWebhook(whKey, id, now, []byte(body))}
+	}
+	stripe := func(t, body string) map[string]string {
+		return map[string]string{"Stripe-Signature": "t=" + t + ",v1=" + mac(t+"."+body)}
+	}
+	ts2 := strconv.FormatInt(now-1, 10)
+	for _, tt := range []struct {
+		name, path, body string
+		hdr              map[string]string
+		want             int
+	}{
+		{"hmac", "/hooks/hmac", `{"event":"ping"}`, map[string]string{"X-Signature": mac(`{"event":"ping"}`)}, http.StatusAccepted},
+		{"hmac replay", "/hooks/hmac", `{"event":"ping"}`, map[string]string{"X-Signature": mac(`{"event":"ping"}`)}, http.StatusOK},
+		{"hmac another body", "/hooks/hmac", `{"event":"pong"}`, map[string]string{"X-Signature": mac(`{"event":"pong"}`)}, http.StatusAccepted},
+		{"github", "/hooks/github", `{"zen":"x"}`, map[string]string{"X-Hub-Signature-256": "sha256=" + mac(`{"zen":"x"}`), "X-GitHub-Delivery": "d-1"}, http.StatusAccepted},
+		{"github replay, new delivery header", "/hooks/github", `{"zen":"x"}`, map[string]string{"X-Hub-Signature-256": "sha256=" + mac(`{"zen":"x"}`), "X-GitHub-Delivery": "d-2"}, http.StatusOK},
+		{"standard webhooks", "/hooks/sw", `{"a":1}`, sw("msg_1", `{"a":1}`), http.StatusAccepted},
+		{"standard webhooks replay", "/hooks/sw", `{"a":1}`, sw("msg_1", `{"a":1}`), http.StatusOK},
+		{"standard webhooks, another message", "/hooks/sw", `{"a":1}`, sw("msg_2", `{"a":1}`), http.StatusAccepted},
+		{"stripe", "/hooks/stripe", `{"id":"evt_1","data":{}}`, stripe(ts, `{"id":"evt_1","data":{}}`), http.StatusAccepted},
+		{"stripe replay", "/hooks/stripe", `{"id":"evt_1","data":{}}`, stripe(ts, `{"id":"evt_1","data":{}}`), http.StatusOK},
+		{"stripe retry of the event, new signature", "/hooks/stripe", `{"id":"evt_1","data":{}}`, stripe(ts2, `{"id":"evt_1","data":{}}`), http.StatusOK},
+		{"stripe, another event", "/hooks/stripe", `{"id":"evt_2","data":{}}`, stripe(ts, `{"id":"evt_2","data":{}}`), http.StatusAccepted},
+		{"job ID header", "/hooks/keyed", `{"n":1}`, map[string]string{"X-Signature": mac(`{"n":1}`), "Idempotency-Key": "k-1"}, http.StatusAccepted},
+		{"job ID header again", "/hooks/keyed", `{"n":2}`, map[string]string{"X-Signature": mac(`{"n":2}`), "Idempotency-Key": "k-1"}, http.StatusOK},
+		{"job ID header, another key", "/hooks/keyed", `{"n":2}`, map[string]string{"X-Signature": mac(`{"n":2}`), "Idempotency-Key": "k-2"}, http.StatusAccepted},
+	} {
+		if got := send(t, p.url()+tt.path, tt.body, tt.hdr); got != tt.want {
+			t.Errorf("%s: %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	waitUntil(t, "9 deliveries", func() bool { return et.count() == 9 })
 }
