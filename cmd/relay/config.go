@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -127,12 +128,28 @@ type routeConfig struct {
 	// Insecure accepts a route with neither verification nor an allowlist.
 	Insecure bool `yaml:"insecure,omitempty"`
 
-	built builtRoute // by validate
+	built       builtRoute // by validate
+	redisPrefix string     // the shared limiters' key prefix they were built with
+}
+
+// route returns the route called name, or nil; c may be nil.
+func (c *fileConfig) route(name string) *routeConfig {
+	if c == nil {
+		return nil
+	}
+	for i := range c.Routes {
+		if c.Routes[i].Name == name {
+			return &c.Routes[i]
+		}
+	}
+	return nil
 }
 
 // builtRoute holds a route's checks, constructed (and so validated) once.
 type builtRoute struct {
 	preset         *filters.Preset
+	perIPLimit     relay.Guard   // also in guards; kept across a reload that leaves rate_limit alone
+	routeLimit     relay.Guard   // also in verifiedGuards
 	guards         []relay.Guard // before the body: allowlist, per-address rate
 	verifier       relay.Verifier
 	verifiedGuards []relay.Guard // after verification: the route-wide rate
@@ -272,7 +289,7 @@ func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.
 	if prev != nil && c.Store.Type == "redis" {
 		c.redis = prev.redis
 	}
-	if err := c.validate(log); err != nil {
+	if err := c.validate(log, prev); err != nil {
 		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
 	}
 	c.warnSecretFiles(log)
@@ -434,7 +451,10 @@ func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
 	seen[name] = true
 }
 
-func (c *fileConfig) validate(log *slog.Logger) error {
+// validate checks c and builds its checks. On a reload prev is the running configuration: a
+// route's stateful checks (rate limiters, fal's JWKS cache) whose settings did not change are
+// kept rather than built anew, so a reload neither refills buckets nor empties the cache.
+func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 	var p problems
 	clients, err := filters.NewClientIPHeader(c.TrustedProxies, c.ClientIPHeader)
 	if err != nil {
@@ -561,7 +581,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 			p.add(at+".provider", "%v", err)
 		}
 		r.built = builtRoute{preset: preset}
-		r.buildChecks(at, &p, log, c.redis, c.redisPrefix())
+		r.buildChecks(at, &p, log, c.redis, c.redisPrefix(), prev.route(r.Name))
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
@@ -692,7 +712,7 @@ func (t *targetConfig) signingKey() ([]byte, error) {
 
 // buildChecks constructs the route's allowlist, rate limiter and verifier, reporting problems
 // under the route's key path, and refuses a route that anyone could post to unless it says so.
-func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string) {
+func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string, prev *routeConfig) {
 	entries := append([]string(nil), r.Allowlist...)
 	for i, f := range r.AllowlistFiles {
 		more, err := filters.ReadAllowlistFile(f)
@@ -713,7 +733,17 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 		// Two limiters: the per-address one runs before the body is read (it protects the
 		// verifier's CPU), the route-wide one only after verification, so that senders without the
 		// secret cannot spend the provider's allowance.
-		perIP, route, err := rl.build(r.Name, rdb, redisPrefix)
+		var (
+			perIP, route relay.Guard
+			err          error
+		)
+		if prev != nil && prev.RateLimit != nil && *prev.RateLimit == *rl && prev.redisPrefix == redisPrefix {
+			perIP, route = prev.built.perIPLimit, prev.built.routeLimit
+		} else {
+			perIP, route, err = rl.build(r.Name, rdb, redisPrefix)
+		}
+		r.redisPrefix = redisPrefix
+		r.built.perIPLimit, r.built.routeLimit = perIP, route
 		if err != nil {
 			p.add(at+".rate_limit", "%v", err)
 		} else {
@@ -725,12 +755,17 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 			}
 		}
 	}
-	if r.Verify != nil {
-		v, err := r.Verify.build(at+".verify", log)
+	switch v := r.Verify; {
+	case v == nil:
+	case v.Type == "fal" && v.JWKSFile == "" && prev != nil && prev.Verify != nil && reflect.DeepEqual(*prev.Verify, *v):
+		// Its JWKS cache is state; a jwks_file is reread, so that a reload picks up new keys.
+		r.built.verifier = prev.built.verifier
+	default:
+		ver, err := v.build(at+".verify", log)
 		if err != nil {
 			*p = append(*p, err)
 		}
-		r.built.verifier = v
+		r.built.verifier = ver
 	}
 	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure {
 		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+

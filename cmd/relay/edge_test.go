@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -568,4 +570,98 @@ func TestBinaryReplaysOfSignedWebhooksWithoutJobID(t *testing.T) {
 		}
 	}
 	waitUntil(t, "9 deliveries", func() bool { return et.count() == 9 })
+}
+
+// A reload keeps the state of every check whose settings did not change: rate-limit buckets stay
+// spent and fal's keys stay cached. A changed rate limit starts afresh.
+func TestBinaryReloadKeepsCheckState(t *testing.T) {
+	et := newEdgeTarget(t)
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := priv.Public().(ed25519.PublicKey)
+	var fetches atomic.Int64
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		fmt.Fprintf(w, `{"keys":[{"kty":"OKP","crv":"Ed25519","x":%q}]}`, base64.RawURLEncoding.EncodeToString(pub))
+	}))
+	defer jwks.Close()
+	routes := func(burst int) string {
+		return fmt.Sprintf(`  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+    rate_limit: {per_ip: 0.001, per_ip_burst: %d}
+  - name: fal
+    path: /hooks/fal
+    provider: fal
+    targets: [app]
+    verify: {type: fal, jwks_url: %s}
+`, burst, jwks.URL)
+	}
+	path := edgeConfig(t, et.url, "", routes(1))
+	p := startProc(t, nil, "serve", "-config", path)
+	admin := p.adminURL(t)
+	reload := func() {
+		t.Helper()
+		resp, err := http.Post(admin+"/v1/reload", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("reload: %d %s", resp.StatusCode, body)
+		}
+	}
+	n := 0
+	postFashn := func() int {
+		n++
+		return send(t, p.url()+"/hooks/fashn", fmt.Sprintf(`{"id":"r-%d","status":"completed"}`, n), nil)
+	}
+	postFal := func() int {
+		n++
+		body := fmt.Sprintf(`{"request_id":"req-%d","status":"OK"}`, n)
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
+		sum := sha256.Sum256([]byte(body))
+		msg := fmt.Sprintf("req-%d\nuser-1\n%s\n%s", n, ts, hex.EncodeToString(sum[:]))
+		return send(t, p.url()+"/hooks/fal", body, map[string]string{
+			"X-Fal-Webhook-Request-Id": fmt.Sprintf("req-%d", n), "X-Fal-Webhook-User-Id": "user-1",
+			"X-Fal-Webhook-Timestamp": ts, "X-Fal-Webhook-Signature": hex.EncodeToString(ed25519.Sign(priv, []byte(msg))),
+		})
+	}
+	if got := postFashn(); got != http.StatusAccepted {
+		t.Fatalf("first: %d", got)
+	}
+	if got := postFashn(); got != http.StatusTooManyRequests {
+		t.Fatalf("second, over the burst: %d", got)
+	}
+	if got := postFal(); got != http.StatusAccepted {
+		t.Fatalf("fal: %d", got)
+	}
+	if fetches.Load() != 1 {
+		t.Fatalf("%d JWKS fetches, want 1", fetches.Load())
+	}
+
+	// Unchanged routes; a target setting changes, so the reload does something.
+	writeFile(t, path, strings.Replace(mustRead(t, path), "timeout: 5s", "timeout: 6s", 1))
+	reload()
+	if got := postFashn(); got != http.StatusTooManyRequests {
+		t.Errorf("after a reload that left rate_limit alone: %d, want 429 (the bucket refilled)", got)
+	}
+	if got := postFal(); got != http.StatusAccepted {
+		t.Errorf("fal after the reload: %d", got)
+	}
+	if fetches.Load() != 1 {
+		t.Errorf("%d JWKS fetches after the reload, want still 1 (the cache was emptied)", fetches.Load())
+	}
+
+	// A changed rate limit is a new one.
+	writeFile(t, path, strings.Replace(mustRead(t, path), "per_ip_burst: 1", "per_ip_burst: 2", 1))
+	reload()
+	if got := postFashn(); got != http.StatusAccepted {
+		t.Errorf("after per_ip_burst changed: %d, want 202", got)
+	}
 }
