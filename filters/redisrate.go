@@ -255,7 +255,7 @@ func (rl *RedisRateLimiter) Admit(r *http.Request, client netip.Addr) error {
 	}
 	if err != nil {
 		return &relay.Error{Kind: relay.KindUnavailable, Msg: "rate limiter unavailable, retry later",
-			Err: fmt.Errorf("rate limit: redis: %w", err), RetryAfter: RedisUnavailableRetry}
+			Err: fmt.Errorf("rate limit: redis: %w: %w", relay.ErrStoreDown, err), RetryAfter: RedisUnavailableRetry}
 	}
 	wait := time.Duration(res[1]) * time.Microsecond
 	switch res[0] {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"net/http"
 	"net/netip"
 	"time"
@@ -51,6 +52,11 @@ type Identifier interface {
 type RequestExtractor interface {
 	ExtractRequest(h http.Header, body []byte) (Job, error)
 }
+
+// ErrStoreDown marks a check's failure to reach the store it keeps its state in (a rate limit
+// shared through the store's Redis): ingress then knows the store is down, and answers 503 at
+// once until it answers again. Wrap it with %w in the error's cause.
+var ErrStoreDown = errors.New("store unreachable")
 
 // Forbidden refuses a source address (403). cause is logged, never sent.
 func Forbidden(cause error) *Error {

@@ -57,6 +57,7 @@ type ingress struct {
 	// enqueued is told which targets got new work, so their dispatchers wake at once.
 	enqueued func(targets []string)
 	metrics  *metrics
+	breaker  *storeBreaker
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -183,8 +184,19 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	if r.ContentLength > rt.MaxBody {
 		return nil, false, tooLarge(rt.MaxBody)
 	}
+	if h.breaker.isOpen() {
+		// Known down: no check could end in a 2xx, and a shared rate limit would wait on the
+		// same Redis.
+		return nil, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", RetryAfter: storeRetryAfter}
+	}
+	if len(rt.Guards)+len(rt.VerifiedGuards) > 0 {
+		// A guard that asks the store's Redis waits no longer than a store operation would.
+		ctx, cancel := context.WithTimeout(r.Context(), h.storeTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
 	for _, g := range rt.Guards {
-		if err := g.Admit(r, client); err != nil {
+		if err := h.admit(g, r, client); err != nil {
 			return nil, false, err
 		}
 	}
@@ -205,7 +217,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		}
 	}
 	for _, g := range rt.VerifiedGuards {
-		if err := g.Admit(r, client); err != nil {
+		if err := h.admit(g, r, client); err != nil {
 			return nil, false, err
 		}
 	}
@@ -256,9 +268,19 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	defer cancel()
 	dup, err := h.store.Enqueue(ctx, msg, key, ttl)
 	if err != nil {
+		h.breaker.failed(err)
 		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
 	}
 	return msg, dup, nil
+}
+
+// admit runs one guard, and opens the store breaker when the guard could not reach the store.
+func (h *ingress) admit(g Guard, r *http.Request, client netip.Addr) error {
+	err := g.Admit(r, client)
+	if err != nil && errors.Is(err, ErrStoreDown) {
+		h.breaker.failed(err)
+	}
+	return err
 }
 
 // bodyRead reports whether the request body was read to its end (or there was none).

@@ -39,8 +39,11 @@ type Config struct {
 	PollInterval  time.Duration // longest a dispatcher sleeps without news; default 1s
 	SweepInterval time.Duration // how often expired dedupe keys are deleted; default 1m
 	StoreTimeout  time.Duration // per store operation on the ingress path; default 10s
-	ShutdownGrace time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
-	UserAgent     string        // sent to targets; default "hookrelay"
+	// StoreProbeInterval is how often a store that failed is pinged until it answers; meanwhile
+	// webhooks are answered 503 at once. Default 1s.
+	StoreProbeInterval time.Duration
+	ShutdownGrace      time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
+	UserAgent          string        // sent to targets; default "hookrelay"
 
 	// The public listener's limits on a sender's connection (net/http's): headers within
 	// ReadHeaderTimeout (default 10s), the whole request within ReadTimeout (default 1m), the
@@ -62,6 +65,9 @@ type Relay struct {
 
 	mu      sync.Mutex // serialises Reload against starting and stopping the workers
 	workers *workers   // nil unless StartWorkers ran and its stop did not
+
+	breaker *storeBreaker // shared by every routing generation
+	endLife context.CancelFunc
 }
 
 // New validates cfg and builds a Relay. It starts nothing; call Run.
@@ -82,6 +88,7 @@ func New(cfg Config) (*Relay, error) {
 	setDefault(&cfg.PollInterval, time.Second)
 	setDefault(&cfg.SweepInterval, time.Minute)
 	setDefault(&cfg.StoreTimeout, 10*time.Second)
+	setDefault(&cfg.StoreProbeInterval, time.Second)
 	setDefault(&cfg.ShutdownGrace, 10*time.Second)
 	setDefault(&cfg.ReadHeaderTimeout, 10*time.Second)
 	setDefault(&cfg.ReadTimeout, time.Minute)
@@ -91,6 +98,10 @@ func New(cfg Config) (*Relay, error) {
 		cfg.UserAgent = "hookrelay"
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger}
+	life, endLife := context.WithCancel(context.Background())
+	r.endLife = endLife
+	r.breaker = &storeBreaker{store: cfg.Store, log: cfg.Logger, interval: cfg.StoreProbeInterval,
+		timeout: cfg.StoreTimeout, life: life}
 	r.fwd = newForwarder(cfg.Now, cfg.UserAgent)
 	m, err := newMetrics(cfg.Metrics, newQueueCollector(r))
 	if err != nil {
@@ -145,7 +156,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	in := &ingress{
 		routes: routes, routePaths: routePaths, clients: clients, store: r.cfg.Store, log: r.log,
-		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics,
+		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics, breaker: r.breaker,
 	}
 	return in, targets, nil
 }
@@ -324,6 +335,7 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		r.log.Warn("acknowledgements still in flight at the end of the grace period", "error", serr)
 	}
 	stopWorkers(sctx)
+	r.endLife() // the store prober, if one runs
 	return err
 }
 

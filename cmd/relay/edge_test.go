@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -21,7 +22,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 // Tests of the edge's defences (issue 14) against the real binary.
@@ -664,4 +668,49 @@ func TestBinaryReloadKeepsCheckState(t *testing.T) {
 	if got := postFashn(); got != http.StatusAccepted {
 		t.Errorf("after per_ip_burst changed: %d, want 202", got)
 	}
+}
+
+// While Redis does not answer, the first webhook waits for the store's timeout and gets a 503;
+// those after it get their 503 at once, not after the same wait, and none gets a 2xx. Once Redis
+// answers a probe again, webhooks are accepted.
+func TestBinaryStoreDownAnswersAtOnce(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	et := newEdgeTarget(t)
+	cfg := edgeConfig(t, et.url, fmt.Sprintf("store: {type: redis, redis: {url: \"redis://%s/0\", read_timeout: 1m, write_timeout: 1m}}", srv.Addr), `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+    rate_limit: {per_ip: 100, shared: true}
+`)
+	p := startProc(t, nil, "serve", "-config", cfg)
+	if got := send(t, p.url()+"/hooks/fashn", `{"id":"before","status":"completed"}`, nil); got != http.StatusAccepted {
+		t.Fatalf("with Redis up: %d", got)
+	}
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer admin.Close()
+	// Redis keeps its connections but answers nobody, for 14 s: the relay's 10 s store timeout is
+	// the first webhook's wait.
+	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "14000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := send(t, p.url()+"/hooks/fashn", `{"id":"first","status":"completed"}`, nil); got != http.StatusServiceUnavailable {
+		t.Fatalf("first webhook with Redis paused: %d, want 503", got)
+	}
+	// Far less than the store timeout: without the breaker each of these would wait 10 s.
+	quick := &http.Client{Timeout: 5 * time.Second}
+	for i := range 5 {
+		resp, err := quick.Post(p.url()+"/hooks/fashn", "application/json", strings.NewReader(fmt.Sprintf(`{"id":"down-%d","status":"completed"}`, i)))
+		if err != nil {
+			t.Fatalf("webhook %d while the store is known down was not answered at once: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("webhook %d while the store is known down: %d (Retry-After %q), want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	waitUntil(t, "a webhook accepted once Redis answers", func() bool {
+		return send(t, p.url()+"/hooks/fashn", `{"id":"after","status":"completed"}`, nil) == http.StatusAccepted
+	})
+	waitUntil(t, "the two accepted webhooks delivered", func() bool { return et.count() == 2 })
 }
