@@ -714,3 +714,42 @@ func TestBinaryStoreDownAnswersAtOnce(t *testing.T) {
 	})
 	waitUntil(t, "the two accepted webhooks delivered", func() bool { return et.count() == 2 })
 }
+
+// The port-80 listener redirects to HTTPS only the configured domains; any other Host gets 421,
+// not a redirect to wherever it names.
+func TestBinaryACMERedirectOnlyConfiguredDomains(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	httpAddr := freeAddr(t)
+	cfg := edgeConfig(t, "http://127.0.0.1:1", "tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n"+
+		"    ca: https://"+deadAddr+"/directory\n    http_listen: "+httpAddr, `  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    targets: [app]
+    insecure: true
+`)
+	p := startProc(t, nil, "serve", "-config", cfg)
+	waitUntil(t, "the port-80 listener", func() bool { return strings.Contains(p.logs(), "tls: HTTP-01 and redirect listening") })
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for host, want := range map[string]int{
+		"hooks.relay.test": http.StatusPermanentRedirect, "Hooks.Relay.Test:80": http.StatusPermanentRedirect,
+		"evil.example": http.StatusMisdirectedRequest, "127.0.0.1": http.StatusMisdirectedRequest,
+		"hooks.relay.test.evil.example": http.StatusMisdirectedRequest,
+	} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/hooks/fashn", nil)
+		req.Host = host
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != want || (want == http.StatusPermanentRedirect) != strings.HasPrefix(loc, "https://hooks.relay.test") {
+			t.Errorf("Host %s: %d Location %q, want %d", host, resp.StatusCode, loc, want)
+		}
+	}
+}

@@ -161,16 +161,28 @@ func TestACMEIssuance(t *testing.T) {
 				t.Error("a TLS 1.1 handshake succeeded")
 			}
 			if tc.http {
-				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept.
+				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept, for
+				// the configured domain only: any other Host gets no redirect.
 				noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-				resp, err := noFollow.Post("http://127.0.0.1:"+strconv.Itoa(ca.HTTPPort)+"/hooks/x?a=1", "application/json", strings.NewReader("{}"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				want := "https://127.0.0.1:" + strconv.Itoa(ca.TLSPort) + "/hooks/x?a=1"
-				if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
-					t.Errorf("port 80 answered %d %q, want 308 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
+				for host, want := range map[string]string{
+					domain + ":80":      "https://" + domain + ":" + strconv.Itoa(ca.TLSPort) + "/hooks/x?a=1",
+					"HOOKS.Relay.Test.": "https://" + domain + ":" + strconv.Itoa(ca.TLSPort) + "/hooks/x?a=1",
+					"127.0.0.1":         "",
+					"evil.example":      "",
+				} {
+					req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:"+strconv.Itoa(ca.HTTPPort)+"/hooks/x?a=1", strings.NewReader("{}"))
+					req.Host = host
+					resp, err := noFollow.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					resp.Body.Close()
+					switch {
+					case want != "" && (resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want):
+						t.Errorf("port 80, Host %s: %d %q, want 308 to %s", host, resp.StatusCode, resp.Header.Get("Location"), want)
+					case want == "" && (resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get("Location") != ""):
+						t.Errorf("port 80, Host %s: %d %q, want 421 and no redirect", host, resp.StatusCode, resp.Header.Get("Location"))
+					}
 				}
 			}
 			if ca.Orders() != 1 {
