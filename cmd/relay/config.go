@@ -611,10 +611,13 @@ func (t *targetConfig) secretSource() string {
 }
 
 // redactURL returns s with the password in its user information replaced by xxxxx, or, when s
-// does not parse, everything between :// and the last @: a URL is printed and logged.
+// does not parse as a URL with user information but holds an @, everything between :// and the
+// last @ (a password with a / in it moves the @ out of the authority): a URL is printed and logged.
 func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil {
-		return u.Redacted()
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			return u.Redacted()
+		}
 	}
 	i, j := strings.Index(s, "://"), strings.LastIndexByte(s, '@')
 	if i >= 0 && j > i {
