@@ -170,6 +170,10 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	if !utf8.Valid(body) {
 		return relay.Job{}, errors.New("body is not valid UTF-8")
 	}
+	// The same for an escaped half of a surrogate pair: "\ud800" and "\udbff" both decode to U+FFFD.
+	if loneSurrogate(body) {
+		return relay.Job{}, errors.New(`body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`)
+	}
 	start := skipSpace(body, 0)
 	if body[start] != '{' {
 		return relay.Job{}, fmt.Errorf("body is a JSON %s, want an object", typeName(body[start]))
@@ -398,6 +402,53 @@ func element(body []byte, i, n int) (int, bool) {
 		i = skipSpace(body, i+1)
 	}
 	return i, true
+}
+
+// loneSurrogate reports a \u escape of a UTF-16 surrogate that is not a high one followed at once
+// by an escaped low one. body is valid JSON, so a backslash is always the start of an escape.
+func loneSurrogate(body []byte) bool {
+	for i := 0; ; {
+		k := bytes.IndexByte(body[i:], '\\')
+		if k < 0 {
+			return false
+		}
+		i += k
+		if body[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		switch v := hex4(body[i+2 : i+6]); {
+		case v >= 0xdc00 && v <= 0xdfff:
+			return true
+		case v >= 0xd800 && v <= 0xdbff:
+			if i+12 > len(body) || body[i+6] != '\\' || body[i+7] != 'u' {
+				return true
+			}
+			if low := hex4(body[i+8 : i+12]); low < 0xdc00 || low > 0xdfff {
+				return true
+			}
+			i += 12
+		default:
+			i += 6
+		}
+	}
+}
+
+// hex4 is the value of four hex digits (valid JSON guarantees them).
+func hex4(b []byte) int {
+	v := 0
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		v = v<<4 | int(c)
+	}
+	return v
 }
 
 // needsDecode reports whether a string's raw bytes differ from its decoded text: escapes, or

@@ -475,6 +475,8 @@ func TestBinaryAmbiguousBodiesRefused(t *testing.T) {
 		{"{\"id\":\"job-\xff\",\"status\":\"completed\"}", http.StatusBadRequest},
 		{"{\"id\":\"job-\xfe\",\"status\":\"completed\"}", http.StatusBadRequest},
 		{"{\"id\":\"job-1\",\"status\":\"completed\",\"note\":\"\xc3\"}", http.StatusBadRequest},
+		{`{"id":"job-\ud800","status":"completed"}`, http.StatusBadRequest}, // escaped, the same U+FFFD
+		{`{"id":"job-\udbff","status":"completed"}`, http.StatusBadRequest},
 		{`{"id":"A","ID":"B","status":"completed"}`, http.StatusBadRequest},
 		{`{"ID":"B","id":"A","status":"completed"}`, http.StatusBadRequest},
 		{`{"id":"A","status":"completed","STATUS":"failed"}`, http.StatusBadRequest},
