@@ -23,10 +23,22 @@ type dispatcher struct {
 	poll    time.Duration // longest sleep, for work that another replica enqueued
 	limiter *rate.Limiter // nil: unlimited
 
-	wake  chan struct{} // new work enqueued here
+	wake  chan struct{} // new work in the store: look there at once
 	freed chan struct{} // a slot came free
 	slots chan struct{} // one token per delivery in flight
 	wg    sync.WaitGroup
+
+	// Hand-offs: deliveries that ingress stored already leased to this dispatcher (docs/DESIGN.md
+	// section 2.2). Ingress reserves room before the store write, so handOff never blocks, and
+	// nothing is reserved unless the claim loop runs to take it.
+	handoffs chan *Delivery
+	hmu      sync.Mutex
+	open     bool // the claim loop runs
+	reserved int  // reservations not yet taken by the loop
+	// storeDue is when the store may next have due work: the loop does not look before it
+	// unless woken. Zero: look now.
+	dueMu    sync.Mutex
+	storeDue time.Time
 
 	attempts        func(outcome string) prometheus.Counter
 	attemptSeconds  prometheus.Observer
@@ -48,6 +60,7 @@ func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now fun
 		wake:            make(chan struct{}, 1),
 		freed:           make(chan struct{}, 1),
 		slots:           make(chan struct{}, t.Concurrency),
+		handoffs:        make(chan *Delivery, t.Concurrency),
 	}
 	if t.RateLimit > 0 {
 		d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(t.RateBurst, 1))
@@ -63,21 +76,118 @@ func notify(c chan struct{}) {
 	}
 }
 
-// run claims and starts deliveries until ctx is done. Deliveries run under work, which outlives
-// ctx so that a shutdown can give them a grace period; wait for them with d.wg.
+// reserve makes room for one hand-off, if the claim loop runs and has room; ingress then stores
+// the delivery leased and calls handOff, or cancelReservation if nothing was stored.
+func (d *dispatcher) reserve() bool {
+	d.hmu.Lock()
+	defer d.hmu.Unlock()
+	if !d.open || d.reserved == cap(d.handoffs) {
+		return false
+	}
+	d.reserved++
+	return true
+}
+
+func (d *dispatcher) cancelReservation() {
+	d.hmu.Lock()
+	d.reserved--
+	d.hmu.Unlock()
+}
+
+// handOff passes a delivery leased at enqueue to the claim loop. If the loop stopped meanwhile,
+// the delivery is given back to the store, due now.
+func (d *dispatcher) handOff(dl *Delivery) {
+	d.hmu.Lock()
+	if d.open {
+		d.handoffs <- dl // room was reserved
+		d.hmu.Unlock()
+		return
+	}
+	d.reserved--
+	d.hmu.Unlock()
+	d.release(dl, d.logFor(dl))
+}
+
+// take starts a handed-off delivery. One whose lease could run out before its attempt ends is
+// left to expire in the store instead, where a claim finds it: delivering it now could race that
+// claim.
+func (d *dispatcher) take(work context.Context, dl *Delivery) {
+	d.hmu.Lock()
+	d.reserved--
+	d.hmu.Unlock()
+	if d.now().Add(d.t.Timeout).After(dl.DueAt) {
+		d.noteDue(dl.DueAt)
+		return
+	}
+	d.start(work, dl)
+}
+
+// noteDue tells the loop that the store has a delivery due at at.
+func (d *dispatcher) noteDue(at time.Time) {
+	d.dueMu.Lock()
+	if d.storeDue.IsZero() || at.Before(d.storeDue) {
+		d.storeDue = at
+	}
+	d.dueMu.Unlock()
+	notify(d.freed)
+}
+
+// start runs one delivery in a slot, which the caller has checked is free.
+func (d *dispatcher) start(work context.Context, dl *Delivery) {
+	d.slots <- struct{}{}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.deliver(work, dl)
+		<-d.slots
+		notify(d.freed)
+	}()
+}
+
+// run takes hand-offs and claims due deliveries from the store, and starts them, until ctx is
+// done. Deliveries run under work, which outlives ctx so that a shutdown can give them a grace
+// period; wait for them with d.wg. Hand-offs still waiting when ctx ends are given back to the
+// store.
 func (d *dispatcher) run(ctx, work context.Context) {
+	d.hmu.Lock()
+	d.open = true
+	d.hmu.Unlock()
+	defer d.close()
+	d.dueMu.Lock()
+	d.storeDue = time.Time{} // look in the store at once
+	d.dueMu.Unlock()
 	const storeErrorPause = time.Second
 	for ctx.Err() == nil {
 		free := cap(d.slots) - len(d.slots)
 		if free == 0 {
-			d.sleep(ctx, 0, d.freed)
+			d.sleep(ctx, 0, d.freed, false)
 			continue
 		}
-		batch, err := d.q.Claim(ctx, d.t.Name, d.now(), d.lease, free)
+		select {
+		case dl := <-d.handoffs:
+			d.take(work, dl)
+			continue
+		default:
+		}
+		now := d.now()
+		d.dueMu.Lock()
+		due := d.storeDue
+		lookNow := !due.After(now)
+		if lookNow {
+			d.storeDue = now.Add(d.poll) // unless told otherwise while we look
+		}
+		d.dueMu.Unlock()
+		if !lookNow {
+			if dl := d.sleep(ctx, due.Sub(now), d.freed, true); dl != nil {
+				d.take(work, dl)
+			}
+			continue
+		}
+		batch, err := d.q.Claim(ctx, d.t.Name, now, d.lease, free)
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("claim failed", "error", err)
-				d.sleep(ctx, storeErrorPause, nil)
+				d.noteDue(now.Add(storeErrorPause))
 			}
 			continue
 		}
@@ -85,49 +195,70 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			if dl.Recovered {
 				d.leaseRecoveries.Inc()
 			}
-			d.slots <- struct{}{}
-			d.wg.Add(1)
-			go func() {
-				defer d.wg.Done()
-				d.deliver(work, dl)
-				<-d.slots
-				notify(d.freed)
-			}()
+			d.start(work, dl)
 		}
 		if len(batch) == free {
-			continue // there may be more due
+			d.noteDue(now) // there may be more due
+			continue
 		}
-		wait := d.poll
 		if at, ok, err := d.q.NextDue(ctx, d.t.Name); err == nil && ok {
-			// At least a millisecond, so the sleep below always has a timer.
-			wait = min(wait, max(at.Sub(d.now()), time.Millisecond))
+			d.noteDue(at)
 		}
-		d.sleep(ctx, wait, d.freed)
 	}
 }
 
-// sleep waits for wait (0: no timer), new work, the extra channel, or the end of ctx.
-func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan struct{}) {
+// close stops hand-offs and gives back those not taken.
+func (d *dispatcher) close() {
+	d.hmu.Lock()
+	d.open = false
+	d.hmu.Unlock()
+	for {
+		select {
+		case dl := <-d.handoffs:
+			d.hmu.Lock()
+			d.reserved--
+			d.hmu.Unlock()
+			d.release(dl, d.logFor(dl))
+		default:
+			return
+		}
+	}
+}
+
+// sleep waits for wait (0: no timer), new work, the extra channel, a hand-off when handoffs is
+// set (then it returns it), or the end of ctx. New work in the store makes the loop look there at
+// once.
+func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan struct{}, handoffs bool) *Delivery {
 	var timer <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		timer = t.C
-	} else if extra == nil {
-		return
+	}
+	var hc chan *Delivery
+	if handoffs {
+		hc = d.handoffs
 	}
 	select {
 	case <-ctx.Done():
 	case <-d.wake:
+		d.noteDue(d.now())
 	case <-extra:
 	case <-timer:
+	case dl := <-hc:
+		return dl
 	}
+	return nil
+}
+
+func (d *dispatcher) logFor(dl *Delivery) *slog.Logger {
+	return d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "provider", dl.Message.Provider,
+		"job_id", dl.Message.JobID, "attempt", dl.Attempt)
 }
 
 // deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter.
 func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
-	log := d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "provider", dl.Message.Provider, "job_id", dl.Message.JobID,
-		"attempt", dl.Attempt)
+	log := d.logFor(dl)
 	start := time.Now()
 	if d.limiter != nil {
 		if err := d.limiter.Wait(ctx); err != nil {
@@ -175,7 +306,9 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
 		return
 	}
 	err := d.q.Retry(context.WithoutCancel(ctx), dl, now.Add(delay), f)
-	d.record(log.With("retry_in", delay), err, "delivery failed, will retry", attemptRetry)
+	if d.record(log.With("retry_in", delay), err, "delivery failed, will retry", attemptRetry) {
+		d.noteDue(now.Add(delay))
+	}
 }
 
 // release gives an unattempted delivery back, due now, for another worker or the next start.
@@ -189,6 +322,7 @@ func (d *dispatcher) release(dl *Delivery, log *slog.Logger) {
 		return
 	}
 	d.attempts(attemptReleased).Inc()
+	d.noteDue(d.now())
 }
 
 // record logs and counts an attempt whose store update may have failed, and reports whether the

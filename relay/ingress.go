@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,9 +49,11 @@ type ingress struct {
 	log           *slog.Logger
 	now           func() time.Time
 	storeTimeout  time.Duration
-	// enqueued is told which targets got new work, so their dispatchers wake at once.
-	enqueued func(targets []string)
-	metrics  *metrics
+	// dispatchers of this generation's targets, for hand-offs; lease is what the store records
+	// for a delivery handed off.
+	dispatchers map[string]*dispatcher
+	lease       time.Duration
+	metrics     *metrics
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -89,7 +92,6 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
 		return
 	}
-	h.enqueued(rt.Targets)
 	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
 	h.acked(route, outcomeAccepted, start)
 	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
@@ -192,9 +194,31 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	// fails as a whole, and the sender's retry is deduped either way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.storeTimeout)
 	defer cancel()
-	dup, err := h.store.Enqueue(ctx, msg, key, rt.DedupeTTL)
+	// Targets whose dispatchers have room get the delivery in memory, leased to them in the store;
+	// the others find it in the store.
+	var leased []string
+	for _, name := range rt.Targets {
+		if h.dispatchers[name].reserve() {
+			leased = append(leased, name)
+		}
+	}
+	dup, claimed, err := h.store.EnqueueLeased(ctx, msg, key, rt.DedupeTTL, h.lease, leased)
+	for _, name := range leased {
+		if i := slices.IndexFunc(claimed, func(d *Delivery) bool { return d.Target == name }); i >= 0 {
+			h.dispatchers[name].handOff(claimed[i])
+		} else {
+			h.dispatchers[name].cancelReservation()
+		}
+	}
 	if err != nil {
 		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+	}
+	if !dup {
+		for _, name := range rt.Targets {
+			if !slices.Contains(leased, name) {
+				notify(h.dispatchers[name].wake)
+			}
+		}
 	}
 	return msg, dup, nil
 }

@@ -147,7 +147,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	in := &ingress{
 		routes: routes, tokenPrefixes: tokenPrefixes, clients: clients, store: r.cfg.Store, log: r.log,
-		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics,
+		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, dispatchers: targets, lease: r.cfg.Lease, metrics: r.metrics,
 	}
 	return in, targets, nil
 }
