@@ -147,11 +147,8 @@ func (d *dispatcher) start(work context.Context, dl *Delivery) {
 // run takes hand-offs and claims due deliveries from the store, and starts them, until ctx is
 // done. Deliveries run under work, which outlives ctx so that a shutdown can give them a grace
 // period; wait for them with d.wg. Hand-offs still waiting when ctx ends are given back to the
-// store.
+// store. The starter opens hand-offs first (openHandoffs).
 func (d *dispatcher) run(ctx, work context.Context) {
-	d.hmu.Lock()
-	d.open = true
-	d.hmu.Unlock()
 	defer d.close()
 	d.dueMu.Lock()
 	d.storeDue = time.Time{} // look in the store at once
@@ -205,6 +202,14 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			d.noteDue(at)
 		}
 	}
+}
+
+// openHandoffs lets ingress hand deliveries to the loop; the loop's starter calls it before it
+// starts the loop, so that webhooks taken from then on are handed off.
+func (d *dispatcher) openHandoffs() {
+	d.hmu.Lock()
+	d.open = true
+	d.hmu.Unlock()
 }
 
 // close stops hand-offs and gives back those not taken.

@@ -309,10 +309,10 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
 	}
+	stopWorkers := r.StartWorkers() // first, so that the first webhooks are handed off
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	stopWorkers := r.StartWorkers()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -343,6 +343,7 @@ func (w *workers) start(d *dispatcher) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.stops[d] = cancel
 	w.started = append(w.started, d)
+	d.openHandoffs()
 	w.loops.Go(func() { d.run(ctx, w.work) })
 }
 
