@@ -56,7 +56,7 @@ func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now fun
 		endToEndSeconds: m.endToEndSeconds.WithLabelValues(t.Name),
 		deadLetters:     m.deadLetters.WithLabelValues(t.Name),
 		leaseRecoveries: m.leaseRecoveries.WithLabelValues(t.Name),
-		log:             log.With("target", t.Name),
+		log:             log,
 		wake:            make(chan struct{}, 1),
 		freed:           make(chan struct{}, 1),
 		slots:           make(chan struct{}, t.Concurrency),
@@ -105,7 +105,7 @@ func (d *dispatcher) handOff(dl *Delivery) {
 	}
 	d.reserved--
 	d.hmu.Unlock()
-	d.release(dl, d.logFor(dl))
+	d.release(dl)
 }
 
 // take starts a handed-off delivery. One whose lease could run out before its attempt ends is
@@ -138,9 +138,10 @@ func (d *dispatcher) start(work context.Context, dl *Delivery) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.deliver(work, dl)
-		<-d.slots
-		notify(d.freed)
+		var once sync.Once
+		free := func() { once.Do(func() { <-d.slots; notify(d.freed) }) }
+		defer free()
+		d.deliver(work, dl, free)
 	}()
 }
 
@@ -183,7 +184,7 @@ func (d *dispatcher) run(ctx, work context.Context) {
 		batch, err := d.q.Claim(ctx, d.t.Name, now, d.lease, free)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.log.Error("claim failed", "error", err)
+				d.log.Error("claim failed", "target", d.t.Name, "error", err)
 				d.noteDue(now.Add(storeErrorPause))
 			}
 			continue
@@ -223,7 +224,7 @@ func (d *dispatcher) close() {
 			d.hmu.Lock()
 			d.reserved--
 			d.hmu.Unlock()
-			d.release(dl, d.logFor(dl))
+			d.release(dl)
 		default:
 			return
 		}
@@ -256,34 +257,35 @@ func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan s
 	return nil
 }
 
-func (d *dispatcher) logFor(dl *Delivery) *slog.Logger {
-	return d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "provider", dl.Message.Provider,
-		"job_id", dl.Message.JobID, "attempt", dl.Attempt)
-}
 
-// deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter.
-func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
-	log := d.logFor(dl)
+// deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter. It
+// calls free once the target has answered: the slot bounds requests to the target, and the next
+// one need not wait for this one's store update (a group commit, an fsync) to land.
+func (d *dispatcher) deliver(ctx context.Context, dl *Delivery, free func()) {
 	start := time.Now()
 	if d.limiter != nil {
 		if err := d.limiter.Wait(ctx); err != nil {
-			d.release(dl, log)
+			d.release(dl)
 			return
 		}
 	}
 	sent := time.Now()
 	res := d.fwd.forward(ctx, d.t, dl)
 	d.attemptSeconds.Observe(time.Since(sent).Seconds())
-	log = log.With("status", res.status, "duration", time.Since(start))
+	free()
+	// One log line per attempt, its attributes gathered here (Logger.With would build a logger per
+	// delivery).
+	attrs := append(make([]slog.Attr, 0, 12), d.attrsOf(dl)...)
+	attrs = append(attrs, slog.Int("status", res.status), slog.Duration("duration", time.Since(start)))
 	if res.err == nil {
-		if d.record(log, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
+		if d.record(attrs, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
 			d.endToEndSeconds.Observe(d.now().Sub(dl.Message.ReceivedAt).Seconds())
 		}
 		return
 	}
 	if ctx.Err() != nil {
 		// Shutdown cut the attempt short: give the delivery back rather than count a failure.
-		d.release(dl, log)
+		d.release(dl)
 		return
 	}
 	now := d.now()
@@ -302,28 +304,36 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
 	case now.Add(delay).Sub(dl.Message.ReceivedAt) > p.MaxAge:
 		reason = "max age reached"
 	}
-	log = log.With("error", f.Error)
+	attrs = append(attrs, slog.String("error", f.Error))
 	if reason != "" {
 		err := d.q.Bury(context.WithoutCancel(ctx), dl, now, f)
-		if d.record(log.With("reason", reason), err, "dead-lettered", attemptDeadLetter) {
+		if d.record(append(attrs, slog.String("reason", reason)), err, "dead-lettered", attemptDeadLetter) {
 			d.deadLetters.Inc()
 		}
 		return
 	}
 	err := d.q.Retry(context.WithoutCancel(ctx), dl, now.Add(delay), f)
-	if d.record(log.With("retry_in", delay), err, "delivery failed, will retry", attemptRetry) {
+	if d.record(append(attrs, slog.Duration("retry_in", delay)), err, "delivery failed, will retry", attemptRetry) {
 		d.noteDue(now.Add(delay))
 	}
 }
 
+// attrsOf names a delivery in log lines.
+func (d *dispatcher) attrsOf(dl *Delivery) []slog.Attr {
+	return []slog.Attr{slog.String("target", d.t.Name), slog.String("delivery_id", dl.ID),
+		slog.String("route", dl.Message.Route), slog.String("provider", dl.Message.Provider),
+		slog.String("job_id", dl.Message.JobID), slog.Int("attempt", dl.Attempt)}
+}
+
 // release gives an unattempted delivery back, due now, for another worker or the next start.
-func (d *dispatcher) release(dl *Delivery, log *slog.Logger) {
+func (d *dispatcher) release(dl *Delivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := d.q.Retry(ctx, dl, d.now(), Failure{Error: "relay shut down during the attempt"})
 	if err != nil {
 		d.attempts(attemptStoreError).Inc()
-		log.Warn("could not release delivery; it is redelivered when its lease expires", "error", err)
+		d.log.LogAttrs(ctx, slog.LevelWarn, "could not release delivery; it is redelivered when its lease expires",
+			append(d.attrsOf(dl), slog.String("error", err.Error()))...)
 		return
 	}
 	d.attempts(attemptReleased).Inc()
@@ -333,7 +343,8 @@ func (d *dispatcher) release(dl *Delivery, log *slog.Logger) {
 // record logs and counts an attempt whose store update may have failed, and reports whether the
 // update succeeded. A failed update is not lost work: the lease expires and the delivery is
 // claimed again (at-least-once).
-func (d *dispatcher) record(log *slog.Logger, err error, msg, outcome string) bool {
+func (d *dispatcher) record(attrs []slog.Attr, err error, msg, outcome string) bool {
+	ctx := context.Background()
 	switch {
 	case err == nil:
 		d.attempts(outcome).Inc()
@@ -341,14 +352,16 @@ func (d *dispatcher) record(log *slog.Logger, err error, msg, outcome string) bo
 		if outcome != attemptDelivered {
 			level = slog.LevelWarn
 		}
-		log.Log(context.Background(), level, msg)
+		d.log.LogAttrs(ctx, level, msg, attrs...)
 		return true
 	case errors.Is(err, ErrLeaseLost):
 		d.attempts(attemptLeaseLost).Inc()
-		log.Warn(msg+", but the lease had expired and another worker owns the delivery", "store_error", err)
+		d.log.LogAttrs(ctx, slog.LevelWarn, msg+", but the lease had expired and another worker owns the delivery",
+			append(attrs, slog.String("store_error", err.Error()))...)
 	default:
 		d.attempts(attemptStoreError).Inc()
-		log.Error(msg+", but the store update failed; it is retried when the lease expires", "store_error", err)
+		d.log.LogAttrs(ctx, slog.LevelError, msg+", but the store update failed; it is retried when the lease expires",
+			append(attrs, slog.String("store_error", err.Error()))...)
 	}
 	return false
 }

@@ -64,11 +64,15 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
 	msg, dup, err := h.accept(rt, client, w, r)
-	log := h.log.With("path", h.logPath(r.URL.Path), "peer", r.RemoteAddr, "client", client.String())
+	// One access-log line per webhook, its attributes gathered here rather than with Logger.With,
+	// which would build a logger per request before anything is written.
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs, slog.String("path", h.logPath(r.URL.Path)), slog.String("peer", r.RemoteAddr),
+		slog.String("client", client.String()))
 	route := unmatchedRoute
 	if rt != nil {
 		route = rt.Name
-		log = log.With("route", rt.Name, "provider", rt.Provider)
+		attrs = append(attrs, slog.String("route", rt.Name), slog.String("provider", rt.Provider))
 	}
 	if err != nil {
 		if !bodyRead(r) {
@@ -78,26 +82,30 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		status := writeError(w, err)
 		h.metrics.received.WithLabelValues(route, outcomeOf(KindOf(err))).Inc()
-		log.LogAttrs(r.Context(), levelFor(status), "webhook rejected",
-			slog.Int("status", status), slog.String("error", err.Error()),
+		attrs = append(attrs, slog.Int("status", status), slog.String("error", err.Error()),
 			slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), levelFor(status), "webhook rejected", attrs...)
 		return
 	}
-	log = log.With("job_id", msg.JobID, "job_status", msg.JobStatus)
+	attrs = append(attrs, slog.String("job_id", msg.JobID), slog.String("job_status", msg.JobStatus))
 	if dup {
-		writeJSON(w, http.StatusOK, map[string]bool{"duplicate": true})
+		writeBody(w, http.StatusOK, duplicateAnswer)
 		h.acked(route, outcomeDuplicate, start)
 		h.metrics.dedupeHits.WithLabelValues(route).Inc()
-		log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate",
-			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		attrs = append(attrs, slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate", attrs...)
 		return
 	}
-	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
+	// Message IDs are base32: nothing in them needs JSON escaping.
+	writeBody(w, rt.AckStatus, []byte(`{"id":"`+msg.ID+`"}`+"\n"))
 	h.acked(route, outcomeAccepted, start)
-	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
-		slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
+	attrs = append(attrs, slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
 		slog.Duration("duration", time.Since(start)))
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted", attrs...)
 }
+
+// duplicateAnswer is the body of the answer to a duplicate.
+var duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
 
 // acked counts a 2xx answer and how long it took.
 func (h *ingress) acked(route, outcome string, start time.Time) {
