@@ -257,7 +257,6 @@ func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan s
 	return nil
 }
 
-
 // deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter. It
 // calls free once the target has answered: the slot bounds requests to the target, and the next
 // one need not wait for this one's store update (a group commit, an fsync) to land.
