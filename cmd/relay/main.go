@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -40,7 +41,14 @@ commands:
   version                          print the version
 `
 
+// defaultGOGC is the garbage collector's target unless GOGC is set: the live heap is small (tens
+// of MiB), so collecting less often buys CPU per webhook for a few MiB (docs/BENCHMARKS.md).
+const defaultGOGC = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
