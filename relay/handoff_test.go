@@ -159,3 +159,40 @@ func TestHandoffReleasedAtShutdown(t *testing.T) {
 		t.Errorf("after the restart the target got %v, want job-0 and job-1", ok)
 	}
 }
+
+// A hand-off that waited so long that its lease could run out during the attempt is not attempted
+// from memory: the store gives it to a claim once the lease has expired, so that no claim can
+// race the attempt.
+func TestHandoffNearLeaseExpiryGoesThroughStore(t *testing.T) {
+	var offset atomic.Int64 // nanoseconds added to the real clock
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	release := make(chan struct{})
+	rec := newRecorder(t, func(n int, _ *http.Request, _ http.ResponseWriter) {
+		if n == 1 {
+			<-release
+		}
+	})
+	store := &claimCounter{Store: openStore(t, filepath.Join(t.TempDir(), "relay.db"))}
+	t.Cleanup(func() { store.Close() })
+	target := rec.target("app")
+	target.Concurrency, target.Timeout = 1, 30*time.Second
+	serveURL := func() string {
+		_, url, _ := serve(t, relay.Config{Routes: []relay.Route{route(t, "fashn", "fashn", "app")},
+			Targets: []relay.Target{target}, Store: store, Now: now, Lease: time.Minute, PollInterval: 20 * time.Millisecond})
+		return url
+	}
+	url := serveURL()
+	postFashn(t, url, 0) // in flight until released
+	eventually(t, "the first attempt", func() bool { return len(rec.got()) == 1 })
+	postFashn(t, url, 1) // handed off (the loop took job-0 already), waiting for the slot
+	offset.Store(int64(61 * time.Second)) // the 1 min enqueue lease has run out
+	close(release)
+	eventually(t, "job-1 delivered", func() bool { return len(rec.got()) == 2 })
+	wantDeliveredOnce(t, store, rec, 2)
+	if a := rec.got()[1].header.Get("X-Relay-Attempt"); a != "2" {
+		t.Errorf("job-1 went out as attempt %s, want 2: claimed after its enqueue lease expired", a)
+	}
+	if c := store.claimed.Load(); c != 1 {
+		t.Errorf("Claim returned %d deliveries, want 1 (job-1)", c)
+	}
+}
