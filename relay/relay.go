@@ -262,9 +262,17 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	if len(rt.Targets) == 0 {
 		return errors.New("no targets")
 	}
-	for _, name := range rt.Targets {
+	for i, name := range rt.Targets {
 		if targets[name] == nil {
 			return fmt.Errorf("unknown target %q", name)
+		}
+		if slices.Contains(rt.Targets[:i], name) {
+			return fmt.Errorf("target %q listed twice", name)
+		}
+	}
+	for name, m := range rt.When {
+		if !slices.Contains(rt.Targets, name) || m == nil {
+			return fmt.Errorf("a filter (when) for %q, which is not one of the route's targets", name)
 		}
 	}
 	if rt.MaxBody <= 0 || rt.DedupeTTL <= 0 {

@@ -212,7 +212,8 @@ func TestMutualTLSTargetAndRotation(t *testing.T) {
 	eventually(t, "the delivery with the client certificate", func() bool { return count("relay-1") == 1 })
 	// The others are retried: wait until each has failed twice, then check none reached the service.
 	eventually(t, "failed attempts without the certificate", func() bool {
-		return attempts(t, h, "nocert", "retry") >= 2 && attempts(t, h, "shared", "retry") >= 2
+		return sample(t, h.relay, "hookrelay_delivery_attempts_total", "target", "nocert", "outcome", "retry") >= 2 &&
+			sample(t, h.relay, "hookrelay_delivery_attempts_total", "target", "shared", "outcome", "retry") >= 2
 	})
 	mu.Lock()
 	if len(byClient) != 1 {
@@ -229,28 +230,4 @@ func TestMutualTLSTargetAndRotation(t *testing.T) {
 		t.Fatalf("post: %d", a.status)
 	}
 	eventually(t, "the delivery with the rotated certificate", func() bool { return count("relay-2") == 1 })
-}
-
-// attempts reads hookrelay_delivery_attempts_total for target and outcome.
-func attempts(t *testing.T, h *harness, target, outcome string) float64 {
-	t.Helper()
-	mfs, err := h.relay.Metrics().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "hookrelay_delivery_attempts_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["target"] == target && labels["outcome"] == outcome {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }

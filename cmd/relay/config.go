@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -147,7 +148,7 @@ type routeConfig struct {
 	Name         string         `yaml:"name"`
 	Path         string         `yaml:"path"`
 	Provider     string         `yaml:"provider"`
-	Targets      []string       `yaml:"targets"`
+	Targets      []routeTarget  `yaml:"targets"`
 	MaxBody      byteSize       `yaml:"max_body"`
 	DedupeTTL    time.Duration  `yaml:"dedupe_ttl"`
 	RequireJobID bool           `yaml:"require_job_id"`
@@ -169,6 +170,71 @@ type builtRoute struct {
 	preset   *filters.Preset
 	guards   []relay.Guard
 	verifier relay.Verifier
+	when     map[string]relay.Matcher // by target name
+}
+
+// routeTarget is one entry of routes[].targets: a target's name, or {name, when} for a target
+// that wants only some of the route's webhooks.
+type routeTarget struct {
+	Name string      `yaml:"name"`
+	When *whenConfig `yaml:"when,omitempty"`
+}
+
+// whenConfig is a target's filter: every condition given must hold.
+type whenConfig struct {
+	Status []string          `yaml:"status,omitempty"` // normalised (or raw) status, one of these
+	Body   map[string]string `yaml:"body,omitempty"`   // dot path -> value it must equal
+}
+
+func (rt *routeTarget) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		rt.Name = n.Value
+		return nil
+	}
+	// Node.Decode does not refuse unknown keys as the file's decoder does; check them here.
+	if err := knownKeys(n, "name", "when"); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "when" {
+			if err := knownKeys(n.Content[i+1], "status", "body"); err != nil {
+				return err
+			}
+		}
+	}
+	type plain routeTarget
+	return n.Decode((*plain)(rt))
+}
+
+// MarshalYAML writes a target without a filter as its name, as it is usually written.
+func (rt routeTarget) MarshalYAML() (any, error) {
+	if rt.When == nil {
+		return rt.Name, nil
+	}
+	type plain routeTarget
+	return plain(rt), nil
+}
+
+// knownKeys refuses a mapping key not in keys, with its line.
+func knownKeys(n *yaml.Node, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // the decoder reports the wrong kind
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: unknown key %q (want %s)", k.Line, k.Value, strings.Join(keys, ", "))
+		}
+	}
+	return nil
+}
+
+// targetNames lists the route's target names.
+func (r *routeConfig) targetNames() []string {
+	names := make([]string, len(r.Targets))
+	for i, t := range r.Targets {
+		names[i] = t.Name
+	}
+	return names
 }
 
 type rateConfig struct {
@@ -580,9 +646,29 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
-		for j, name := range r.Targets {
-			if !targets[name] {
-				p.add(fmt.Sprintf("%s.targets[%d]", at, j), "unknown target %q; define it under targets", name)
+		for j, rt := range r.Targets {
+			tat := fmt.Sprintf("%s.targets[%d]", at, j)
+			if !targets[rt.Name] {
+				p.add(tat, "unknown target %q; define it under targets", rt.Name)
+			} else if slices.ContainsFunc(r.Targets[:j], func(o routeTarget) bool { return o.Name == rt.Name }) {
+				p.add(tat, "target %q is listed twice; give it once (with one when)", rt.Name)
+			}
+			if rt.When == nil || preset == nil {
+				continue
+			}
+			w, err := filters.NewWhen(preset, rt.When.Status, rt.When.Body)
+			for _, err := range unjoin(err) {
+				if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+					p.add(tat+".when."+fe.Field, "%v", fe.Err)
+				} else {
+					p.add(tat+".when", "%v", err)
+				}
+			}
+			if err == nil {
+				if r.built.when == nil {
+					r.built.when = map[string]relay.Matcher{}
+				}
+				r.built.when[rt.Name] = w
 			}
 		}
 		if r.MaxBody <= 0 {
@@ -875,7 +961,7 @@ func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 	routes := make([]relay.Route, 0, len(c.Routes))
 	for _, r := range c.Routes {
 		routes = append(routes, relay.Route{
-			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.Targets,
+			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.targetNames(), When: r.built.when,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
 			Guards: r.built.guards, Verifier: r.built.verifier,
 			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",

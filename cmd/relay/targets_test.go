@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
 )
@@ -222,4 +225,157 @@ func TestBinaryUnixSocketTarget(t *testing.T) {
 			return false
 		}
 	})
+}
+
+func TestWhenConfig(t *testing.T) {
+	twoTargets := strings.Replace(minimal, "targets:\n  - name: app\n", "targets:\n  - name: alerts\n    url: http://127.0.0.1:9001/\n  - name: app\n", 1)
+	withTargets := func(entries string) string {
+		return strings.Replace(twoTargets, "    targets: [app]\n", "    targets:\n"+entries, 1)
+	}
+	c, _, err := parseConfig([]byte(withTargets("      - app\n      - name: alerts\n        when: {status: [failed], body: {data.plan: pro}}\n")), "test.yaml", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, _, err := c.engineConfig()
+	if err != nil || strings.Join(routes[0].Targets, ",") != "app,alerts" || routes[0].When["alerts"] == nil || routes[0].When["app"] != nil {
+		t.Fatalf("engine route: %+v, %v", routes[0], err)
+	}
+	// relay check prints a plain entry as a name and loads back.
+	out, err := yaml.Marshal(c)
+	if err != nil || !strings.Contains(string(out), "- app\n") || !strings.Contains(string(out), "- name: alerts\n") {
+		t.Fatalf("marshalled: %v\n%s", err, out)
+	}
+	if _, _, err := parseConfig(out, "check-output.yaml", io.Discard); err != nil {
+		t.Fatalf("relay check's output does not load: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name, entries string
+		want          []string
+	}{
+		{"unknown status of a preset", "      - name: alerts\n        when: {status: [failed, cancelled]}\n",
+			[]string{`routes[0].targets[0].when.status[1]: "cancelled" is not a status of preset fashn, whose statuses are failed, processing, succeeded`}},
+		{"raw status the preset maps", "      - name: alerts\n        when: {status: [completed]}\n",
+			[]string{`routes[0].targets[0].when.status[0]: "completed" is never seen: preset fashn normalises it to "succeeded"`}},
+		{"bad body path", "      - name: alerts\n        when: {body: {a..b: x}}\n", []string{"routes[0].targets[0].when.body:", "empty segment"}},
+		{"empty when", "      - name: alerts\n        when: {}\n", []string{"routes[0].targets[0].when: empty"}},
+		{"unknown key in an entry", "      - name: alerts\n        wen: {status: [failed]}\n", []string{`unknown key "wen" (want name, when)`}},
+		{"unknown key in when", "      - name: alerts\n        when: {state: [failed]}\n", []string{`unknown key "state" (want status, body)`}},
+		{"target twice", "      - app\n      - name: app\n        when: {status: [failed]}\n", []string{`routes[0].targets[1]: target "app" is listed twice`}},
+		{"unknown target", "      - name: nope\n        when: {status: [failed]}\n", []string{`routes[0].targets[0]: unknown target "nope"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := parseConfig([]byte(withTargets(tc.entries)), "test.yaml", io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// jobCounter is a target that counts the webhooks it gets by job status.
+type jobCounter struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	n   map[string]int // X-Relay-Job-Status -> deliveries
+}
+
+func newJobCounter(t *testing.T) *jobCounter {
+	jc := &jobCounter{n: map[string]int{}}
+	jc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		jc.mu.Lock()
+		jc.n[r.Header.Get("X-Relay-Job-Status")]++
+		jc.mu.Unlock()
+	}))
+	t.Cleanup(jc.srv.Close)
+	return jc
+}
+
+func (jc *jobCounter) counts() map[string]int {
+	jc.mu.Lock()
+	defer jc.mu.Unlock()
+	return maps.Clone(jc.n)
+}
+
+// A status filter sends failed jobs to alerts and everything to archive; a webhook no target
+// wants is acknowledged, counted and delivered nowhere.
+func TestBinaryStatusFilter(t *testing.T) {
+	alerts, archive := newJobCounter(t), newJobCounter(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	writeFile(t, cfg, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+data_dir: %s
+delivery: {poll_interval: 50ms, shutdown_grace: 2s}
+targets:
+  - {name: alerts, url: %s/alerts}
+  - {name: archive, url: %s/archive}
+routes:
+  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    insecure: true
+    targets:
+      - archive
+      - name: alerts
+        when: {status: [failed]}
+  - name: failures
+    path: /hooks/failures
+    provider: fashn
+    insecure: true
+    targets:
+      - name: alerts
+        when: {status: [failed]}
+`, dir, alerts.srv.URL, archive.srv.URL))
+	p := startProc(t, nil, "serve", "-config", cfg)
+	for i, status := range []string{"completed", "failed", "completed", "failed", "failed", "completed"} {
+		code, body := postJSON(t, p.url()+"/hooks/fashn", fmt.Sprintf(`{"id":"job-%d","status":%q}`, i, status))
+		if code != http.StatusAccepted || body["id"] == nil {
+			t.Fatalf("webhook %d: %d %v", i, code, body)
+		}
+	}
+	code, body := postJSON(t, p.url()+"/hooks/failures", `{"id":"ok-1","status":"completed"}`)
+	if code != http.StatusAccepted || body["filtered"] != true {
+		t.Fatalf("a webhook no target wants: %d %v", code, body)
+	}
+	if code, _ := postJSON(t, p.url()+"/hooks/failures", `{"id":"bad-1","status":"failed"}`); code != http.StatusAccepted {
+		t.Fatalf("failures route: %d", code)
+	}
+	waitUntil(t, "the deliveries", func() bool {
+		return maps.Equal(alerts.counts(), map[string]int{"failed": 4}) &&
+			maps.Equal(archive.counts(), map[string]int{"failed": 3, "succeeded": 3})
+	})
+	wants := []string{
+		`hookrelay_webhooks_filtered_total{route="failures"} 1`,
+		`hookrelay_webhooks_received_total{outcome="filtered",route="failures"} 1`,
+		`hookrelay_webhooks_received_total{outcome="accepted",route="failures"} 1`,
+		`hookrelay_webhooks_received_total{outcome="accepted",route="fashn"} 6`,
+		`hookrelay_delivery_attempts_total{outcome="delivered",target="alerts"} 4`,
+		`hookrelay_delivery_attempts_total{outcome="delivered",target="archive"} 6`,
+	}
+	admin := p.adminURL(t)
+	// An attempt is counted once the store recorded it, just after the target answered.
+	waitUntil(t, "the counts in /metrics", func() bool {
+		resp, err := http.Get(admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, want := range wants {
+			if !strings.Contains(string(b), want) {
+				return false
+			}
+		}
+		return true
+	})
+	if !strings.Contains(p.logs(), `"msg":"webhook filtered: no target of the route wants it"`) || !strings.Contains(p.logs(), `"job_id":"ok-1"`) {
+		t.Errorf("the filtered webhook is not logged:\n%s", p.logs())
+	}
 }
