@@ -379,3 +379,78 @@ routes:
 		t.Errorf("the filtered webhook is not logged:\n%s", p.logs())
 	}
 }
+
+// A reload rereads a header's value file and applies a changed filter, without a restart.
+func TestBinaryReloadTargetHeaderAndFilter(t *testing.T) {
+	type got struct{ auth, job string }
+	deliveries := make(chan got, 10)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		deliveries <- got{r.Header.Get("Authorization"), r.Header.Get("X-Relay-Job-Id")}
+	}))
+	defer target.Close()
+	dir := t.TempDir()
+	bearer := filepath.Join(dir, "bearer")
+	cfg := filepath.Join(dir, "config.yaml")
+	config := func(status string) {
+		writeFile(t, cfg, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+data_dir: %s
+delivery: {poll_interval: 50ms, shutdown_grace: 2s}
+targets:
+  - name: app
+    url: %s/in
+    headers: [{name: Authorization, value_file: %s}]
+routes:
+  - name: fashn
+    path: /hooks/fashn
+    provider: fashn
+    insecure: true
+    targets:
+      - name: app
+        when: {status: [%s]}
+`, dir, target.URL, bearer, status))
+	}
+	next := func() got {
+		t.Helper()
+		var g got
+		waitUntil(t, "a delivery", func() bool {
+			select {
+			case g = <-deliveries:
+				return true
+			default:
+				return false
+			}
+		})
+		return g
+	}
+	var p *proc
+	post := func(id, status string, wantFiltered bool) {
+		t.Helper()
+		code, body := postJSON(t, p.url()+"/hooks/fashn", fmt.Sprintf(`{"id":%q,"status":%q}`, id, status))
+		if code != http.StatusAccepted || (body["filtered"] == true) != wantFiltered {
+			t.Fatalf("%s (%s): %d %v, want filtered=%v", id, status, code, body, wantFiltered)
+		}
+	}
+	writeFile(t, bearer, "Bearer first-0123456789\n")
+	config("failed")
+	p = startProc(t, nil, "serve", "-config", cfg)
+
+	post("j1", "completed", true)
+	post("j2", "failed", false)
+	if g := next(); g != (got{"Bearer first-0123456789", "j2"}) {
+		t.Fatalf("before the reload: %+v", g)
+	}
+
+	writeFile(t, bearer, "Bearer second-0123456789\n")
+	config("succeeded")
+	out, code := relayCmd(t, nil, "reload", "-admin", p.adminURL(t))
+	if code != 0 || !strings.Contains(out, "targets restarted: app") {
+		t.Fatalf("relay reload (exit %d): %s", code, out)
+	}
+	post("j3", "failed", true)
+	post("j4", "completed", false)
+	if g := next(); g != (got{"Bearer second-0123456789", "j4"}) {
+		t.Fatalf("after the reload: %+v", g)
+	}
+}
