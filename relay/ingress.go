@@ -37,6 +37,28 @@ type Route struct {
 	Verifier Verifier
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
+	// When filters per target: a target named here gets only the webhooks its Matcher accepts;
+	// the others get every webhook. A webhook no target wants is acknowledged but not stored.
+	When map[string]Matcher
+}
+
+// Matcher decides whether a target wants a webhook, from what the preset read and the body.
+type Matcher interface {
+	Match(job Job, body []byte) bool
+}
+
+// wanted lists the route's targets that want the webhook; rt.Targets itself when all do.
+func (rt *Route) wanted(job Job, body []byte) []string {
+	if len(rt.When) == 0 {
+		return rt.Targets
+	}
+	out := make([]string, 0, len(rt.Targets))
+	for _, name := range rt.Targets {
+		if m := rt.When[name]; m == nil || m.Match(job, body) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
@@ -63,7 +85,7 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
-	msg, dup, err := h.accept(rt, client, w, r)
+	msg, outcome, err := h.accept(rt, client, w, r)
 	// One access-log line per webhook, its attributes gathered here rather than with Logger.With,
 	// which would build a logger per request before anything is written.
 	attrs := make([]slog.Attr, 0, 12)
@@ -88,7 +110,17 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	attrs = append(attrs, slog.String("job_id", msg.JobID), slog.String("job_status", msg.JobStatus))
-	if dup {
+	if outcome == outcomeFiltered {
+		// Acknowledged, so the sender does not retry, but not stored: no target wants it. A store
+		// that keeps history would record the message here as "filtered".
+		writeBody(w, rt.AckStatus, filteredAnswer)
+		h.acked(route, outcomeFiltered, start)
+		h.metrics.filtered.WithLabelValues(route).Inc()
+		attrs = append(attrs, slog.Int("status", rt.AckStatus), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook filtered: no target of the route wants it", attrs...)
+		return
+	}
+	if outcome == outcomeDuplicate {
 		writeBody(w, http.StatusOK, duplicateAnswer)
 		h.acked(route, outcomeDuplicate, start)
 		h.metrics.dedupeHits.WithLabelValues(route).Inc()
@@ -104,8 +136,11 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted", attrs...)
 }
 
-// duplicateAnswer is the body of the answer to a duplicate.
-var duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
+// The bodies of the answers to a duplicate and to a webhook no target wants.
+var (
+	duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
+	filteredAnswer  = []byte(`{"filtered":true}` + "\n")
+)
 
 // acked counts a 2xx answer and how long it took.
 func (h *ingress) acked(route, outcome string, start time.Time) {
@@ -144,40 +179,41 @@ func (h *ingress) match(path string) *Route {
 	return nil
 }
 
-// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook. Nothing
-// touches the store before every check passed.
-func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
+// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook for the targets
+// that want it. Nothing touches the store before every check passed. The outcome is
+// outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
+func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, string, error) {
 	if rt == nil {
-		return nil, false, &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
+		return nil, "", &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return nil, false, &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
+		return nil, "", &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
 	}
 	if r.ContentLength > rt.MaxBody {
-		return nil, false, tooLarge(rt.MaxBody)
+		return nil, "", tooLarge(rt.MaxBody)
 	}
 	for _, g := range rt.Guards {
 		if err := g.Admit(r, client); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 	}
 	body, err := readBody(w, r, rt.MaxBody)
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	if rt.Verifier != nil {
 		if err := rt.Verifier.Verify(r, body); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 	}
 	job, err := rt.Extractor.Extract(body)
 	if err != nil {
-		return nil, false, &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
+		return nil, "", &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
 	}
 	if job.ID == "" {
 		if rt.RequireJobID {
-			return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
+			return nil, "", &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
 		}
 		h.metrics.withoutJobID.WithLabelValues(rt.Name).Inc()
 	}
@@ -192,7 +228,12 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		SourceAddr:  sourceAddr(client, r),
 		ReceivedAt:  now,
 		Body:        body,
-		Targets:     rt.Targets,
+		Targets:     rt.wanted(job, body),
+	}
+	if len(msg.Targets) == 0 {
+		// Nothing is stored, so nothing claims the dedupe key either: a repeat is filtered again,
+		// the same way, as the filters read only the webhook itself.
+		return msg, outcomeFiltered, nil
 	}
 	key := ""
 	if job.ID != "" {
@@ -205,7 +246,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	// Targets whose dispatchers have room get the delivery in memory, leased to them in the store;
 	// the others find it in the store.
 	var leased []string
-	for _, name := range rt.Targets {
+	for _, name := range msg.Targets {
 		if h.dispatchers[name].reserve() {
 			leased = append(leased, name)
 		}
@@ -219,16 +260,17 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		}
 	}
 	if err != nil {
-		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+		return msg, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
 	}
-	if !dup {
-		for _, name := range rt.Targets {
-			if !slices.Contains(leased, name) {
-				notify(h.dispatchers[name].wake)
-			}
+	if dup {
+		return msg, outcomeDuplicate, nil
+	}
+	for _, name := range msg.Targets {
+		if !slices.Contains(leased, name) {
+			notify(h.dispatchers[name].wake)
 		}
 	}
-	return msg, dup, nil
+	return msg, outcomeAccepted, nil
 }
 
 // bodyRead reports whether the request body was read to its end (or there was none).

@@ -275,6 +275,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
 		}
+		for _, h := range t.Headers {
+			fmt.Fprintf(stdout, "# target %s: header %s set (value not shown)\n", t.Name, h.Name)
+		}
 	}
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)
