@@ -66,7 +66,11 @@ func (f *forwarder) forward(ctx context.Context, client *http.Client, t *Target,
 	}
 	m := &d.Message
 	h := req.Header
-	// First, so that nothing the relay sets could be overridden (validation refuses the names too).
+	// The sender's forwarded headers, then the target's own, then the relay's: each may override
+	// the ones before (validation refuses relay-owned names in the first two anyway).
+	for name, v := range m.Headers {
+		h[name] = v
+	}
 	for _, sh := range t.Headers {
 		h.Set(sh.Name, sh.Value)
 	}

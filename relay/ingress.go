@@ -37,6 +37,9 @@ type Route struct {
 	Verifier Verifier
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
+	// ForwardHeaders names the sender's headers passed to targets unchanged (a GitHub event type,
+	// a signature the service checks itself). Stored with the message.
+	ForwardHeaders []string
 	// When filters per target: a target named here gets only the webhooks its Matcher accepts;
 	// the others get every webhook. A webhook no target wants is acknowledged but not stored.
 	When map[string]Matcher
@@ -229,6 +232,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		ReceivedAt:  now,
 		Body:        body,
 		Targets:     rt.wanted(job, body),
+		Headers:     forwarded(r.Header, rt.ForwardHeaders),
 	}
 	if len(msg.Targets) == 0 {
 		// Nothing is stored, so nothing claims the dedupe key either: a repeat is filtered again,
@@ -341,4 +345,18 @@ func newID(now time.Time) string {
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
 	_, _ = rand.Read(b[6:])
 	return idEncoding.EncodeToString(b[:])
+}
+
+// forwarded copies the named headers that the request has; nil when it has none of them.
+func forwarded(h http.Header, names []string) http.Header {
+	var out http.Header
+	for _, name := range names {
+		if v := h.Values(name); len(v) > 0 {
+			if out == nil {
+				out = make(http.Header, len(names))
+			}
+			out[http.CanonicalHeaderKey(name)] = slices.Clone(v)
+		}
+	}
+	return out
 }

@@ -275,6 +275,9 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 			return fmt.Errorf("a filter (when) for %q, which is not one of the route's targets", name)
 		}
 	}
+	if err := CheckForwardHeaders(rt.ForwardHeaders); err != nil {
+		return err
+	}
 	if rt.MaxBody <= 0 || rt.DedupeTTL <= 0 {
 		return errors.New("max body and dedupe TTL must be positive")
 	}

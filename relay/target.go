@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -51,6 +53,27 @@ func (e *FieldError) Unwrap() error { return e.Err }
 
 func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// CheckForwardHeaders validates a route's ForwardHeaders as New and Reload do, and returns every
+// problem as a FieldError (forward_headers[i], joined). relay check uses it.
+func CheckForwardHeaders(names []string) error {
+	var errs []error
+	for i, name := range names {
+		at := fmt.Sprintf("forward_headers[%d]", i)
+		canon := http.CanonicalHeaderKey(name)
+		switch {
+		case !validHeaderName(name):
+			errs = append(errs, fieldErr(at, "%q is not a valid header name", name))
+		case containsFold(hopByHop, canon):
+			errs = append(errs, fieldErr(at, "%s is a hop-by-hop header; it describes a connection, not a webhook", canon))
+		case containsFold(relayOwned, canon) || strings.HasPrefix(canon, "X-Relay-"):
+			errs = append(errs, fieldErr(at, "%s is set by the relay itself", canon))
+		case slices.ContainsFunc(names[:i], func(s string) bool { return strings.EqualFold(s, name) }):
+			errs = append(errs, fieldErr(at, "%s is named twice", canon))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // CheckTarget validates t as New and Reload do, reading its TLS files, and returns every problem

@@ -154,6 +154,9 @@ type routeConfig struct {
 	RequireJobID bool           `yaml:"require_job_id"`
 	AckStatus    int            `yaml:"ack_status"`
 	Generic      *genericConfig `yaml:"generic,omitempty"`
+	// ForwardHeaders names sender headers passed to the targets unchanged, beside the defaults of
+	// the route's verify type (GitHub: X-GitHub-Event, X-GitHub-Delivery).
+	ForwardHeaders []string `yaml:"forward_headers,omitempty"`
 
 	Allowlist      []string      `yaml:"allowlist"`
 	AllowlistFiles []string      `yaml:"allowlist_files,omitempty"`
@@ -671,6 +674,14 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 				r.built.when[rt.Name] = w
 			}
 		}
+		// The file's own list, so that an index names its entry; the defaults are valid.
+		for _, err := range unjoin(relay.CheckForwardHeaders(r.ForwardHeaders)) {
+			if fe, ok := errors.AsType[*relay.FieldError](err); ok && strings.HasPrefix(fe.Field, "forward_headers[") {
+				p.add(at+"."+fe.Field, "%v", fe.Err)
+			} else {
+				p.add(at+".forward_headers", "%v", err)
+			}
+		}
 		if r.MaxBody <= 0 {
 			p.add(at+".max_body", "must be positive")
 		}
@@ -952,6 +963,25 @@ func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error
 	return ver, nil
 }
 
+// defaultForwardHeaders are the sender headers a verify type passes on unless the route names
+// them itself: for GitHub the header is the event.
+var defaultForwardHeaders = map[string][]string{"github": {"X-GitHub-Event", "X-GitHub-Delivery"}}
+
+// forwardHeaders is the route's forward_headers after the defaults of its verify type; a default
+// that the file names again is kept once.
+func (r *routeConfig) forwardHeaders() []string {
+	var out []string
+	if r.Verify != nil {
+		out = append(out, defaultForwardHeaders[r.Verify.Type]...)
+	}
+	for _, h := range r.ForwardHeaders {
+		if !slices.ContainsFunc(out, func(d string) bool { return strings.EqualFold(d, h) }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // engineConfig turns the validated file config into the engine's structs.
 func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 	targets := make([]relay.Target, 0, len(c.Targets))
@@ -964,7 +994,8 @@ func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.targetNames(), When: r.built.when,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
 			Guards: r.built.guards, Verifier: r.built.verifier,
-			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			TokenInPath:    r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			ForwardHeaders: r.forwardHeaders(),
 		})
 	}
 	return routes, targets, nil

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log"
@@ -11,10 +14,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -452,5 +457,100 @@ routes:
 	post("j4", "completed", false)
 	if g := next(); g != (got{"Bearer second-0123456789", "j4"}) {
 		t.Fatalf("after the reload: %+v", g)
+	}
+}
+
+func TestForwardHeadersConfig(t *testing.T) {
+	withForward := func(list string) string {
+		return strings.Replace(minimal, "    insecure: true\n", "    insecure: true\n    forward_headers: "+list+"\n", 1)
+	}
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"hop-by-hop", withForward("[X-Event, Connection]"), "routes[0].forward_headers[1]: Connection is a hop-by-hop header"},
+		{"relay's own", withForward("[x-relay-attempt]"), "routes[0].forward_headers[0]: X-Relay-Attempt is set by the relay itself"},
+		{"content length", withForward("[Content-Length]"), "routes[0].forward_headers[0]: Content-Length is set by the relay itself"},
+		{"twice", withForward("[X-Event, x-event]"), "routes[0].forward_headers[1]: X-Event is named twice"},
+		{"bad name", withForward(`["X Event"]`), `routes[0].forward_headers[0]: "X Event" is not a valid header name`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := parseConfig([]byte(tc.yaml), "test.yaml", io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	c, _, err := parseConfig([]byte(withForward("[Authorization, X-GitHub-Event]")), "test.yaml", io.Discard)
+	if err != nil {
+		t.Fatalf("Authorization named explicitly: %v", err)
+	}
+	if got := c.Routes[0].forwardHeaders(); !slices.Equal(got, []string{"Authorization", "X-GitHub-Event"}) {
+		t.Errorf("forward headers %q", got)
+	}
+}
+
+// A route verified as GitHub passes the event header (and the delivery ID) to the target by
+// default, plus what it names; nothing else of the sender's, not even its signature unless named.
+func TestBinaryForwardHeaders(t *testing.T) {
+	got := make(chan http.Header, 4)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got <- r.Header.Clone()
+	}))
+	defer target.Close()
+	dir := t.TempDir()
+	const secret = "github-secret-gh-9876543210zyx"
+	cfg := writeConfig(t, dir, target.URL, "")
+	writeFile(t, cfg, mustRead(t, cfg)+`  - name: gh
+    path: /hooks/gh
+    provider: generic
+    generic: {job_id: hook_id}
+    targets: [app]
+    verify: {type: github, secrets_env: [HOOKRELAY_T_GITHUB]}
+    forward_headers: [X-Request-Id, Authorization]
+`)
+	p := startProc(t, []string{"HOOKRELAY_T_GITHUB=" + secret}, "serve", "-config", cfg)
+	body := `{"hook_id":42,"zen":"Keep it logically awesome."}`
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(body))
+	req, _ := http.NewRequest(http.MethodPost, p.url()+"/hooks/gh", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	req.Header.Set("X-GitHub-Event", "ping")
+	req.Header.Set("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+	req.Header.Set("X-Request-Id", "req-1")
+	req.Header.Add("X-Request-Id", "req-2")
+	req.Header.Set("Authorization", "Bearer sender-credential")
+	req.Header.Set("Cookie", "session=secret")
+	req.Header.Set("X-Other", "not forwarded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	var h http.Header
+	select {
+	case h = <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no delivery\n%s", p.logs())
+	}
+	for name, want := range map[string][]string{
+		"X-Github-Event":      {"ping"},
+		"X-Github-Delivery":   {"72d3162e-cc78-11e3-81ab-4c9367dc0958"},
+		"X-Request-Id":        {"req-1", "req-2"},
+		"Authorization":       {"Bearer sender-credential"},
+		"Cookie":              nil,
+		"X-Other":             nil,
+		"X-Hub-Signature-256": nil,
+	} {
+		if !slices.Equal(h.Values(name), want) {
+			t.Errorf("target got %s = %q, want %q", name, h.Values(name), want)
+		}
+	}
+	if h.Get("X-Relay-Job-Id") != "42" {
+		t.Errorf("X-Relay-Job-Id = %q", h.Get("X-Relay-Job-Id"))
 	}
 }
