@@ -1014,7 +1014,7 @@ func testEnqueueLeased(t *testing.T, f *fixture) {
 	checkMessage(t, &c.Message, m)
 	f.ack(c)
 	f.ack(b)
-	if f.enqueue(msg("m2", at(50), "a"), "k1", hour) != true {
+	if !f.enqueue(msg("m2", at(50), "a"), "k1", hour) {
 		t.Error("the dedupe key of an EnqueueLeased message was not held")
 	}
 }
