@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -82,6 +83,9 @@ type AdminOptions struct {
 	// connection arrived on. A request for any other Host is refused (421): a web page that
 	// rebinds its own name to this address cannot read the API.
 	Hosts []string
+	// Pprof serves Go's profiles under /debug/pprof/, behind the token like every other endpoint,
+	// so an operator can profile a slow relay in place.
+	Pprof bool
 }
 
 // AdminHandler is the operators' HTTP API: health and readiness probes, Prometheus metrics, the
@@ -111,6 +115,13 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
 	a.mux.HandleFunc("POST /v1/dead-letters/replay", a.replayMatching)
 	a.mux.HandleFunc("DELETE /v1/dead-letters/{id}", a.drop)
+	if opt.Pprof {
+		a.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, allocs...
+		a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		a.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return a
 }
 

@@ -32,6 +32,14 @@ func (s *downStore) Enqueue(ctx context.Context, m *relay.Message, key string, t
 	return s.Store.Enqueue(ctx, m, key, ttl)
 }
 
+func (s *downStore) EnqueueLeased(ctx context.Context, m *relay.Message, key string, ttl, lease time.Duration, leased []string) (bool, []*relay.Delivery, error) {
+	s.enqueues.Add(1)
+	if s.down.Load() {
+		return false, nil, errOutage
+	}
+	return s.Store.EnqueueLeased(ctx, m, key, ttl, lease, leased)
+}
+
 func (s *downStore) Ping(ctx context.Context) error {
 	s.pings.Add(1)
 	if s.down.Load() {

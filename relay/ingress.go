@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,31 @@ type Route struct {
 	VerifiedGuards []Guard
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
+	// ForwardHeaders names the sender's headers passed to targets unchanged (a GitHub event type,
+	// a signature the service checks itself). Stored with the message.
+	ForwardHeaders []string
+	// When filters per target: a target named here gets only the webhooks its Matcher accepts;
+	// the others get every webhook. A webhook no target wants is acknowledged but not stored.
+	When map[string]Matcher
+}
+
+// Matcher decides whether a target wants a webhook, from what the preset read and the body.
+type Matcher interface {
+	Match(job Job, body []byte) bool
+}
+
+// wanted lists the route's targets that want the webhook; rt.Targets itself when all do.
+func (rt *Route) wanted(job Job, body []byte) []string {
+	if len(rt.When) == 0 {
+		return rt.Targets
+	}
+	out := make([]string, 0, len(rt.Targets))
+	for _, name := range rt.Targets {
+		if m := rt.When[name]; m == nil || m.Match(job, body) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
@@ -54,10 +80,12 @@ type ingress struct {
 	log          *slog.Logger
 	now          func() time.Time
 	storeTimeout time.Duration
-	// enqueued is told which targets got new work, so their dispatchers wake at once.
-	enqueued func(targets []string)
-	metrics  *metrics
-	breaker  *storeBreaker
+	// dispatchers of this generation's targets, for hand-offs; lease is what the store records
+	// for a delivery handed off.
+	dispatchers map[string]*dispatcher
+	lease       time.Duration
+	metrics     *metrics
+	breaker     *storeBreaker
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -67,12 +95,16 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
-	msg, dup, err := h.accept(rt, client, w, r)
-	log := h.log.With("path", h.logPath(r.URL.Path, rt), "peer", r.RemoteAddr, "client", client.String())
+	msg, outcome, err := h.accept(rt, client, w, r)
+	// One access-log line per webhook, its attributes gathered here rather than with Logger.With,
+	// which would build a logger per request before anything is written.
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs, slog.String("path", h.logPath(r.URL.Path, rt)), slog.String("peer", r.RemoteAddr),
+		slog.String("client", client.String()))
 	route := unmatchedRoute
 	if rt != nil {
 		route = rt.Name
-		log = log.With("route", rt.Name, "provider", rt.Provider)
+		attrs = append(attrs, slog.String("route", rt.Name), slog.String("provider", rt.Provider))
 	}
 	if err != nil {
 		if !bodyRead(r) {
@@ -82,27 +114,43 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		status := writeError(w, err)
 		h.metrics.received.WithLabelValues(route, outcomeOf(KindOf(err))).Inc()
-		log.LogAttrs(r.Context(), levelFor(status), "webhook rejected",
-			slog.Int("status", status), slog.String("error", err.Error()),
+		attrs = append(attrs, slog.Int("status", status), slog.String("error", err.Error()),
 			slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), levelFor(status), "webhook rejected", attrs...)
 		return
 	}
-	log = log.With("job_id", msg.JobID, "job_status", msg.JobStatus)
-	if dup {
-		writeJSON(w, http.StatusOK, map[string]bool{"duplicate": true})
+	attrs = append(attrs, slog.String("job_id", msg.JobID), slog.String("job_status", msg.JobStatus))
+	if outcome == outcomeFiltered {
+		// Acknowledged, so the sender does not retry, but not stored: no target wants it. A store
+		// that keeps history would record the message here as "filtered".
+		writeBody(w, rt.AckStatus, filteredAnswer)
+		h.acked(route, outcomeFiltered, start)
+		h.metrics.filtered.WithLabelValues(route).Inc()
+		attrs = append(attrs, slog.Int("status", rt.AckStatus), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook filtered: no target of the route wants it", attrs...)
+		return
+	}
+	if outcome == outcomeDuplicate {
+		writeBody(w, http.StatusOK, duplicateAnswer)
 		h.acked(route, outcomeDuplicate, start)
 		h.metrics.dedupeHits.WithLabelValues(route).Inc()
-		log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate",
-			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		attrs = append(attrs, slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate", attrs...)
 		return
 	}
-	h.enqueued(rt.Targets)
-	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
+	// Message IDs are base32: nothing in them needs JSON escaping.
+	writeBody(w, rt.AckStatus, []byte(`{"id":"`+msg.ID+`"}`+"\n"))
 	h.acked(route, outcomeAccepted, start)
-	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
-		slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
+	attrs = append(attrs, slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
 		slog.Duration("duration", time.Since(start)))
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted", attrs...)
 }
+
+// The bodies of the answers to a duplicate and to a webhook no target wants.
+var (
+	duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
+	filteredAnswer  = []byte(`{"filtered":true}` + "\n")
+)
 
 // acked counts a 2xx answer and how long it took.
 func (h *ingress) acked(route, outcome string, start time.Time) {
@@ -171,54 +219,58 @@ func (h *ingress) match(path string) *Route {
 	return nil
 }
 
-// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook. Nothing
-// touches the store before every check passed.
-func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
+// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook for the targets
+// that want it. Nothing touches the store before every check passed. The outcome is
+// outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
+func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, string, error) {
 	if rt == nil {
-		return nil, false, &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
+		return nil, "", &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return nil, false, &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
+		return nil, "", &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
 	}
 	if r.ContentLength > rt.MaxBody {
-		return nil, false, tooLarge(rt.MaxBody)
+		return nil, "", tooLarge(rt.MaxBody)
 	}
 	if h.breaker.isOpen() {
 		// Known down: no check could end in a 2xx, and a shared rate limit would wait on the
 		// same Redis.
-		return nil, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", RetryAfter: storeRetryAfter}
+		return nil, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", RetryAfter: storeRetryAfter}
 	}
+	// Guards get a copy of the request whose context ends with the store timeout: one that asks
+	// the store's Redis waits no longer than a store operation would. (The body is read through r,
+	// so that ServeHTTP sees it was.)
+	gr := r
 	if len(rt.Guards)+len(rt.VerifiedGuards) > 0 {
-		// A guard that asks the store's Redis waits no longer than a store operation would.
 		ctx, cancel := context.WithTimeout(r.Context(), h.storeTimeout)
 		defer cancel()
-		r = r.WithContext(ctx)
+		gr = r.WithContext(ctx)
 	}
 	for _, g := range rt.Guards {
-		if err := h.admit(g, r, client); err != nil {
-			return nil, false, err
+		if err := h.admit(g, gr, client); err != nil {
+			return nil, "", err
 		}
 	}
 	_, headOnly := rt.Verifier.(HeadVerifier)
 	if headOnly {
 		// A wrong URL token costs no body read.
 		if err := rt.Verifier.Verify(r, nil); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 	}
 	body, err := readBody(w, r, rt.MaxBody)
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
 	if rt.Verifier != nil && !headOnly {
 		if err := rt.Verifier.Verify(r, body); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 	}
 	for _, g := range rt.VerifiedGuards {
-		if err := h.admit(g, r, client); err != nil {
-			return nil, false, err
+		if err := h.admit(g, gr, client); err != nil {
+			return nil, "", err
 		}
 	}
 	var job Job
@@ -228,14 +280,14 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		job, err = rt.Extractor.Extract(body)
 	}
 	if err != nil {
-		return nil, false, &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
+		return nil, "", &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
 	}
 	key, ttl := "", rt.DedupeTTL
 	switch {
 	case job.ID != "":
 		key = DedupeKey(rt.Name, job.ID, job.Status)
 	case rt.RequireJobID:
-		return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
+		return nil, "", &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
 	default:
 		h.metrics.withoutJobID.WithLabelValues(rt.Name).Inc()
 		// Without a job ID nothing dedupes it, so a captured webhook could be sent again: its own
@@ -260,18 +312,47 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		SourceAddr:  sourceAddr(client, r),
 		ReceivedAt:  now,
 		Body:        body,
-		Targets:     rt.Targets,
+		Targets:     rt.wanted(job, body),
+		Headers:     forwarded(r.Header, rt.ForwardHeaders),
+	}
+	if len(msg.Targets) == 0 {
+		// Nothing is stored, so nothing claims the dedupe key either: a repeat is filtered again,
+		// the same way, as the filters read only the webhook itself.
+		return msg, outcomeFiltered, nil
 	}
 	// The store operation must not be cut short by a sender that hangs up: it either commits or
 	// fails as a whole, and the sender's retry is deduped either way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.storeTimeout)
 	defer cancel()
-	dup, err := h.store.Enqueue(ctx, msg, key, ttl)
+	// Targets whose dispatchers have room get the delivery in memory, leased to them in the store;
+	// the others find it in the store.
+	var leased []string
+	for _, name := range msg.Targets {
+		if h.dispatchers[name].reserve() {
+			leased = append(leased, name)
+		}
+	}
+	dup, claimed, err := h.store.EnqueueLeased(ctx, msg, key, ttl, h.lease, leased)
+	for _, name := range leased {
+		if i := slices.IndexFunc(claimed, func(d *Delivery) bool { return d.Target == name }); i >= 0 {
+			h.dispatchers[name].handOff(claimed[i])
+		} else {
+			h.dispatchers[name].cancelReservation()
+		}
+	}
 	if err != nil {
 		h.breaker.failed(err)
-		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+		return msg, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
 	}
-	return msg, dup, nil
+	if dup {
+		return msg, outcomeDuplicate, nil
+	}
+	for _, name := range msg.Targets {
+		if !slices.Contains(leased, name) {
+			notify(h.dispatchers[name].wake)
+		}
+	}
+	return msg, outcomeAccepted, nil
 }
 
 // admit runs one guard, and opens the store breaker when the guard could not reach the store.
@@ -357,4 +438,18 @@ func newID(now time.Time) string {
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
 	_, _ = rand.Read(b[6:])
 	return idEncoding.EncodeToString(b[:])
+}
+
+// forwarded copies the named headers that the request has; nil when it has none of them.
+func forwarded(h http.Header, names []string) http.Header {
+	var out http.Header
+	for _, name := range names {
+		if v := h.Values(name); len(v) > 0 {
+			if out == nil {
+				out = make(http.Header, len(names))
+			}
+			out[http.CanonicalHeaderKey(name)] = slices.Clone(v)
+		}
+	}
+	return out
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -126,7 +125,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	targets := map[string]*dispatcher{}
 	for i := range targetList {
-		t := &targetList[i]
+		t := new(targetList[i]) // a copy: validation fills in derived fields
 		if err := validateTarget(t, r.cfg.Lease); err != nil {
 			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
 		}
@@ -137,7 +136,11 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 			targets[t.Name] = old
 			continue
 		}
-		targets[t.Name] = newDispatcher(t, r.cfg.Store, r.fwd, r.log, r.cfg.Now, r.cfg.Lease, r.cfg.PollInterval, r.metrics)
+		client, err := newTargetClient(t, r.fwd.shared, r.log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
+		}
+		targets[t.Name] = newDispatcher(t, client, r.cfg.Store, r.fwd, r.log, r.cfg.Now, r.cfg.Lease, r.cfg.PollInterval, r.metrics)
 	}
 	routes := map[string]*Route{}
 	for i := range routeList {
@@ -156,7 +159,8 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	in := &ingress{
 		routes: routes, routePaths: routePaths, clients: clients, store: r.cfg.Store, log: r.log,
-		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics, breaker: r.breaker,
+		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, dispatchers: targets, lease: r.cfg.Lease, metrics: r.metrics,
+		breaker: r.breaker,
 	}
 	return in, targets, nil
 }
@@ -226,25 +230,33 @@ func setDefault(d *time.Duration, def time.Duration) {
 	}
 }
 
+// validateTarget checks t and fills in what is derived from it (its endpoint). Every problem is a
+// FieldError; they are joined.
 func validateTarget(t *Target, lease time.Duration) error {
+	var errs []error
 	if t.Name == "" {
-		return errors.New("no name")
+		errs = append(errs, fieldErr("name", "missing"))
 	}
-	u, err := url.Parse(t.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("url %q is not an absolute http(s) URL", t.URL)
+	ep, err := parseEndpoint(t.URL)
+	if err != nil {
+		errs = append(errs, &FieldError{Field: "url", Err: err})
 	}
+	t.endpoint = ep
 	if t.Timeout <= 0 || t.Timeout >= lease {
-		return fmt.Errorf("timeout %v must be positive and below the lease %v", t.Timeout, lease)
+		errs = append(errs, fieldErr("timeout", "%v must be positive and below the lease %v", t.Timeout, lease))
 	}
 	if t.Concurrency < 1 {
-		return errors.New("concurrency must be at least 1")
+		errs = append(errs, fieldErr("concurrency", "must be at least 1"))
 	}
 	p := t.Retry
 	if p.Initial <= 0 || p.Multiplier < 1 || p.Max < p.Initial || p.MaxAttempts < 1 || p.MaxAge <= 0 || p.MaxRetryAfter < 0 {
-		return fmt.Errorf("retry policy %+v is not sane", p)
+		errs = append(errs, fieldErr("retry", "policy %+v is not sane", p))
 	}
-	return nil
+	errs = append(errs, validateHeaders(t)...)
+	if t.TLS != nil && err == nil {
+		errs = append(errs, validateTLS(t.TLS, ep)...)
+	}
+	return errors.Join(errs...)
 }
 
 func validateRoute(rt *Route, targets map[string]*dispatcher) error {
@@ -260,10 +272,21 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	if len(rt.Targets) == 0 {
 		return errors.New("no targets")
 	}
-	for _, name := range rt.Targets {
+	for i, name := range rt.Targets {
 		if targets[name] == nil {
 			return fmt.Errorf("unknown target %q", name)
 		}
+		if slices.Contains(rt.Targets[:i], name) {
+			return fmt.Errorf("target %q listed twice", name)
+		}
+	}
+	for name, m := range rt.When {
+		if !slices.Contains(rt.Targets, name) || m == nil {
+			return fmt.Errorf("a filter (when) for %q, which is not one of the route's targets", name)
+		}
+	}
+	if err := CheckForwardHeaders(rt.ForwardHeaders); err != nil {
+		return err
 	}
 	if rt.MaxBody <= 0 || rt.DedupeTTL <= 0 {
 		return errors.New("max body and dedupe TTL must be positive")
@@ -318,10 +341,10 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
 	}
+	stopWorkers := r.StartWorkers() // first, so that the first webhooks are handed off
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	stopWorkers := r.StartWorkers()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -353,6 +376,7 @@ func (w *workers) start(d *dispatcher) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.stops[d] = cancel
 	w.started = append(w.started, d)
+	d.openHandoffs()
 	w.loops.Go(func() { d.run(ctx, w.work) })
 }
 
@@ -403,6 +427,9 @@ func (r *Relay) StartWorkers() (stop func(ctx context.Context)) {
 		}
 		stopWork()
 		r.fwd.close()
+		for _, d := range w.started {
+			d.client.CloseIdleConnections() // the targets' own transports
+		}
 	}
 }
 

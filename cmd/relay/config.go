@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,8 @@ type adminConfig struct {
 	TokenFile string `yaml:"token_file,omitempty"`
 	// Hosts are the DNS names the API answers to besides localhost and its IP address.
 	Hosts []string `yaml:"hosts,omitempty"`
+	// Pprof serves Go's profiles under /debug/pprof/ (behind the token, if any).
+	Pprof bool `yaml:"pprof,omitempty"`
 
 	token []byte // read by validate
 }
@@ -99,6 +102,41 @@ type targetConfig struct {
 	SigningSecretEnv  string        `yaml:"signing_secret_env,omitempty"`
 	SigningSecretFile string        `yaml:"signing_secret_file,omitempty"`
 	Retry             retryConfig   `yaml:"retry"`
+	// Headers are sent with every delivery: the service's own credential, say.
+	Headers []headerConfig   `yaml:"headers,omitempty"`
+	TLS     *targetTLSConfig `yaml:"tls,omitempty"`
+
+	built relay.Target // by validate
+}
+
+// headerConfig is one static header of a target; its value literal or, for a secret, from an
+// env var or a file.
+type headerConfig struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value,omitempty"`
+	ValueEnv  string `yaml:"value_env,omitempty"`
+	ValueFile string `yaml:"value_file,omitempty"`
+}
+
+// MarshalYAML keeps a literal value out of relay check's output: it may be a credential.
+func (h headerConfig) MarshalYAML() (any, error) {
+	type plain headerConfig
+	if h.Value != "" {
+		h.Value = "(not shown)"
+	}
+	return plain(h), nil
+}
+
+// targetTLSConfig is how the relay speaks TLS to a target (relay.TargetTLS).
+type targetTLSConfig struct {
+	CAFile     string `yaml:"ca_file,omitempty"`
+	CAOnly     bool   `yaml:"ca_only,omitempty"`
+	CertFile   string `yaml:"cert_file,omitempty"`
+	KeyFile    string `yaml:"key_file,omitempty"`
+	ServerName string `yaml:"server_name,omitempty"`
+	MinVersion string `yaml:"min_version,omitempty"`
+	// InsecureSkipVerify is only read to refuse it with the fix.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify,omitempty"`
 }
 
 type retryConfig struct {
@@ -114,12 +152,15 @@ type routeConfig struct {
 	Name         string         `yaml:"name"`
 	Path         string         `yaml:"path"`
 	Provider     string         `yaml:"provider"`
-	Targets      []string       `yaml:"targets"`
+	Targets      []routeTarget  `yaml:"targets"`
 	MaxBody      byteSize       `yaml:"max_body"`
 	DedupeTTL    time.Duration  `yaml:"dedupe_ttl"`
 	RequireJobID bool           `yaml:"require_job_id"`
 	AckStatus    int            `yaml:"ack_status"`
 	Generic      *genericConfig `yaml:"generic,omitempty"`
+	// ForwardHeaders names sender headers passed to the targets unchanged, beside the defaults of
+	// the route's verify type (GitHub: X-GitHub-Event, X-GitHub-Delivery).
+	ForwardHeaders []string `yaml:"forward_headers,omitempty"`
 
 	Allowlist      []string      `yaml:"allowlist"`
 	AllowlistFiles []string      `yaml:"allowlist_files,omitempty"`
@@ -152,7 +193,72 @@ type builtRoute struct {
 	routeLimit     relay.Guard   // also in verifiedGuards
 	guards         []relay.Guard // before the body: allowlist, per-address rate
 	verifier       relay.Verifier
-	verifiedGuards []relay.Guard // after verification: the route-wide rate
+	verifiedGuards []relay.Guard            // after verification: the route-wide rate
+	when           map[string]relay.Matcher // by target name
+}
+
+// routeTarget is one entry of routes[].targets: a target's name, or {name, when} for a target
+// that wants only some of the route's webhooks.
+type routeTarget struct {
+	Name string      `yaml:"name"`
+	When *whenConfig `yaml:"when,omitempty"`
+}
+
+// whenConfig is a target's filter: every condition given must hold.
+type whenConfig struct {
+	Status []string          `yaml:"status,omitempty"` // normalised (or raw) status, one of these
+	Body   map[string]string `yaml:"body,omitempty"`   // dot path -> value it must equal
+}
+
+func (rt *routeTarget) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		rt.Name = n.Value
+		return nil
+	}
+	// Node.Decode does not refuse unknown keys as the file's decoder does; check them here.
+	if err := knownKeys(n, "name", "when"); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "when" {
+			if err := knownKeys(n.Content[i+1], "status", "body"); err != nil {
+				return err
+			}
+		}
+	}
+	type plain routeTarget
+	return n.Decode((*plain)(rt))
+}
+
+// MarshalYAML writes a target without a filter as its name, as it is usually written.
+func (rt routeTarget) MarshalYAML() (any, error) {
+	if rt.When == nil {
+		return rt.Name, nil
+	}
+	type plain routeTarget
+	return plain(rt), nil
+}
+
+// knownKeys refuses a mapping key not in keys, with its line.
+func knownKeys(n *yaml.Node, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // the decoder reports the wrong kind
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: unknown key %q (want %s)", k.Line, k.Value, strings.Join(keys, ", "))
+		}
+	}
+	return nil
+}
+
+// targetNames lists the route's target names.
+func (r *routeConfig) targetNames() []string {
+	names := make([]string, len(r.Targets))
+	for i, t := range r.Targets {
+		names[i] = t.Name
+	}
+	return names
 }
 
 type rateConfig struct {
@@ -522,10 +628,8 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		at := fmt.Sprintf("targets[%d]", i)
+		first := len(p) // this target's problems start here
 		p.checkName(at, "target", t.Name, targets)
-		if u, err := url.Parse(t.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p.add(at+".url", "%q is not an absolute http:// or https:// URL", redactURL(t.URL))
-		}
 		if t.Timeout <= 0 || t.Timeout >= c.Delivery.Lease {
 			p.add(at+".timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, c.Delivery.Lease)
 		}
@@ -560,6 +664,7 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		if r.MaxRetryAfter < 0 {
 			p.add(at+".retry.max_retry_after", "must not be negative, got %v", r.MaxRetryAfter)
 		}
+		t.build(at, &p, c.Delivery.Lease, first)
 	}
 
 	names, paths := map[string]bool{}, map[string]string{}
@@ -585,9 +690,37 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
-		for j, name := range r.Targets {
-			if !targets[name] {
-				p.add(fmt.Sprintf("%s.targets[%d]", at, j), "unknown target %q; define it under targets", name)
+		for j, rt := range r.Targets {
+			tat := fmt.Sprintf("%s.targets[%d]", at, j)
+			if !targets[rt.Name] {
+				p.add(tat, "unknown target %q; define it under targets", rt.Name)
+			} else if slices.ContainsFunc(r.Targets[:j], func(o routeTarget) bool { return o.Name == rt.Name }) {
+				p.add(tat, "target %q is listed twice; give it once (with one when)", rt.Name)
+			}
+			if rt.When == nil || preset == nil {
+				continue
+			}
+			w, err := filters.NewWhen(preset, rt.When.Status, rt.When.Body)
+			for _, err := range unjoin(err) {
+				if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+					p.add(tat+".when."+fe.Field, "%v", fe.Err)
+				} else {
+					p.add(tat+".when", "%v", err)
+				}
+			}
+			if err == nil {
+				if r.built.when == nil {
+					r.built.when = map[string]relay.Matcher{}
+				}
+				r.built.when[rt.Name] = w
+			}
+		}
+		// The file's own list, so that an index names its entry; the defaults are valid.
+		for _, err := range unjoin(relay.CheckForwardHeaders(r.ForwardHeaders)) {
+			if fe, ok := errors.AsType[*relay.FieldError](err); ok && strings.HasPrefix(fe.Field, "forward_headers[") {
+				p.add(at+"."+fe.Field, "%v", fe.Err)
+			} else {
+				p.add(at+".forward_headers", "%v", err)
 			}
 		}
 		if r.MaxBody <= 0 {
@@ -601,6 +734,88 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		}
 	}
 	return errors.Join(p...)
+}
+
+// build makes the engine's target, reading its secrets, and has the engine check it (relay.CheckTarget:
+// headers, TLS files, the URL), reporting each problem under the target's key path at. The engine
+// is asked only when the target's problems (from index first) are none yet, so none is repeated.
+func (t *targetConfig) build(at string, p *problems, lease time.Duration, first int) {
+	key, err := t.signingKey()
+	if err != nil {
+		p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
+	}
+	rt := relay.Target{
+		Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
+		RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
+		Retry: relay.RetryPolicy{
+			Initial: t.Retry.Initial, Multiplier: t.Retry.Multiplier, Max: t.Retry.MaxBackoff,
+			MaxAttempts: t.Retry.MaxAttempts, MaxAge: t.Retry.MaxAge, MaxRetryAfter: t.Retry.MaxRetryAfter,
+		},
+	}
+	for i, h := range t.Headers {
+		hat := fmt.Sprintf("%s.headers[%d]", at, i)
+		if n := btoi(h.Value != "") + btoi(h.ValueEnv != "") + btoi(h.ValueFile != ""); n != 1 {
+			p.add(hat, "set exactly one of value, value_env, value_file (a secret belongs in an env var or a file)")
+			continue
+		}
+		v := h.Value
+		if v == "" {
+			if v, err = readSecret(h.ValueEnv, h.ValueFile); err != nil {
+				key := "value_env"
+				if h.ValueFile != "" {
+					key = "value_file"
+				}
+				p.add(hat+"."+key, "%v", err)
+				continue
+			}
+		}
+		rt.Headers = append(rt.Headers, relay.Header{Name: h.Name, Value: v})
+	}
+	if c := t.TLS; c != nil {
+		rt.TLS = &relay.TargetTLS{CAFile: c.CAFile, CAOnly: c.CAOnly, CertFile: c.CertFile, KeyFile: c.KeyFile, ServerName: c.ServerName}
+		switch c.MinVersion {
+		case "", "1.2":
+			rt.TLS.MinVersion = tls.VersionTLS12
+		case "1.3":
+			rt.TLS.MinVersion = tls.VersionTLS13
+		default:
+			p.add(at+".tls.min_version", "%q is not 1.2 or 1.3", c.MinVersion)
+		}
+		if c.InsecureSkipVerify {
+			p.add(at+".tls.insecure_skip_verify", "is refused: an unverified target can be impersonated; "+
+				"trust its private CA with tls.ca_file (and tls.server_name if its certificate names another host)")
+		}
+	}
+	t.built = rt
+	if len(*p) > first {
+		return // the engine would repeat what is reported already, or see values not read
+	}
+	for _, err := range unjoin(relay.CheckTarget(rt, lease)) {
+		// The engine quotes a bad URL whole: its user information is cut out here.
+		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+			p.add(at+"."+fe.Field, "%s", redactUserinfo(fe.Err.Error(), t.URL))
+		} else {
+			p.add(at, "%s", redactUserinfo(err.Error(), t.URL))
+		}
+	}
+}
+
+// unjoin lists the errors an errors.Join made; nil for nil.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (t *targetConfig) secretSource() string {
@@ -635,11 +850,16 @@ func redactedURLError(raw string, err error) string {
 		}
 		return fmt.Sprintf("%q does not parse as a URL: %v", raw, ue.Err)
 	}
-	msg := err.Error()
+	return fmt.Sprintf("%s: %s", redactURL(raw), redactUserinfo(err.Error(), raw))
+}
+
+// redactUserinfo returns msg with the user information of raw (between :// and the last @), where
+// msg quotes raw, replaced by xxxxx.
+func redactUserinfo(msg, raw string) string {
 	if i, j := strings.Index(raw, "://"), strings.LastIndexByte(raw, '@'); i >= 0 && j > i+3 {
 		msg = strings.ReplaceAll(msg, raw[i+3:j], "xxxxx")
 	}
-	return fmt.Sprintf("%s: %s", redactURL(raw), msg)
+	return msg
 }
 
 // warnSecretFiles warns about every *_file secret that group or others may read: anyone else on
@@ -899,30 +1119,39 @@ func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error
 	return ver, nil
 }
 
+// defaultForwardHeaders are the sender headers a verify type passes on unless the route names
+// them itself: for GitHub the header is the event.
+var defaultForwardHeaders = map[string][]string{"github": {"X-GitHub-Event", "X-GitHub-Delivery"}}
+
+// forwardHeaders is the route's forward_headers after the defaults of its verify type; a default
+// that the file names again is kept once.
+func (r *routeConfig) forwardHeaders() []string {
+	var out []string
+	if r.Verify != nil {
+		out = append(out, defaultForwardHeaders[r.Verify.Type]...)
+	}
+	for _, h := range r.ForwardHeaders {
+		if !slices.ContainsFunc(out, func(d string) bool { return strings.EqualFold(d, h) }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // engineConfig turns the validated file config into the engine's structs.
 func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 	targets := make([]relay.Target, 0, len(c.Targets))
 	for _, t := range c.Targets {
-		key, err := t.signingKey()
-		if err != nil {
-			return nil, nil, fmt.Errorf("target %s: %w", t.Name, err)
-		}
-		targets = append(targets, relay.Target{
-			Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
-			RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
-			Retry: relay.RetryPolicy{
-				Initial: t.Retry.Initial, Multiplier: t.Retry.Multiplier, Max: t.Retry.MaxBackoff,
-				MaxAttempts: t.Retry.MaxAttempts, MaxAge: t.Retry.MaxAge, MaxRetryAfter: t.Retry.MaxRetryAfter,
-			},
-		})
+		targets = append(targets, t.built)
 	}
 	routes := make([]relay.Route, 0, len(c.Routes))
 	for _, r := range c.Routes {
 		routes = append(routes, relay.Route{
-			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.Targets,
+			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.targetNames(), When: r.built.when,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
 			Guards: r.built.guards, Verifier: r.built.verifier, VerifiedGuards: r.built.verifiedGuards,
-			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			TokenInPath:    r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			ForwardHeaders: r.forwardHeaders(),
 		})
 	}
 	return routes, targets, nil

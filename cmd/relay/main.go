@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"syscall"
 	"time"
@@ -41,7 +42,14 @@ commands:
   version                          print the version
 `
 
+// defaultGOGC is the garbage collector's target unless GOGC is set: the live heap is small (tens
+// of MiB), so collecting less often buys CPU per webhook for a few MiB (docs/BENCHMARKS.md).
+const defaultGOGC = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -177,7 +185,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload, Hosts: cfg.Admin.Hosts}), log)
+		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
+			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof}), log)
 		if err != nil {
 			return err
 		}
@@ -267,6 +276,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	for _, t := range cfg.Targets {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
+		}
+		for _, h := range t.Headers {
+			fmt.Fprintf(stdout, "# target %s: header %s set (value not shown)\n", t.Name, h.Name)
 		}
 	}
 	// Target URLs may hold user:password: print them redacted.
