@@ -691,9 +691,9 @@ func TestBinaryStoreDownAnswersAtOnce(t *testing.T) {
 	}
 	admin := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer admin.Close()
-	// Redis keeps its connections but answers nobody, for 14 s: the relay's 10 s store timeout is
+	// Redis keeps its connections but answers nobody, for 20 s: the relay's 10 s store timeout is
 	// the first webhook's wait.
-	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "14000", "ALL").Err(); err != nil {
+	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "20000", "ALL").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if got := send(t, p.url()+"/hooks/fashn", `{"id":"first","status":"completed"}`, nil); got != http.StatusServiceUnavailable {
