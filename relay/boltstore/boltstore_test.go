@@ -28,10 +28,10 @@ func openTest(t testing.TB, path string, opt Options) *Store {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T) (relay.Store, func(*testing.T) relay.Store) {
+		Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
 			path := filepath.Join(t.TempDir(), "relay.db")
-			reopen := func(t *testing.T) relay.Store { return openTest(t, path, Options{}) }
-			return openTest(t, path, Options{}), reopen
+			reopen := func(t *testing.T) relay.Store { return openTest(t, path, Options{History: o.History}) }
+			return reopen(t), reopen
 		},
 	})
 }
@@ -192,6 +192,69 @@ func TestSweepChunks(t *testing.T) {
 	}
 	if n, err := s.Sweep(ctx, at(3600)); err != nil || n != 10 {
 		t.Fatalf("Sweep = %d, %v; want 10", n, err)
+	}
+}
+
+// The history sweep works in chunks and still finds every message past retention.
+func TestSweepHistoryChunks(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{History: time.Hour})
+	defer s.Close()
+	s.sweepChunk = 3
+	for i := range 10 {
+		m := testMsg(fmt.Sprintf("m%02d", i), "a")
+		m.ReceivedAt = at(i)
+		if _, err := s.Enqueue(ctx, m, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := s.Claim(ctx, "a", at(i), time.Minute, 1)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("Claim = %v, %v", ds, err)
+		}
+		if i != 4 { // m04 stays in flight, and is kept
+			if err := s.Ack(ctx, ds[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := s.Sweep(ctx, at(100).Add(time.Hour)); err != nil || n != 9 {
+		t.Fatalf("Sweep = %d, %v; want 9", n, err)
+	}
+	page, _, err := s.ListMessages(ctx, relay.MessageFilter{}, at(100))
+	if err != nil || len(page) != 1 || page[0].ID != "m04" {
+		t.Fatalf("history after the sweep = %v, %v; want m04", page, err)
+	}
+}
+
+// A dedupe key written by an earlier release holds only its expiry: it still dedupes, and with
+// history on the duplicate is simply not counted (the key names no message).
+func TestOldDedupeValue(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{History: time.Hour})
+	defer s.Close()
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bDedupe).Put([]byte("k"), timeKey(at(3600))); err != nil {
+			return err
+		}
+		return tx.Bucket(bDedupeExp).Put(append(timeKey(at(3600)), 'k'), nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id   string
+		recv time.Time
+		dup  bool
+	}{{"m1", at(10), true}, {"m2", at(3600), false}, {"m3", at(3601), true}} {
+		m := testMsg(tc.id, "a")
+		m.ReceivedAt = tc.recv
+		dup, err := s.Enqueue(ctx, m, "k", time.Hour)
+		if err != nil || dup != tc.dup {
+			t.Fatalf("Enqueue(%s) = %v, %v; want duplicate %v", tc.id, dup, err, tc.dup)
+		}
+	}
+	rec, err := s.GetMessage(ctx, "m2", at(3601))
+	if err != nil || rec.Duplicates != 1 {
+		t.Fatalf("GetMessage(m2) = %+v, %v; want the duplicate counted on the new claim", rec, err)
 	}
 }
 

@@ -102,11 +102,18 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 	})
 }
 
-// DropDead deletes the dead letter id.
+// DropDead deletes the dead letter id. With history its attempts go too, and its message stays
+// until Sweep.
 func (s *Store) DropDead(ctx context.Context, id string) error {
 	return s.removeDead(ctx, "drop dead", id, func(tx *bolt.Tx, r *record) error {
+		if err := deleteAttempts(tx, r.ID); err != nil {
+			return err
+		}
 		if r.legacy {
 			return nil // its message went with it
+		}
+		if s.history > 0 {
+			return nil
 		}
 		return releaseMessage(tx, r.Message.ID)
 	})

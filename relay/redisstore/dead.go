@@ -120,9 +120,14 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 		s.base, id, micros(now))
 }
 
-// DropDead deletes the dead letter id.
+// DropDead deletes the dead letter id and its attempts. With history its message stays until
+// Sweep.
 func (s *Store) DropDead(ctx context.Context, id string) error {
-	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base)
+	history := ""
+	if s.history > 0 {
+		history = "1"
+	}
+	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base, history)
 }
 
 func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id string, keys []string, args ...any) error {
