@@ -65,6 +65,7 @@ type adminAPI struct {
 	mux       *http.ServeMux
 	tokenHash []byte // sha256 of the token; nil: no authentication
 	reload    func(ctx context.Context) (ReloadResult, error)
+	history   time.Duration // the store's retention, to tell a swept message (410) from none (404)
 }
 
 // AdminOptions configure the admin API.
@@ -78,13 +79,16 @@ type AdminOptions struct {
 	// Pprof serves Go's profiles under /debug/pprof/, behind the token like every other endpoint,
 	// so an operator can profile a slow relay in place.
 	Pprof bool
+	// HistoryRetention is the store's history.retention (0: off), so that the message API can
+	// tell a message swept after it from one that never was.
+	HistoryRetention time.Duration
 }
 
 // AdminHandler is the operators' HTTP API: health and readiness probes, Prometheus metrics, the
 // dead letters (list, show, replay one or by filter, drop) and reload. Every answer but /metrics
 // is JSON.
 func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
-	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload}
+	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload, history: opt.HistoryRetention}
 	if opt.Token != nil {
 		h := sha256.Sum256(opt.Token)
 		a.tokenHash = h[:]
@@ -103,6 +107,9 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
 	a.mux.HandleFunc("POST /v1/dead-letters/replay", a.replayMatching)
 	a.mux.HandleFunc("DELETE /v1/dead-letters/{id}", a.drop)
+	a.mux.HandleFunc("GET /v1/messages", a.listMessages) // admin_messages.go
+	a.mux.HandleFunc("GET /v1/messages/{id}", a.showMessage)
+	a.mux.HandleFunc("POST /v1/messages/{id}/redeliver", a.redeliver)
 	if opt.Pprof {
 		a.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, allocs...
 		a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

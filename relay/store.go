@@ -272,6 +272,8 @@ type DeadLetters interface {
 	// ReplayDead puts a dead letter back in its target's queue, due at now, with Attempt reset.
 	ReplayDead(ctx context.Context, id string, now time.Time) error
 	DropDead(ctx context.Context, id string) error
+	// CountDead counts the dead letters held now.
+	CountDead(ctx context.Context) (int, error)
 }
 
 // Store is the whole contract a backend implements; relay/storetest checks it.

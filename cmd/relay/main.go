@@ -184,7 +184,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload, Pprof: cfg.Admin.Pprof}), log)
+		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload, Pprof: cfg.Admin.Pprof,
+			HistoryRetention: *cfg.History.Retention}), log)
 		if err != nil {
 			return err
 		}

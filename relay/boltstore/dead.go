@@ -143,3 +143,19 @@ func (s *Store) removeDead(ctx context.Context, op, id string, fn func(*bolt.Tx,
 	}
 	return nil
 }
+
+// CountDead counts the dead letters.
+func (s *Store) CountDead(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("boltstore: count dead: %w", err)
+	}
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bDeadIdx).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("boltstore: count dead: %w", err)
+	}
+	return n, nil
+}

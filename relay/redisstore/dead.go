@@ -140,3 +140,12 @@ func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id 
 	}
 	return nil
 }
+
+// CountDead counts the dead letters.
+func (s *Store) CountDead(ctx context.Context) (int, error) {
+	n, err := s.rdb.ZCard(ctx, s.deadSetKey()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: count dead: %w", err)
+	}
+	return int(n), nil
+}

@@ -265,6 +265,13 @@ func (f *fixture) getDead(id string) *relay.Delivery {
 	return d
 }
 
+func (f *fixture) wantCountDead(want int) {
+	f.t.Helper()
+	if n, err := f.s.CountDead(f.ctx); err != nil || n != want {
+		f.t.Fatalf("CountDead = %d, %v; want %d", n, err, want)
+	}
+}
+
 // wantNotDead requires that id is not among the dead letters.
 func (f *fixture) wantNotDead(id string) {
 	f.t.Helper()
@@ -761,9 +768,11 @@ func testReplayDead(t *testing.T, f *fixture) {
 func testDropDead(t *testing.T, f *fixture) {
 	f.claimAndBury(msg("m1", at(0), "a"), at(5), relay.Failure{Status: 400})
 	f.claimAndBury(msg("m2", at(0), "a"), at(6), relay.Failure{Status: 400})
+	f.wantCountDead(2)
 	if err := f.s.DropDead(f.ctx, "m1.a"); err != nil {
 		t.Fatalf("DropDead: %v", err)
 	}
+	f.wantCountDead(1)
 	f.wantNotDead("m1.a")
 	if got, want := f.listDead(relay.DeadFilter{}), []string{"m2.a"}; !slices.Equal(got, want) {
 		t.Fatalf("ListDead after drop = %v, want %v", got, want)
