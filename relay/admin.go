@@ -110,6 +110,8 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a.mux.HandleFunc("GET /v1/messages", a.listMessages) // admin_messages.go
 	a.mux.HandleFunc("GET /v1/messages/{id}", a.showMessage)
 	a.mux.HandleFunc("POST /v1/messages/{id}/redeliver", a.redeliver)
+	a.mux.Handle("GET /ui/", uiHandler()) // ui.go: static, the token is asked for by the page
+	a.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	if opt.Pprof {
 		a.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, allocs...
 		a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -122,7 +124,7 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 
 func (a *adminAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	_, pattern := a.mux.Handler(req)
-	if pattern != "GET /healthz" && !a.authorized(req) {
+	if pattern != "GET /healthz" && pattern != "GET /ui/" && pattern != "GET /ui" && !a.authorized(req) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hookrelay admin"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "admin token required"})
 		return
