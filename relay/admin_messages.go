@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -238,16 +239,19 @@ func (a *adminAPI) redeliver(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": "message " + id +
 			" is still on its way to " + orAll(target) + " (queued, in flight or retrying): nothing to redeliver"})
 		return
-	case errors.Is(err, ErrNotFound) && target != "":
-		// The message may be there without that target, or gone.
-		if _, gerr := a.r.cfg.Store.GetMessage(ctx, id, a.r.cfg.Now()); gerr == nil {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": "message " + id + " has no delivery to target " + strconv.Quote(target)})
+	case errors.Is(err, ErrNotFound):
+		// The message may be there without that target (or without any delivery left: its dead
+		// letter dropped), or gone.
+		rec, gerr := a.r.cfg.Store.GetMessage(ctx, id, a.r.cfg.Now())
+		if gerr != nil {
+			a.missing(w, id)
 			return
 		}
-		a.missing(w, id)
-		return
-	case errors.Is(err, ErrNotFound):
-		a.missing(w, id)
+		msg := "message " + id + " has no delivered or dead delivery to send again"
+		if target != "" && !slices.Contains(rec.Targets, target) {
+			msg = "message " + id + " has no delivery to target " + strconv.Quote(target)
+		}
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": msg})
 		return
 	case err != nil:
 		a.storeFailed(w, "redeliver", err, nil)

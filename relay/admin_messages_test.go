@@ -283,6 +283,12 @@ func TestAdminMessages(t *testing.T) {
 		if status, _ := e.callAs("wrong-token-0123456789", http.MethodPost, "/v1/messages/"+abs+"/redeliver"); status != http.StatusUnauthorized {
 			t.Errorf("redeliver with a wrong token: %d, want 401", status)
 		}
+		// A dropped dead letter leaves its message in history with nothing to send again.
+		e.callOK(t, http.MethodDelete, "/v1/dead-letters/"+job2+".app")
+		if status, body := e.call(http.MethodPost, "/v1/messages/"+job2+"/redeliver"); status != http.StatusNotFound ||
+			!strings.Contains(body["error"].(string), "no delivered or dead delivery") {
+			t.Errorf("redeliver after the dead letter was dropped: %d %v", status, body)
+		}
 	})
 }
 

@@ -258,6 +258,35 @@ func TestOldDedupeValue(t *testing.T) {
 	}
 }
 
+// With history off the file holds what releases before history wrote: version 2 records and
+// dedupe values that are the expiry alone.
+func TestHistoryOffKeepsTheLayout(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	if _, err := s.Enqueue(ctx, testMsg("m1", "a"), "k", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := s.Claim(ctx, "a", at(0), time.Minute, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Claim = %v, %v", ds, err)
+	}
+	if err := s.Retry(ctx, ds[0], at(1), relay.Failure{Status: 500}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bDeliveries).Get([]byte("m1.a")); len(v) == 0 || v[0] != recordV2 {
+			return fmt.Errorf("delivery record %x, want version 2", v)
+		}
+		if v := tx.Bucket(bDedupe).Get([]byte("k")); len(v) != 8 {
+			return fmt.Errorf("dedupe value %x, want the 8-byte expiry", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestClosed(t *testing.T) {
 	ctx := t.Context()
 	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
@@ -288,6 +317,21 @@ func TestRecordRoundTrip(t *testing.T) {
 	if !bytes.Equal(encodeRecord(got), b) || !got.ClaimedAt.IsZero() || !got.DueAt.Equal(r.DueAt) || got.Message.ID != "m" {
 		t.Fatalf("round trip changed the record: %+v", got)
 	}
+	if b[0] != recordV2 {
+		t.Fatalf("a record not delivered is version %d, want 2 (readable by releases before history)", b[0])
+	}
+	r.DeliveredAt = at(5).Add(7)
+	db := encodeRecord(r)
+	if got, err := decodeRecord(db); err != nil || db[0] != recordVersion || !got.DeliveredAt.Equal(r.DeliveredAt) {
+		t.Fatalf("delivered record round trip = %+v, %v", got, err)
+	}
+	a := &relay.Attempt{Number: 2, Start: at(1).Add(9), Duration: 1500 * time.Microsecond, Status: 503, Error: "e",
+		Response: bytes.Repeat([]byte{0xff}, relay.MaxAttemptResponse+1)}
+	ab := encodeAttempt(a)
+	if ga, err := decodeAttempt(ab); err != nil || ga.Number != 2 || !ga.Start.Equal(a.Start) || ga.Duration != a.Duration ||
+		ga.Status != 503 || ga.Error != "e" || len(ga.Response) != relay.MaxAttemptResponse {
+		t.Fatalf("attempt round trip = %+v, %v", ga, err)
+	}
 	mb := encodeMessage(m)
 	gm, err := decodeMessage(mb)
 	if err != nil {
@@ -305,8 +349,9 @@ func TestRecordRoundTrip(t *testing.T) {
 	for _, dec := range []func([]byte) error{
 		func(b []byte) error { _, err := decodeRecord(b); return err },
 		func(b []byte) error { _, err := decodeMessage(b); return err },
+		func(b []byte) error { _, err := decodeAttempt(b); return err },
 	} {
-		for _, enc := range [][]byte{b, mb} {
+		for _, enc := range [][]byte{b, db, mb, ab} {
 			if dec(enc) != nil {
 				continue // the other kind
 			}

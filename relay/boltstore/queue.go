@@ -46,12 +46,18 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 		recs[i], vals[i] = r, encodeRecord(r)
 	}
 	expires := m.ReceivedAt.Add(ttl)
+	// With history the dedupe key names its message, so that duplicates are counted on it; without,
+	// the value stays the expiry alone, as releases before history wrote and read it.
+	holderID := ""
+	if s.history > 0 {
+		holderID = m.ID
+	}
 
 	var duplicate bool
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		duplicate = false
 		if dedupeKey != "" {
-			claimed, holder, err := claimKey(tx, []byte(dedupeKey), m.ID, m.ReceivedAt, expires)
+			claimed, holder, err := claimKey(tx, []byte(dedupeKey), holderID, m.ReceivedAt, expires)
 			if err != nil {
 				return err
 			}
@@ -108,9 +114,8 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 	return false, claimed, nil
 }
 
-// claimKey takes key for message id until expires unless it is held at now. It reports false
-// when it is held, and then the message ID holding it ("" for a key of an earlier release, whose
-// value is only the expiry).
+// claimKey takes key for message id ("" to name none) until expires unless it is held at now. It
+// reports false when it is held, and then the message ID holding it ("" for a key that names none).
 func claimKey(tx *bolt.Tx, key []byte, id string, now, expires time.Time) (bool, string, error) {
 	keys, exp := tx.Bucket(bDedupe), tx.Bucket(bDedupeExp)
 	if v := keys.Get(key); v != nil {

@@ -44,10 +44,18 @@ const (
 // times faster than JSON, which would also base64 the body).
 func encodeRecord(r *record) []byte {
 	e := encoder{b: make([]byte, 0, 96+len(r.ID)+len(r.LastError))}
-	e.b = append(e.b, recordVersion)
+	// A record that is not delivered keeps the version 2 layout, so that with history off the file
+	// stays readable by the release before history.
+	if r.DeliveredAt.IsZero() {
+		e.b = append(e.b, recordV2)
+	} else {
+		e.b = append(e.b, recordVersion)
+	}
 	e.state(r)
 	e.str(r.Message.ID)
-	e.time(r.DeliveredAt)
+	if !r.DeliveredAt.IsZero() {
+		e.time(r.DeliveredAt)
+	}
 	return e.b
 }
 

@@ -144,26 +144,37 @@ func TestKeysShareHashTag(t *testing.T) {
 	}
 }
 
+// The dedupe key has a real TTL; its value is the expiry, and with history also the message ID
+// (without history exactly what releases before history wrote, so that they can read it).
 func TestDedupeKeyTTL(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s := openStore(t, srv.Addr, "ttl")
-	ctx := t.Context()
-	const ttl = 72 * time.Hour
-	recv := time.Now()
-	if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
-		t.Fatal(err)
-	}
-	key := s.dedupeKey("r/j/succeeded")
-	pttl, err := s.rdb.PTTL(ctx, key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pttl > ttl || pttl < ttl-10*time.Second {
-		t.Errorf("PTTL = %v, want close to %v", pttl, ttl)
-	}
-	want := micros(recv.Add(ttl)) + " m1"
-	if v, err := s.rdb.Get(ctx, key).Result(); err != nil || v != want {
-		t.Errorf("key holds %q, %v; want the expiry and the message ID %q", v, err, want)
+	for _, history := range []time.Duration{0, time.Hour} {
+		s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: uniquePrefix("ttl"), History: history})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx := t.Context()
+		const ttl = 72 * time.Hour
+		recv := time.Now()
+		if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
+			t.Fatal(err)
+		}
+		key := s.dedupeKey("r/j/succeeded")
+		pttl, err := s.rdb.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pttl > ttl || pttl < ttl-10*time.Second {
+			t.Errorf("PTTL = %v, want close to %v", pttl, ttl)
+		}
+		want := micros(recv.Add(ttl))
+		if history > 0 {
+			want += " m1"
+		}
+		if v, err := s.rdb.Get(ctx, key).Result(); err != nil || v != want {
+			t.Errorf("history %v: key holds %q, %v; want %q", history, v, err, want)
+		}
 	}
 }
 

@@ -13,10 +13,10 @@ import "github.com/redis/go-redis/v9"
 // Results: 1 means done, 0 means the lease is lost (settle) or the dead letter is absent.
 
 // enqueueScript claims the dedupe key and stores the message once and one delivery per target,
-// leased to the caller for the targets given a lease token. The dedupe key's value is its expiry,
-// a space and the message ID (earlier releases stored the expiry alone, which is still read). With
-// history (ARGV[10] not empty) the message joins the history index and its job's, and a
-// duplicate is counted on the message holding the key.
+// leased to the caller for the targets given a lease token. With history (ARGV[10] not empty) the
+// dedupe key's value is its expiry, a space and the message ID, the message joins the history
+// index and its job's, and a duplicate is counted on the message holding the key; without, the
+// value is the expiry alone, as releases before history wrote and read it.
 //
 //	KEYS[1]         dedupe expiry index (kx)
 //	KEYS[2]         the message hash
@@ -61,7 +61,11 @@ if ARGV[4] ~= '' then
       return 1
     end
   end
-  redis.call('SET', k, ARGV[2] .. ' ' .. ARGV[7], 'PX', ARGV[3])
+  if ARGV[10] ~= '' then
+    redis.call('SET', k, ARGV[2] .. ' ' .. ARGV[7], 'PX', ARGV[3])
+  else
+    redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+  end
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 end
 redis.call('HSET', KEYS[2], 'msg', ARGV[5], 'n', n)
