@@ -85,9 +85,11 @@ func TestBinaryInspectorInBrowser(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	// until waits for a JavaScript condition to hold.
+	// until waits for a JavaScript condition to hold. An element not there yet (the page renders
+	// as its API calls answer) counts as false, not as an error.
 	until := func(what, js string) {
 		t.Helper()
+		js = "(() => { try { return !!(" + js + "); } catch (e) { return false; } })()"
 		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](js, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText`))
 			t.Fatalf("%s: %v; the page shows:\n%s", what, err, page)
