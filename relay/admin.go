@@ -69,6 +69,7 @@ type adminAPI struct {
 	reload    func(ctx context.Context) (ReloadResult, error)
 	hosts     map[string]bool // lower-case names accepted in Host besides localhost and the local address
 	csrf      *http.CrossOriginProtection
+	history   time.Duration // the store's retention, to tell a swept message (410) from none (404)
 }
 
 // AdminOptions configure the admin API.
@@ -86,6 +87,9 @@ type AdminOptions struct {
 	// Pprof serves Go's profiles under /debug/pprof/, behind the token like every other endpoint,
 	// so an operator can profile a slow relay in place.
 	Pprof bool
+	// HistoryRetention is the store's history.retention (0: off), so that the message API can
+	// tell a message swept after it from one that never was.
+	HistoryRetention time.Duration
 }
 
 // AdminHandler is the operators' HTTP API: health and readiness probes, Prometheus metrics, the
@@ -93,7 +97,7 @@ type AdminOptions struct {
 // is JSON.
 func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload, hosts: map[string]bool{"localhost": true},
-		csrf: http.NewCrossOriginProtection()}
+		csrf: http.NewCrossOriginProtection(), history: opt.HistoryRetention}
 	for _, h := range opt.Hosts {
 		a.hosts[strings.ToLower(strings.TrimSuffix(h, "."))] = true
 	}
@@ -115,6 +119,11 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
 	a.mux.HandleFunc("POST /v1/dead-letters/replay", a.replayMatching)
 	a.mux.HandleFunc("DELETE /v1/dead-letters/{id}", a.drop)
+	a.mux.HandleFunc("GET /v1/messages", a.listMessages) // admin_messages.go
+	a.mux.HandleFunc("GET /v1/messages/{id}", a.showMessage)
+	a.mux.HandleFunc("POST /v1/messages/{id}/redeliver", a.redeliver)
+	a.mux.Handle("GET /ui/", uiHandler()) // ui.go: static, the token is asked for by the page
+	a.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	if opt.Pprof {
 		a.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, allocs...
 		a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -137,7 +146,7 @@ func (a *adminAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	_, pattern := a.mux.Handler(req)
-	if pattern != "GET /healthz" && !a.authorized(req) {
+	if pattern != "GET /healthz" && pattern != "GET /ui/" && pattern != "GET /ui" && !a.authorized(req) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hookrelay admin"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "admin token required"})
 		return

@@ -270,14 +270,20 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery, free func()) {
 			return
 		}
 	}
-	sent := time.Now()
+	sent, sentAt := time.Now(), d.now()
 	res := d.fwd.forward(ctx, d.client, d.t, dl)
-	d.attemptSeconds.Observe(time.Since(sent).Seconds())
+	took := time.Since(sent)
+	d.attemptSeconds.Observe(took.Seconds())
 	free()
 	// One log line per attempt, its attributes gathered here (Logger.With would build a logger per
 	// delivery).
 	attrs := append(make([]slog.Attr, 0, 12), d.attrsOf(dl)...)
 	attrs = append(attrs, slog.Int("status", res.status), slog.Duration("duration", time.Since(start)))
+	// The attempt, for a store that keeps history (Delivery.Tried).
+	dl.Tried = &Attempt{Number: dl.Attempt, Start: sentAt, Duration: took, Status: res.status, Response: res.response}
+	if res.err != nil {
+		dl.Tried.Error = res.err.Error()
+	}
 	if res.err == nil {
 		if d.record(attrs, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
 			d.endToEndSeconds.Observe(d.now().Sub(dl.Message.ReceivedAt).Seconds())
@@ -286,6 +292,7 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery, free func()) {
 	}
 	if ctx.Err() != nil {
 		// Shutdown cut the attempt short: give the delivery back rather than count a failure.
+		dl.Tried = nil
 		d.release(dl)
 		return
 	}

@@ -39,7 +39,8 @@ type attemptResult struct {
 	status     int           // 0: no response
 	retryAfter time.Duration // from the target's Retry-After, when it sent one
 	hasRetry   bool
-	err        error // nil only for a 2xx
+	err        error  // nil only for a 2xx
+	response   []byte // the start of the answer's body, for history
 }
 
 // forwarder sends one delivery to its target, through the target's client.
@@ -103,16 +104,16 @@ func (f *forwarder) forward(ctx context.Context, client *http.Client, t *Target,
 		return attemptResult{err: err}
 	}
 	defer resp.Body.Close()
-	// Read a little of the answer for the dead-letter record, and drain a little more so the
-	// connection can be reused.
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	// Read the start of the answer for history and the dead-letter record, and drain a little
+	// more so the connection can be reused.
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, MaxAttemptResponse))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	res := attemptResult{status: resp.StatusCode}
+	res := attemptResult{status: resp.StatusCode, response: snippet}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return res
 	}
 	res.retryAfter, res.hasRetry = parseRetryAfter(resp.Header.Get("Retry-After"), f.now())
-	res.err = fmt.Errorf("target answered %d%s", resp.StatusCode, describeBody(snippet))
+	res.err = fmt.Errorf("target answered %d%s", resp.StatusCode, describeBody(snippet[:min(len(snippet), 256)]))
 	return res
 }
 

@@ -134,6 +134,7 @@ type queueCollector struct {
 	r       *Relay
 	depth   *prometheus.Desc
 	age     *prometheus.Desc
+	dead    *prometheus.Desc
 	timeout time.Duration
 }
 
@@ -144,6 +145,8 @@ func newQueueCollector(r *Relay) *queueCollector {
 			"Deliveries queued for a target, those in flight included.", []string{"target"}, nil),
 		age: prometheus.NewDesc("hookrelay_queue_oldest_due_age_seconds",
 			"How long the oldest due delivery of a target has been waiting; 0 when none is due.", []string{"target"}, nil),
+		dead: prometheus.NewDesc("hookrelay_dead_letters",
+			"Dead letters held in the store now, waiting for an operator to replay or drop them.", nil, nil),
 		timeout: 5 * time.Second,
 	}
 }
@@ -151,12 +154,18 @@ func newQueueCollector(r *Relay) *queueCollector {
 func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.depth
 	ch <- c.age
+	ch <- c.dead
 }
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	now := c.r.cfg.Now()
+	if n, err := c.r.cfg.Store.CountDead(ctx); err != nil {
+		ch <- prometheus.NewInvalidMetric(c.dead, err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(n))
+	}
 	for name := range *c.r.targets.Load() {
 		n, err := c.r.cfg.Store.Depth(ctx, name)
 		if err != nil {

@@ -48,6 +48,122 @@ type Delivery struct {
 	LastStatus int       `json:"last_status,omitempty"`
 	LastError  string    `json:"last_error,omitempty"`
 	DeadAt     time.Time `json:"dead_at,omitzero"`
+	// Tried is the attempt that Ack, Retry or Bury settles: a store with history on records it
+	// (docs/DESIGN.md section 2.5); without history it is ignored. Nil records nothing.
+	Tried *Attempt `json:"-"`
+}
+
+// Attempt is one try at delivering, as history keeps it.
+type Attempt struct {
+	Number   int           `json:"number"`
+	Start    time.Time     `json:"start"`
+	Duration time.Duration `json:"duration_ns"`
+	Status   int           `json:"status,omitempty"` // 0: no HTTP answer
+	Error    string        `json:"error,omitempty"`
+	Response []byte        `json:"-"` // the first MaxAttemptResponse bytes of the answer's body
+}
+
+// MaxAttemptResponse is how much of a target's answer an attempt keeps.
+const MaxAttemptResponse = 1024
+
+// Delivery states in history (docs/DESIGN.md section 2.1). The first three are live.
+const (
+	StateQueued    = "queued"
+	StateInFlight  = "in_flight"
+	StateRetrying  = "retrying"
+	StateDelivered = "delivered"
+	StateDead      = "dead"
+)
+
+// ValidState reports whether s names a delivery state.
+func ValidState(s string) bool {
+	switch s {
+	case StateQueued, StateInFlight, StateRetrying, StateDelivered, StateDead:
+		return true
+	}
+	return false
+}
+
+// LiveState is the state of a delivery in its target's due index at now: leased with the lease
+// running, waiting after a failure, or due.
+func LiveState(leased, failed bool, due, now time.Time) string {
+	switch {
+	case leased && due.After(now):
+		return StateInFlight
+	case failed && due.After(now):
+		return StateRetrying
+	}
+	return StateQueued
+}
+
+// MessageRecord is a message as history shows it: the message, its duplicates and each target's
+// delivery. Body is only filled in when asked for.
+type MessageRecord struct {
+	Message
+	Size            int               `json:"size"` // of the body, also when Body is not filled in
+	Duplicates      int               `json:"duplicates"`
+	LastDuplicateAt time.Time         `json:"last_duplicate_at,omitzero"`
+	Deliveries      []*DeliveryRecord `json:"deliveries"`
+}
+
+// DeliveryRecord is one delivery in history.
+type DeliveryRecord struct {
+	ID          string    `json:"id"`
+	Target      string    `json:"target"`
+	State       string    `json:"state"`
+	Attempt     int       `json:"attempt"`
+	DueAt       time.Time `json:"due_at,omitzero"` // live deliveries only
+	LastStatus  int       `json:"last_status,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	DeadAt      time.Time `json:"dead_at,omitzero"`
+	Attempts    []Attempt `json:"attempts,omitempty"` // GetMessage only
+}
+
+// MessageFilter selects messages in history. Zero fields match everything.
+type MessageFilter struct {
+	Route  string
+	Target string // a message with a delivery to it
+	JobID  string
+	State  string // a message with a delivery in this state
+	Since  time.Time
+	Until  time.Time // received before
+	Cursor string    // from the previous page's next cursor
+	Limit  int       // 0 means the store's default (100)
+}
+
+// Match reports whether rec satisfies the filter, ignoring the cursor and the limit. The
+// deliveries' states must be filled in.
+func (f MessageFilter) Match(rec *MessageRecord) bool {
+	m := &rec.Message
+	if (f.Route != "" && m.Route != f.Route) || (f.JobID != "" && m.JobID != f.JobID) ||
+		(!f.Since.IsZero() && m.ReceivedAt.Before(f.Since)) || (!f.Until.IsZero() && !m.ReceivedAt.Before(f.Until)) {
+		return false
+	}
+	if f.Target == "" && f.State == "" {
+		return true
+	}
+	for _, d := range rec.Deliveries {
+		if (f.Target == "" || d.Target == f.Target) && (f.State == "" || d.State == f.State) {
+			return true
+		}
+	}
+	return false
+}
+
+// History is what the inspector needs. A store with history off lists nothing and finds nothing
+// but live deliveries' messages and dead letters.
+type History interface {
+	// ListMessages lists messages matching f, newest first, without bodies or attempts. next is
+	// the cursor of the following page, "" at the end. A page may be short (a store bounds the
+	// entries one call scans) and still have a next cursor.
+	ListMessages(ctx context.Context, f MessageFilter, now time.Time) (page []*MessageRecord, next string, err error)
+	// GetMessage returns message id with every delivery and its attempts (ErrNotFound if absent).
+	GetMessage(ctx context.Context, id string, now time.Time) (*MessageRecord, error)
+	// Redeliver makes the delivered or dead deliveries of message id (only target's, when target
+	// is set) due at now with their IDs and attempt counts unchanged, and returns their IDs.
+	// ErrNotFound: no such message or target; ErrLive: the delivery is still on its way.
+	Redeliver(ctx context.Context, id, target string, now time.Time) ([]string, error)
 }
 
 // Failure is the outcome of an attempt that did not succeed.
@@ -78,6 +194,8 @@ var (
 	ErrLeaseLost = errors.New("lease lost")
 	// ErrNotFound: no such dead letter.
 	ErrNotFound = errors.New("not found")
+	// ErrLive: a redelivery of a delivery that is still queued, in flight or retrying.
+	ErrLive = errors.New("delivery is still on its way")
 )
 
 // ValidateEnqueue checks an Enqueue or EnqueueLeased call's arguments; every backend refuses the
@@ -154,6 +272,8 @@ type DeadLetters interface {
 	// ReplayDead puts a dead letter back in its target's queue, due at now, with Attempt reset.
 	ReplayDead(ctx context.Context, id string, now time.Time) error
 	DropDead(ctx context.Context, id string) error
+	// CountDead counts the dead letters held now.
+	CountDead(ctx context.Context) (int, error)
 }
 
 // Store is the whole contract a backend implements; relay/storetest checks it.
@@ -161,7 +281,10 @@ type Store interface {
 	Enqueuer
 	Queue
 	DeadLetters
-	// Sweep deletes dedupe keys that expired at now and reports how many it removed.
+	History
+	// Sweep deletes dedupe keys that expired at now and, with history on, messages received
+	// longer than the retention before now whose deliveries are all delivered, with their
+	// deliveries and attempts. It reports how many keys and messages it removed.
 	Sweep(ctx context.Context, now time.Time) (int, error)
 	// Ping reports whether the store can serve; readiness follows it.
 	Ping(ctx context.Context) error

@@ -42,6 +42,7 @@ type fileConfig struct {
 	TLS            tlsConfig      `yaml:"tls"`
 	Log            logConfig      `yaml:"log"`
 	Store          storeConfig    `yaml:"store"`
+	History        historyConfig  `yaml:"history"`
 	Timeouts       timeoutsConfig `yaml:"timeouts"`
 	Delivery       deliveryConfig `yaml:"delivery"`
 	Targets        []targetConfig `yaml:"targets"`
@@ -74,6 +75,12 @@ type storeConfig struct {
 	Type  string       `yaml:"type"`
 	Path  string       `yaml:"path,omitempty"`
 	Redis *redisConfig `yaml:"redis,omitempty"`
+}
+
+// historyConfig is how long the store keeps every message, its deliveries and their attempts for
+// the inspector (docs/DESIGN.md section 2.5). Retention 0 turns history off; unset is the default.
+type historyConfig struct {
+	Retention *time.Duration `yaml:"retention"`
 }
 
 // timeoutsConfig bounds how long a sender's connection may take, so that slow or idle
@@ -350,6 +357,7 @@ const (
 	defaultDataDir     = "./data"
 	defaultMaxBody     = 1 << 20
 	defaultDedupeTTL   = 72 * time.Hour
+	defaultRetention   = 72 * time.Hour
 	defaultTimeout     = 30 * time.Second
 	defaultConcurrency = 8
 	defaultFalJWKS     = "https://rest.fal.ai/.well-known/jwks.json"
@@ -414,6 +422,10 @@ func (c *fileConfig) applyDefaults() {
 	def(&c.Log.Level, "info")
 	def(&c.Log.Format, "json")
 	def(&c.Store.Type, "embedded")
+	if c.History.Retention == nil {
+		r := defaultRetention
+		c.History.Retention = &r
+	}
 	c.TLS.applyDefaults()
 	if c.Store.Type == "embedded" {
 		def(&c.Store.Path, filepath.Join(c.DataDir, "relay.db"))
@@ -603,6 +615,9 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		}
 	default:
 		p.add("store.type", "%q is not embedded or redis", c.Store.Type)
+	}
+	if r := *c.History.Retention; r < 0 {
+		p.add("history.retention", "must be 0 (history off) or positive, got %v", r)
 	}
 	positive := func(path string, d time.Duration) {
 		if d < 0 {

@@ -60,9 +60,26 @@ func TestDefaults(t *testing.T) {
 		"ack_status":      rt.AckStatus == 202,
 		"delivery.lease":  c.Delivery.Lease == 2*time.Minute,
 		"log.format json": c.Log.Format == "json",
+		"history":         *c.History.Retention == 72*time.Hour,
 	} {
 		if !ok {
 			t.Errorf("default %s not applied: %+v", name, c)
+		}
+	}
+}
+
+// history.retention: unset is the default, 0 turns history off and stays 0.
+func TestHistoryRetention(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want time.Duration
+	}{{"", 72 * time.Hour}, {"history: {retention: 0s}\n", 0}, {"history: {retention: 24h}\n", 24 * time.Hour}} {
+		c, _, err := parseConfig([]byte(tc.yaml+minimal), "test.yaml", io.Discard)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := *c.History.Retention; got != tc.want {
+			t.Errorf("%q: retention %v, want %v", tc.yaml, got, tc.want)
 		}
 	}
 }
@@ -91,6 +108,7 @@ func TestConfigErrorsNameThePath(t *testing.T) {
 			[]string{"routes[0].provider:", "routes[0].targets[0]:"}},
 		{"header timeout above read", "timeouts: {read_header: 2m, read: 1m}\n" + minimal, []string{"timeouts.read_header:", "above timeouts.read"}},
 		{"negative idle timeout", "timeouts: {idle: -1s}\n" + minimal, []string{"timeouts.idle: must be positive"}},
+		{"negative retention", "history: {retention: -1h}\n" + minimal, []string{"history.retention: must be 0 (history off) or positive"}},
 		{"no routes", "targets:\n  - name: app\n    url: http://127.0.0.1:1/\n", []string{"routes: none defined"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,7 @@ commands:
   check   -config FILE             validate the config and print it with defaults filled (no secrets)
   sink    -listen ADDR [flags]     a small target that prints each request and answers 200
   dlq     list|show|replay|drop    inspect and replay dead letters through the admin API
+  messages list|show|redeliver     message history: did the relay get job X, what did each target answer
   reload  [-admin URL]             reload the running relay's config file (as SIGHUP does) and say what changed
   health  [-admin URL]             exit 0 when the relay answers ready (a container health check)
   version                          print the version
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdSink(ctx, rest, stdout, stderr)
 	case "dlq":
 		err = cmdDLQ(rest, stdout, stderr)
+	case "messages":
+		err = cmdMessages(rest, stdout, stderr)
 	case "health":
 		err = cmdHealth(rest, stdout, stderr)
 	case "reload":
@@ -186,7 +189,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
 		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
-			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof}), log)
+			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof, HistoryRetention: *cfg.History.Retention}), log)
 		if err != nil {
 			return err
 		}

@@ -91,6 +91,7 @@ func (rl *reloader) apply() (relay.ReloadResult, error) {
 	// What needs a restart keeps describing the running process.
 	next.Listen, next.DataDir, next.TLS, next.Admin, next.Log = rl.current.Listen, rl.current.DataDir, rl.current.TLS, rl.current.Admin, rl.current.Log
 	next.Store, next.Delivery, next.Timeouts = rl.current.Store, rl.current.Delivery, rl.current.Timeouts
+	next.History = rl.current.History
 	rl.current = next
 	for _, r := range next.Routes {
 		rl.log.Info("route", "route", r.Name, "path", r.Path, "checks", r.posture())
@@ -109,6 +110,7 @@ func restartOnly(a, b *fileConfig) []string {
 		{"listen", a.Listen, b.Listen}, {"data_dir", a.DataDir, b.DataDir}, {"tls", a.TLS, b.TLS}, {"timeouts", a.Timeouts, b.Timeouts},
 		{"admin", a.Admin, b.Admin},
 		{"log", a.Log, b.Log}, {"store", a.Store, b.Store}, {"delivery", a.Delivery, b.Delivery},
+		{"history", a.History, b.History},
 	} {
 		// Compared as YAML: only what the file says, not what was built from it.
 		ya, _ := yaml.Marshal(s.a)

@@ -144,11 +144,12 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 func openStore(cfg *fileConfig, log *slog.Logger) (relay.Store, error) {
 	switch cfg.Store.Type {
 	case "redis":
-		return redisstore.New(cfg.redis, redisstore.Options{Prefix: cfg.Store.Redis.Prefix, Logger: log})
+		return redisstore.New(cfg.redis, redisstore.Options{Prefix: cfg.Store.Redis.Prefix, Logger: log,
+			History: *cfg.History.Retention})
 	default:
 		if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
 			return nil, fmt.Errorf("data directory: %w", err)
 		}
-		return boltstore.Open(cfg.Store.Path, boltstore.Options{Logger: log})
+		return boltstore.Open(cfg.Store.Path, boltstore.Options{Logger: log, History: *cfg.History.Retention})
 	}
 }

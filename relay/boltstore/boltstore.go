@@ -11,8 +11,13 @@
 //	dedupe_exp  time it expires + dedupe key -> nil, walked by Sweep
 //	dead        delivery ID -> record with DeadAt set
 //	dead_idx    DeadAt + delivery ID -> nil, the stable ListDead order
+//	msg_dups    message ID -> duplicate count + last seen (history)
+//	attempts    delivery ID + 0 + 4-byte sequence -> attempt (history)
+//	jobs        length-prefixed job ID + message ID -> nil, the job-ID search (history)
 //
-// A message goes when its last delivery is acked or its last dead letter dropped. A claim moves a
+// Without history a message goes when its last delivery is acked or its last dead letter
+// dropped; with history an acked delivery stays, marked delivered, until Sweep deletes its
+// message after the retention (history.go). A claim moves a
 // delivery's due entry to the lease expiry, so an unacked lease simply becomes due again. Writers
 // share fsyncs through one writer goroutine (group commit, writer.go).
 package boltstore
@@ -44,6 +49,9 @@ var (
 	bDedupeExp  = []byte("dedupe_exp")
 	bDead       = []byte("dead")
 	bDeadIdx    = []byte("dead_idx")
+	bDups       = []byte("msg_dups")
+	bAttempts   = []byte("attempts")
+	bJobs       = []byte("jobs")
 )
 
 // Options tune the store. The zero value is a good default.
@@ -54,6 +62,9 @@ type Options struct {
 	LockTimeout time.Duration
 	// Logger receives operational events (leases recovered at Open). Nil discards them.
 	Logger *slog.Logger
+	// History is how long messages, settled deliveries and their attempts are kept (history.go).
+	// Zero keeps nothing that is settled.
+	History time.Duration
 }
 
 // Store is a relay.Store on a bbolt file. It is safe for concurrent use.
@@ -61,6 +72,7 @@ type Store struct {
 	db         *bolt.DB
 	log        *slog.Logger
 	sweepChunk int // dedupe keys Sweep deletes per transaction, so ingress never waits long
+	history    time.Duration
 
 	maxBatch   int
 	mu         sync.RWMutex // closed and sends on writes: Close waits for senders
@@ -75,9 +87,9 @@ func Open(path string, opt Options) (*Store, error) {
 	if path == "" {
 		return nil, errors.New("boltstore: open: empty path")
 	}
-	if opt.MaxBatchSize < 0 || opt.LockTimeout < 0 {
-		return nil, fmt.Errorf("boltstore: open %s: negative option (MaxBatchSize %d, LockTimeout %v)",
-			path, opt.MaxBatchSize, opt.LockTimeout)
+	if opt.MaxBatchSize < 0 || opt.LockTimeout < 0 || opt.History < 0 {
+		return nil, fmt.Errorf("boltstore: open %s: negative option (MaxBatchSize %d, LockTimeout %v, History %v)",
+			path, opt.MaxBatchSize, opt.LockTimeout, opt.History)
 	}
 	if opt.MaxBatchSize == 0 {
 		opt.MaxBatchSize = 1000
@@ -103,7 +115,7 @@ func Open(path string, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s := &Store{db: db, log: opt.Logger, sweepChunk: 1000, maxBatch: opt.MaxBatchSize,
+	s := &Store{db: db, log: opt.Logger, sweepChunk: 1000, history: opt.History, maxBatch: opt.MaxBatchSize,
 		writes: make(chan write, opt.MaxBatchSize), writerDone: make(chan struct{})}
 	n, err := s.init()
 	if err != nil {
@@ -120,7 +132,8 @@ func Open(path string, opt Options) (*Store, error) {
 // init creates the buckets and makes leased deliveries due at the time they were claimed.
 func (s *Store) init() (recovered int, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bMessages, bDeliveries, bDue, bLeased, bDedupe, bDedupeExp, bDead, bDeadIdx} {
+		for _, name := range [][]byte{bMessages, bDeliveries, bDue, bLeased, bDedupe, bDedupeExp, bDead, bDeadIdx,
+			bDups, bAttempts, bJobs} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

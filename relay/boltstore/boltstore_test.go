@@ -28,10 +28,10 @@ func openTest(t testing.TB, path string, opt Options) *Store {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T) (relay.Store, func(*testing.T) relay.Store) {
+		Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
 			path := filepath.Join(t.TempDir(), "relay.db")
-			reopen := func(t *testing.T) relay.Store { return openTest(t, path, Options{}) }
-			return openTest(t, path, Options{}), reopen
+			reopen := func(t *testing.T) relay.Store { return openTest(t, path, Options{History: o.History}) }
+			return reopen(t), reopen
 		},
 	})
 }
@@ -195,6 +195,98 @@ func TestSweepChunks(t *testing.T) {
 	}
 }
 
+// The history sweep works in chunks and still finds every message past retention.
+func TestSweepHistoryChunks(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{History: time.Hour})
+	defer s.Close()
+	s.sweepChunk = 3
+	for i := range 10 {
+		m := testMsg(fmt.Sprintf("m%02d", i), "a")
+		m.ReceivedAt = at(i)
+		if _, err := s.Enqueue(ctx, m, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := s.Claim(ctx, "a", at(i), time.Minute, 1)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("Claim = %v, %v", ds, err)
+		}
+		if i != 4 { // m04 stays in flight, and is kept
+			if err := s.Ack(ctx, ds[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := s.Sweep(ctx, at(100).Add(time.Hour)); err != nil || n != 9 {
+		t.Fatalf("Sweep = %d, %v; want 9", n, err)
+	}
+	page, _, err := s.ListMessages(ctx, relay.MessageFilter{}, at(100))
+	if err != nil || len(page) != 1 || page[0].ID != "m04" {
+		t.Fatalf("history after the sweep = %v, %v; want m04", page, err)
+	}
+}
+
+// A dedupe key written by an earlier release holds only its expiry: it still dedupes, and with
+// history on the duplicate is simply not counted (the key names no message).
+func TestOldDedupeValue(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{History: time.Hour})
+	defer s.Close()
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bDedupe).Put([]byte("k"), timeKey(at(3600))); err != nil {
+			return err
+		}
+		return tx.Bucket(bDedupeExp).Put(append(timeKey(at(3600)), 'k'), nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id   string
+		recv time.Time
+		dup  bool
+	}{{"m1", at(10), true}, {"m2", at(3600), false}, {"m3", at(3601), true}} {
+		m := testMsg(tc.id, "a")
+		m.ReceivedAt = tc.recv
+		dup, err := s.Enqueue(ctx, m, "k", time.Hour)
+		if err != nil || dup != tc.dup {
+			t.Fatalf("Enqueue(%s) = %v, %v; want duplicate %v", tc.id, dup, err, tc.dup)
+		}
+	}
+	rec, err := s.GetMessage(ctx, "m2", at(3601))
+	if err != nil || rec.Duplicates != 1 {
+		t.Fatalf("GetMessage(m2) = %+v, %v; want the duplicate counted on the new claim", rec, err)
+	}
+}
+
+// With history off the file holds what releases before history wrote: version 2 records and
+// dedupe values that are the expiry alone.
+func TestHistoryOffKeepsTheLayout(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	defer s.Close()
+	if _, err := s.Enqueue(ctx, testMsg("m1", "a"), "k", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := s.Claim(ctx, "a", at(0), time.Minute, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Claim = %v, %v", ds, err)
+	}
+	if err := s.Retry(ctx, ds[0], at(1), relay.Failure{Status: 500}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bDeliveries).Get([]byte("m1.a")); len(v) == 0 || v[0] != recordV2 {
+			return fmt.Errorf("delivery record %x, want version 2", v)
+		}
+		if v := tx.Bucket(bDedupe).Get([]byte("k")); len(v) != 8 {
+			return fmt.Errorf("dedupe value %x, want the 8-byte expiry", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestClosed(t *testing.T) {
 	ctx := t.Context()
 	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
@@ -225,6 +317,21 @@ func TestRecordRoundTrip(t *testing.T) {
 	if !bytes.Equal(encodeRecord(got), b) || !got.ClaimedAt.IsZero() || !got.DueAt.Equal(r.DueAt) || got.Message.ID != "m" {
 		t.Fatalf("round trip changed the record: %+v", got)
 	}
+	if b[0] != recordV2 {
+		t.Fatalf("a record not delivered is version %d, want 2 (readable by releases before history)", b[0])
+	}
+	r.DeliveredAt = at(5).Add(7)
+	db := encodeRecord(r)
+	if got, err := decodeRecord(db); err != nil || db[0] != recordVersion || !got.DeliveredAt.Equal(r.DeliveredAt) {
+		t.Fatalf("delivered record round trip = %+v, %v", got, err)
+	}
+	a := &relay.Attempt{Number: 2, Start: at(1).Add(9), Duration: 1500 * time.Microsecond, Status: 503, Error: "e",
+		Response: bytes.Repeat([]byte{0xff}, relay.MaxAttemptResponse+1)}
+	ab := encodeAttempt(a)
+	if ga, err := decodeAttempt(ab); err != nil || ga.Number != 2 || !ga.Start.Equal(a.Start) || ga.Duration != a.Duration ||
+		ga.Status != 503 || ga.Error != "e" || len(ga.Response) != relay.MaxAttemptResponse {
+		t.Fatalf("attempt round trip = %+v, %v", ga, err)
+	}
 	mb := encodeMessage(m)
 	gm, err := decodeMessage(mb)
 	if err != nil {
@@ -242,8 +349,9 @@ func TestRecordRoundTrip(t *testing.T) {
 	for _, dec := range []func([]byte) error{
 		func(b []byte) error { _, err := decodeRecord(b); return err },
 		func(b []byte) error { _, err := decodeMessage(b); return err },
+		func(b []byte) error { _, err := decodeAttempt(b); return err },
 	} {
-		for _, enc := range [][]byte{b, mb} {
+		for _, enc := range [][]byte{b, db, mb, ab} {
 			if dec(enc) != nil {
 				continue // the other kind
 			}

@@ -102,11 +102,18 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 	})
 }
 
-// DropDead deletes the dead letter id.
+// DropDead deletes the dead letter id. With history its attempts go too, and its message stays
+// until Sweep.
 func (s *Store) DropDead(ctx context.Context, id string) error {
 	return s.removeDead(ctx, "drop dead", id, func(tx *bolt.Tx, r *record) error {
+		if err := deleteAttempts(tx, r.ID); err != nil {
+			return err
+		}
 		if r.legacy {
 			return nil // its message went with it
+		}
+		if s.history > 0 {
+			return nil
 		}
 		return releaseMessage(tx, r.Message.ID)
 	})
@@ -135,4 +142,20 @@ func (s *Store) removeDead(ctx context.Context, op, id string, fn func(*bolt.Tx,
 		return fmt.Errorf("boltstore: %s %s: %w", op, id, err)
 	}
 	return nil
+}
+
+// CountDead counts the dead letters.
+func (s *Store) CountDead(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("boltstore: count dead: %w", err)
+	}
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bDeadIdx).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("boltstore: count dead: %w", err)
+	}
+	return n, nil
 }

@@ -46,17 +46,26 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 		recs[i], vals[i] = r, encodeRecord(r)
 	}
 	expires := m.ReceivedAt.Add(ttl)
+	// With history the dedupe key names its message, so that duplicates are counted on it; without,
+	// the value stays the expiry alone, as releases before history wrote and read it.
+	holderID := ""
+	if s.history > 0 {
+		holderID = m.ID
+	}
 
 	var duplicate bool
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		duplicate = false
 		if dedupeKey != "" {
-			held, err := claimKey(tx, []byte(dedupeKey), m.ReceivedAt, expires)
+			claimed, holder, err := claimKey(tx, []byte(dedupeKey), holderID, m.ReceivedAt, expires)
 			if err != nil {
 				return err
 			}
-			if !held {
+			if !claimed {
 				duplicate = true
+				if s.history > 0 {
+					return countDuplicate(tx, holder, m.ReceivedAt)
+				}
 				return nil
 			}
 		}
@@ -66,6 +75,11 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 		}
 		if err := tx.Bucket(bMessages).Put([]byte(m.ID), msgVal); err != nil {
 			return err
+		}
+		if s.history > 0 && m.JobID != "" {
+			if err := tx.Bucket(bJobs).Put(jobKey(m.JobID, m.ID), nil); err != nil {
+				return err
+			}
 		}
 		deliveries, dead := tx.Bucket(bDeliveries), tx.Bucket(bDead)
 		for i, r := range recs {
@@ -100,35 +114,46 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 	return false, claimed, nil
 }
 
-// claimKey takes key until expires unless it is held at now. It reports false when it is held.
-func claimKey(tx *bolt.Tx, key []byte, now, expires time.Time) (bool, error) {
+// claimKey takes key for message id ("" to name none) until expires unless it is held at now. It
+// reports false when it is held, and then the message ID holding it ("" for a key that names none).
+func claimKey(tx *bolt.Tx, key []byte, id string, now, expires time.Time) (bool, string, error) {
 	keys, exp := tx.Bucket(bDedupe), tx.Bucket(bDedupeExp)
 	if v := keys.Get(key); v != nil {
-		if len(v) != 8 {
-			return false, fmt.Errorf("dedupe key %q: corrupt expiry", key)
+		if len(v) < 8 {
+			return false, "", fmt.Errorf("dedupe key %q: corrupt expiry", key)
 		}
 		old := keyTime(v)
 		if old.After(now) {
-			return false, nil
+			return false, string(v[8:]), nil
 		}
 		// Expired but not swept yet: take it over, and drop its old expiry entry so that Sweep
 		// neither deletes the new claim early nor counts the key twice.
-		if err := exp.Delete(append(bytes.Clone(v), key...)); err != nil {
-			return false, err
+		if err := exp.Delete(append(bytes.Clone(v[:8]), key...)); err != nil {
+			return false, "", err
 		}
 	}
-	if err := keys.Put(key, timeKey(expires)); err != nil {
-		return false, err
+	if err := keys.Put(key, append(timeKey(expires), id...)); err != nil {
+		return false, "", err
 	}
 	if err := exp.Put(append(timeKey(expires), key...), nil); err != nil {
-		return false, err
+		return false, "", err
 	}
-	return true, nil
+	return true, "", nil
 }
 
-// Sweep deletes the dedupe keys expired at now, in chunks of one transaction each so that
-// Enqueue never waits behind a long sweep.
+// Sweep deletes the dedupe keys expired at now, then with history the messages past retention
+// (sweepHistory), in chunks of one transaction each so that Enqueue never waits behind a long
+// sweep.
 func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
+	n, err := s.sweepKeys(ctx, now)
+	if err != nil || s.history == 0 {
+		return n, err
+	}
+	m, err := s.sweepHistory(ctx, now.Add(-s.history))
+	return n + m, err
+}
+
+func (s *Store) sweepKeys(ctx context.Context, now time.Time) (int, error) {
 	limit := timeKey(now)
 	total := 0
 	for {
@@ -265,13 +290,21 @@ func (s *Store) Depth(ctx context.Context, target string) (int, error) {
 	return n, nil
 }
 
-// Ack removes a delivered delivery.
+// Ack removes a delivered delivery, or with history marks it delivered and records its attempt.
 func (s *Store) Ack(ctx context.Context, d *relay.Delivery) error {
 	return s.settle(ctx, "ack", d, func(tx *bolt.Tx, r *record) error {
 		if err := unqueue(tx, r); err != nil {
 			return err
 		}
-		return releaseMessage(tx, r.Message.ID)
+		if s.history == 0 {
+			return releaseMessage(tx, r.Message.ID)
+		}
+		r.Lease, r.ClaimedAt, r.DueAt = "", time.Time{}, time.Time{}
+		r.DeliveredAt = time.Now().UTC()
+		if d.Tried != nil {
+			r.DeliveredAt = d.Tried.Start.Add(d.Tried.Duration)
+		}
+		return putRecord(tx, bDeliveries, r)
 	})
 }
 
@@ -303,8 +336,13 @@ func (s *Store) Bury(ctx context.Context, d *relay.Delivery, now time.Time, f re
 	})
 }
 
-// settle runs fn on d's stored record if d still holds its lease.
+// settle runs fn on d's stored record if d still holds its lease, and with history records the
+// attempt d.Tried.
 func (s *Store) settle(ctx context.Context, op string, d *relay.Delivery, fn func(*bolt.Tx, *record) error) error {
+	var tried []byte
+	if s.history > 0 && d.Tried != nil {
+		tried = encodeAttempt(d.Tried)
+	}
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		r, err := getRecord(tx, bDeliveries, []byte(d.ID))
 		if err != nil {
@@ -312,6 +350,11 @@ func (s *Store) settle(ctx context.Context, op string, d *relay.Delivery, fn fun
 		}
 		if r == nil || r.Lease == "" || r.Lease != d.Lease {
 			return relay.ErrLeaseLost
+		}
+		if tried != nil {
+			if err := appendAttempt(tx, d.ID, tried); err != nil {
+				return err
+			}
 		}
 		return fn(tx, r)
 	})

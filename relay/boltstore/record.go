@@ -21,16 +21,20 @@ type record struct {
 	// ClaimedAt is when the current lease was taken. Open makes a leased delivery due from then:
 	// it was due at that moment, whatever clock the caller uses.
 	ClaimedAt time.Time
+	// DeliveredAt is set when history keeps an acknowledged delivery: it is then no longer live.
+	DeliveredAt time.Time
 	// legacy marks a record of the first layout, which carried its whole message: the next write
 	// stores the message in the messages bucket (see putRecord).
 	legacy bool
 }
 
-// Record layouts: version 1 (earlier releases) carried the message; version 2 names it by ID.
+// Record layouts: version 1 (earlier releases) carried the message; version 2 names it by ID;
+// version 3 adds the delivered time (history).
 // Message layouts: version 1 had no headers; version 2 ends with the forwarded headers.
 const (
 	recordV1       = 1
-	recordVersion  = 2
+	recordV2       = 2
+	recordVersion  = 3
 	messageV1      = 1
 	messageVersion = 2
 )
@@ -40,9 +44,18 @@ const (
 // times faster than JSON, which would also base64 the body).
 func encodeRecord(r *record) []byte {
 	e := encoder{b: make([]byte, 0, 96+len(r.ID)+len(r.LastError))}
-	e.b = append(e.b, recordVersion)
+	// A record that is not delivered keeps the version 2 layout, so that with history off the file
+	// stays readable by the release before history.
+	if r.DeliveredAt.IsZero() {
+		e.b = append(e.b, recordV2)
+	} else {
+		e.b = append(e.b, recordVersion)
+	}
 	e.state(r)
 	e.str(r.Message.ID)
+	if !r.DeliveredAt.IsZero() {
+		e.time(r.DeliveredAt)
+	}
 	return e.b
 }
 
@@ -121,7 +134,7 @@ func (e *encoder) message(m *relay.Message) {
 // decodeRecord copies everything out of b: bbolt's memory is only valid inside the transaction.
 // A version 2 record comes back with only Message.ID set; getRecord fills in the message.
 func decodeRecord(b []byte) (*record, error) {
-	if len(b) == 0 || (b[0] != recordVersion && b[0] != recordV1) {
+	if len(b) == 0 || b[0] < recordV1 || b[0] > recordVersion {
 		return nil, errors.New("decode record: unknown version")
 	}
 	d := decoder{b: b[1:]}
@@ -141,10 +154,44 @@ func decodeRecord(b []byte) (*record, error) {
 	} else {
 		r.Message.ID = d.str()
 	}
+	if b[0] >= recordVersion {
+		r.DeliveredAt = d.time()
+	}
 	if err := d.end(); err != nil {
 		return nil, fmt.Errorf("decode record: %w", err)
 	}
 	return r, nil
+}
+
+// encodeAttempt and decodeAttempt are the attempts bucket's values: a version byte, then the fields.
+func encodeAttempt(a *relay.Attempt) []byte {
+	e := encoder{b: make([]byte, 0, 32+len(a.Error)+len(a.Response))}
+	e.b = append(e.b, 1)
+	e.int(int64(a.Number))
+	e.time(a.Start)
+	e.int(int64(a.Duration))
+	e.int(int64(a.Status))
+	e.str(a.Error)
+	e.bytes(a.Response[:min(len(a.Response), relay.MaxAttemptResponse)])
+	return e.b
+}
+
+func decodeAttempt(b []byte) (relay.Attempt, error) {
+	var a relay.Attempt
+	if len(b) == 0 || b[0] != 1 {
+		return a, errors.New("decode attempt: unknown version")
+	}
+	d := decoder{b: b[1:]}
+	a.Number = int(d.int())
+	a.Start = d.time()
+	a.Duration = time.Duration(d.int())
+	a.Status = int(d.int())
+	a.Error = d.str()
+	a.Response = bytes.Clone(d.raw())
+	if err := d.end(); err != nil {
+		return a, fmt.Errorf("decode attempt: %w", err)
+	}
+	return a, nil
 }
 
 // decodeMessage decodes what encodeMessage wrote, copying out of b.

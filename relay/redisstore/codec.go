@@ -212,3 +212,53 @@ func (d *decoder) headers() http.Header {
 	}
 	return h
 }
+
+// historyMember is a message's member in the history indexes: its received time as deadKey
+// writes it, then its ID, so that the indexes sort by arrival and page with ZRANGE BYLEX.
+func historyMember(received time.Time, id string) string { return deadKey(received.UnixMicro()) + id }
+
+// encodeAttempt and decodeAttempt are the attempts lists' elements: a version byte, then the
+// fields as encodeMessage writes them.
+func encodeAttempt(a *relay.Attempt) string {
+	resp := a.Response[:min(len(a.Response), relay.MaxAttemptResponse)]
+	b := make([]byte, 0, 32+len(a.Error)+len(resp))
+	b = append(b, 1)
+	b = binary.AppendVarint(b, int64(a.Number))
+	b = binary.AppendVarint(b, a.Start.Unix())
+	b = binary.AppendUvarint(b, uint64(a.Start.Nanosecond()))
+	b = binary.AppendVarint(b, int64(a.Duration))
+	b = binary.AppendVarint(b, int64(a.Status))
+	b = binary.AppendUvarint(b, uint64(len(a.Error)))
+	b = append(b, a.Error...)
+	b = binary.AppendUvarint(b, uint64(len(resp)))
+	b = append(b, resp...)
+	return string(b)
+}
+
+func decodeAttempt(s string) (relay.Attempt, error) {
+	var a relay.Attempt
+	if len(s) == 0 || s[0] != 1 {
+		return a, errors.New("unknown attempt encoding version")
+	}
+	d := decoder{s: s[1:]}
+	a.Number = int(d.varint())
+	sec := d.varint()
+	nsec := d.uvarint()
+	if nsec >= 1e9 {
+		d.err = errCorrupt
+	}
+	a.Start = time.Unix(sec, int64(nsec)).UTC()
+	a.Duration = time.Duration(d.varint())
+	a.Status = int(d.varint())
+	a.Error = d.str()
+	if r := d.str(); r != "" {
+		a.Response = []byte(r)
+	}
+	if d.err == nil && len(d.s) != 0 {
+		d.err = errCorrupt
+	}
+	if d.err != nil {
+		return relay.Attempt{}, d.err
+	}
+	return a, nil
+}

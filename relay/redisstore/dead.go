@@ -120,9 +120,14 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 		s.base, id, micros(now))
 }
 
-// DropDead deletes the dead letter id.
+// DropDead deletes the dead letter id and its attempts. With history its message stays until
+// Sweep.
 func (s *Store) DropDead(ctx context.Context, id string) error {
-	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base)
+	history := ""
+	if s.history > 0 {
+		history = "1"
+	}
+	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base, history)
 }
 
 func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id string, keys []string, args ...any) error {
@@ -134,4 +139,13 @@ func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id 
 		return fmt.Errorf("redisstore: %s %s: %w", op, id, relay.ErrNotFound)
 	}
 	return nil
+}
+
+// CountDead counts the dead letters.
+func (s *Store) CountDead(ctx context.Context) (int, error) {
+	n, err := s.rdb.ZCard(ctx, s.deadSetKey()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: count dead: %w", err)
+	}
+	return int(n), nil
 }

@@ -38,9 +38,13 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 	}
 	keys := make([]string, 2, 3+2*n)
 	keys[0], keys[1] = s.dedupeIndexKey(), s.messageKey(m.ID)
-	args := make([]any, 0, 8+3*n)
+	member := ""
+	if s.history > 0 {
+		member = historyMember(m.ReceivedAt, m.ID)
+	}
+	args := make([]any, 0, 11+3*n)
 	args = append(args, micros(m.ReceivedAt), expires, px, dedupeKey, encodeMessage(m), m.Route, m.ID,
-		micros(m.ReceivedAt.Add(lease)))
+		micros(m.ReceivedAt.Add(lease)), s.base, member, m.JobID)
 	for _, t := range m.Targets {
 		keys = append(keys, s.deliveryKey(relay.DeliveryID(m.ID, t)))
 	}
@@ -80,7 +84,17 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 
 // Sweep deletes the dedupe keys expired at now, a chunk per script so that ingress never waits
 // long behind it. Redis forgets them by their TTL anyway; Sweep keeps the expiry index small.
+// With history it then deletes the messages past retention (sweepHistory).
 func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
+	n, err := s.sweepKeys(ctx, now)
+	if err != nil || s.history == 0 {
+		return n, err
+	}
+	m, err := s.sweepHistory(ctx, now.Add(-s.history))
+	return n + m, err
+}
+
+func (s *Store) sweepKeys(ctx context.Context, now time.Time) (int, error) {
 	total := 0
 	for {
 		n, err := sweepScript.Run(ctx, s.rdb, []string{s.dedupeIndexKey()}, s.base, micros(now), s.sweepChunk).Int()
@@ -170,26 +184,41 @@ func (s *Store) Depth(ctx context.Context, target string) (int, error) {
 	return int(n), nil
 }
 
-// Ack removes a delivered delivery.
+// Ack removes a delivered delivery, or with history marks it done and records its attempt.
 func (s *Store) Ack(ctx context.Context, d *relay.Delivery) error {
-	return s.settle(ctx, "ack", ackScript, d, []string{s.messageKey(d.Message.ID)})
+	done := ""
+	if s.history > 0 {
+		at := time.Now()
+		if d.Tried != nil {
+			at = d.Tried.Start.Add(d.Tried.Duration)
+		}
+		done = micros(at)
+	}
+	return s.settle(ctx, "ack", ackScript, d, s.messageKey(d.Message.ID), done)
 }
 
 // Retry releases the lease and makes d due at at, recording f.
 func (s *Store) Retry(ctx context.Context, d *relay.Delivery, at time.Time, f relay.Failure) error {
-	return s.settle(ctx, "retry", retryScript, d, nil, micros(at), f.Status, f.Error)
+	return s.settle(ctx, "retry", retryScript, d, "", micros(at), f.Status, f.Error)
 }
 
 // Bury moves d to the dead letters, recording f and now as its death time.
 func (s *Store) Bury(ctx context.Context, d *relay.Delivery, now time.Time, f relay.Failure) error {
-	return s.settle(ctx, "bury", buryScript, d, []string{s.deadSetKey()},
-		deadKey(now.UnixMicro()), f.Status, f.Error)
+	return s.settle(ctx, "bury", buryScript, d, s.deadSetKey(), deadKey(now.UnixMicro()), f.Status, f.Error)
 }
 
 // settle runs a settle script (see settleCheck) for d; a result of 0 means d's lease is lost.
-func (s *Store) settle(ctx context.Context, op string, sc *redis.Script, d *relay.Delivery, extraKeys []string, extraArgs ...any) error {
-	keys := append([]string{s.deliveryKey(d.ID), s.dueKey(d.Target)}, extraKeys...)
-	args := append([]any{d.Lease, d.Target, d.ID}, extraArgs...)
+// extraKey is the script's KEYS[4] ("" for none).
+func (s *Store) settle(ctx context.Context, op string, sc *redis.Script, d *relay.Delivery, extraKey string, extraArgs ...any) error {
+	keys := []string{s.deliveryKey(d.ID), s.dueKey(d.Target), s.attemptsKey(d.ID)}
+	if extraKey != "" {
+		keys = append(keys, extraKey)
+	}
+	tried := ""
+	if s.history > 0 && d.Tried != nil {
+		tried = encodeAttempt(d.Tried)
+	}
+	args := append([]any{d.Lease, d.Target, d.ID, tried}, extraArgs...)
 	ok, err := s.scripts.run(ctx, sc, keys, args)
 	if err != nil {
 		return fmt.Errorf("redisstore: %s %s: %w", op, d.ID, err)

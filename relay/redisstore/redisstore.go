@@ -18,6 +18,14 @@
 //	{p}:dead             ZSET  score 0, member deadKey(time)+ID: dead letters by death time then
 //	                           ID, pageable with ZRANGE BYLEX
 //
+// With history (Options.History, history.go) acked deliveries stay with a done field, and:
+//
+//	{p}:h                ZSET  score 0, member deadKey(received)+message ID: the history, newest
+//	                           first with ZRANGE BYLEX REV, oldest first for the sweep
+//	{p}:j:<job ID>       ZSET  the same members, for the messages of one job
+//	{p}:a:<delivery ID>  LIST  the delivery's attempts, encoded in Go
+//	(message hash)             dups, dup_at: duplicates counted on the message
+//
 // Times are whole microseconds in Redis (doubles are exact to 2^53; nanoseconds are not), except
 // the message's ReceivedAt, which the encoded message keeps exactly: due times, dead times and
 // dedupe expiries are truncated to the microsecond. Each write is one Lua script (scripts.go), run
@@ -35,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -53,6 +62,9 @@ type Options struct {
 	Prefix string
 	// Logger receives operational events (inconsistent entries dropped). Nil discards them.
 	Logger *slog.Logger
+	// History is how long messages, settled deliveries and their attempts are kept (history.go).
+	// Zero keeps nothing that is settled.
+	History time.Duration
 }
 
 // Store is a relay.Store on Redis. It is safe for concurrent use, also by several processes.
@@ -61,7 +73,8 @@ type Store struct {
 	log  *slog.Logger
 	base string // "{prefix}:"
 
-	sweepChunk int      // dedupe keys one sweep script deletes, so that Redis is never blocked for long
+	sweepChunk int // dedupe keys one sweep script deletes, so that Redis is never blocked for long
+	history    time.Duration
 	deadBudget int      // dead set entries one list script scans, for the same reason
 	scripts    *batcher // the write scripts of the hot path, pipelined
 }
@@ -78,10 +91,14 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if strings.ContainsAny(opt.Prefix, "{}") {
 		return nil, fmt.Errorf("redisstore: new: prefix %q must not contain braces: the store adds its own hash tag", opt.Prefix)
 	}
+	if opt.History < 0 {
+		return nil, fmt.Errorf("redisstore: new: negative History %v", opt.History)
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000,
+		history: opt.History,
 		scripts: newBatcher(client)}, nil
 }
 
@@ -109,3 +126,6 @@ func (s *Store) dueKey(target string) string  { return s.base + "q:" + target }
 func (s *Store) dedupeKey(key string) string  { return s.base + "k:" + key }
 func (s *Store) dedupeIndexKey() string       { return s.base + "kx" }
 func (s *Store) deadSetKey() string           { return s.base + "dead" }
+func (s *Store) historyKey() string           { return s.base + "h" }
+func (s *Store) jobKey(job string) string     { return s.base + "j:" + job }
+func (s *Store) attemptsKey(id string) string { return s.base + "a:" + id }

@@ -46,11 +46,15 @@ func openStore(t testing.TB, addr, prefix string) *Store {
 func TestConformance(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T) (relay.Store, func(*testing.T) relay.Store) {
+		Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
 			prefix := uniquePrefix("conf")
 			// A restarted relay process: a new client on the same data. Run closes both stores.
 			open := func(t *testing.T) relay.Store {
-				return newStore(t, redis.NewClient(&redis.Options{Addr: srv.Addr}), prefix)
+				s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: prefix, History: o.History})
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				return s
 			}
 			return open(t), open
 		},
@@ -140,25 +144,101 @@ func TestKeysShareHashTag(t *testing.T) {
 	}
 }
 
+// The dedupe key has a real TTL; its value is the expiry, and with history also the message ID
+// (without history exactly what releases before history wrote, so that they can read it).
 func TestDedupeKeyTTL(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s := openStore(t, srv.Addr, "ttl")
-	ctx := t.Context()
-	const ttl = 72 * time.Hour
-	recv := time.Now()
-	if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
-		t.Fatal(err)
+	for _, history := range []time.Duration{0, time.Hour} {
+		s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: uniquePrefix("ttl"), History: history})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx := t.Context()
+		const ttl = 72 * time.Hour
+		recv := time.Now()
+		if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
+			t.Fatal(err)
+		}
+		key := s.dedupeKey("r/j/succeeded")
+		pttl, err := s.rdb.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pttl > ttl || pttl < ttl-10*time.Second {
+			t.Errorf("PTTL = %v, want close to %v", pttl, ttl)
+		}
+		want := micros(recv.Add(ttl))
+		if history > 0 {
+			want += " m1"
+		}
+		if v, err := s.rdb.Get(ctx, key).Result(); err != nil || v != want {
+			t.Errorf("history %v: key holds %q, %v; want %q", history, v, err, want)
+		}
 	}
-	key := s.dedupeKey("r/j/succeeded")
-	pttl, err := s.rdb.PTTL(ctx, key).Result()
+}
+
+// A dedupe key written by an earlier release holds only its expiry: it still dedupes, and with
+// history on the duplicate is simply not counted (the key names no message).
+func TestOldDedupeValue(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	s, err := New(client, Options{Prefix: "old", History: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pttl > ttl || pttl < ttl-10*time.Second {
-		t.Errorf("PTTL = %v, want close to %v", pttl, ttl)
+	defer s.Close()
+	ctx := t.Context()
+	if err := s.rdb.Set(ctx, s.dedupeKey("k"), micros(at(3600)), 0).Err(); err != nil {
+		t.Fatal(err)
 	}
-	if v, err := s.rdb.Get(ctx, key).Result(); err != nil || v != micros(recv.Add(ttl)) {
-		t.Errorf("key holds %q, %v; want the expiry %s", v, err, micros(recv.Add(ttl)))
+	for _, tc := range []struct {
+		id   string
+		recv time.Time
+		dup  bool
+	}{{"m1", at(10), true}, {"m2", at(3600), false}, {"m3", at(3601), true}} {
+		dup, err := s.Enqueue(ctx, testMsg(tc.id, tc.recv, "a"), "k", time.Hour)
+		if err != nil || dup != tc.dup {
+			t.Fatalf("Enqueue(%s) = %v, %v; want duplicate %v", tc.id, dup, err, tc.dup)
+		}
+	}
+	rec, err := s.GetMessage(ctx, "m2", at(3601))
+	if err != nil || rec.Duplicates != 1 {
+		t.Fatalf("GetMessage(m2) = %+v, %v; want the duplicate counted on the new claim", rec, err)
+	}
+}
+
+// The history sweep walks the index in chunks and still finds every message past retention.
+func TestSweepHistoryChunks(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: "chunks", History: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.sweepChunk = 3
+	ctx := t.Context()
+	for i := range 10 {
+		m := testMsg(fmt.Sprintf("m%02d", i), at(i), "a")
+		if _, err := s.Enqueue(ctx, m, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := s.Claim(ctx, "a", at(i), time.Minute, 1)
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("Claim = %v, %v", ds, err)
+		}
+		if i != 4 { // m04 stays in flight, and is kept
+			if err := s.Ack(ctx, ds[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := s.Sweep(ctx, at(100).Add(time.Hour)); err != nil || n != 9 {
+		t.Fatalf("Sweep = %d, %v; want 9", n, err)
+	}
+	page, _, err := s.ListMessages(ctx, relay.MessageFilter{}, at(100))
+	if err != nil || len(page) != 1 || page[0].ID != "m04" {
+		t.Fatalf("history after the sweep = %v, %v; want m04", page, err)
 	}
 }
 

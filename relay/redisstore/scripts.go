@@ -13,7 +13,10 @@ import "github.com/redis/go-redis/v9"
 // Results: 1 means done, 0 means the lease is lost (settle) or the dead letter is absent.
 
 // enqueueScript claims the dedupe key and stores the message once and one delivery per target,
-// leased to the caller for the targets given a lease token.
+// leased to the caller for the targets given a lease token. With history (ARGV[10] not empty) the
+// dedupe key's value is its expiry, a space and the message ID, the message joins the history
+// index and its job's, and a duplicate is counted on the message holding the key; without, the
+// value is the expiry alone, as releases before history wrote and read it.
 //
 //	KEYS[1]         dedupe expiry index (kx)
 //	KEYS[2]         the message hash
@@ -21,11 +24,12 @@ import "github.com/redis/go-redis/v9"
 //	KEYS[n+3..2n+2] due sets of the targets
 //	KEYS[2n+3]      the dedupe key, when ARGV[4] is not empty
 //	ARGV: received µs, expiry µs, PX ms, dedupe key ("" for none), message, route, message ID,
-//	      lease expiry µs, n targets, n delivery IDs, n lease tokens ("" for not leased)
+//	      lease expiry µs, prefix, history member ("" with history off), job ID,
+//	      n targets, n delivery IDs, n lease tokens ("" for not leased)
 //
 // Returns 1 for a duplicate, 0 when stored.
 var enqueueScript = redis.NewScript(`
-local n = (#ARGV - 8) / 3
+local n = (#ARGV - 11) / 3
 -- go-redis retries a command whose reply was lost: when an earlier run of this very call stored
 -- the message, say so again rather than failing, or calling the sender's webhook a duplicate.
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -36,7 +40,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 for i = 1, n do
   if redis.call('EXISTS', KEYS[2 + i]) == 1 then
-    return redis.error_reply('ERR delivery ' .. ARGV[8 + n + i] .. ' already stored: message IDs must be unique')
+    return redis.error_reply('ERR delivery ' .. ARGV[11 + n + i] .. ' already stored: message IDs must be unique')
   end
 end
 if ARGV[4] ~= '' then
@@ -44,21 +48,41 @@ if ARGV[4] ~= '' then
   local held = redis.call('GET', k)
   -- Held until its logical expiry; an expired key that Redis still has (nobody swept it yet,
   -- and the real TTL runs on Redis' clock) counts as absent.
-  if held and tonumber(held) > tonumber(ARGV[1]) then
-    return 1
+  if held then
+    local exp, holder = string.match(held, '^(%-?%d+) ?(.*)$')
+    if exp and tonumber(exp) > tonumber(ARGV[1]) then
+      if ARGV[10] ~= '' and holder ~= '' then
+        local m = ARGV[9] .. 'm:' .. holder
+        if redis.call('EXISTS', m) == 1 then
+          redis.call('HINCRBY', m, 'dups', 1)
+          redis.call('HSET', m, 'dup_at', ARGV[1])
+        end
+      end
+      return 1
+    end
   end
-  redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+  if ARGV[10] ~= '' then
+    redis.call('SET', k, ARGV[2] .. ' ' .. ARGV[7], 'PX', ARGV[3])
+  else
+    redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+  end
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 end
 redis.call('HSET', KEYS[2], 'msg', ARGV[5], 'n', n)
+if ARGV[10] ~= '' then
+  redis.call('ZADD', ARGV[9] .. 'h', 0, ARGV[10])
+  if ARGV[11] ~= '' then
+    redis.call('ZADD', ARGV[9] .. 'j:' .. ARGV[11], 0, ARGV[10])
+  end
+end
 for i = 1, n do
-  local lease = ARGV[8 + 2 * n + i]
+  local lease = ARGV[11 + 2 * n + i]
   if lease == '' then
-    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[8 + i], 'route', ARGV[6])
-    redis.call('ZADD', KEYS[2 + n + i], ARGV[1], ARGV[8 + n + i])
+    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[11 + i], 'route', ARGV[6])
+    redis.call('ZADD', KEYS[2 + n + i], ARGV[1], ARGV[11 + n + i])
   else
-    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[8 + i], 'route', ARGV[6], 'attempt', 1, 'lease', lease)
-    redis.call('ZADD', KEYS[2 + n + i], ARGV[8], ARGV[8 + n + i])
+    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[11 + i], 'route', ARGV[6], 'attempt', 1, 'lease', lease)
+    redis.call('ZADD', KEYS[2 + n + i], ARGV[8], ARGV[11 + n + i])
   end
 end
 return 0
@@ -103,52 +127,58 @@ return out
 `)
 
 // settleCheck starts the scripts that settle a claimed delivery: the stored lease must be the
-// caller's, and the target the one whose due set is KEYS[2].
+// caller's, and the target the one whose due set is KEYS[2]. With history the attempt that
+// settles it (ARGV[4], "" for none) joins its attempts list.
 //
-//	KEYS[1] delivery hash, KEYS[2] due set of its target
-//	ARGV[1] lease, ARGV[2] target, ARGV[3] delivery ID
+//	KEYS[1] delivery hash, KEYS[2] due set of its target, KEYS[3] its attempts list
+//	ARGV[1] lease, ARGV[2] target, ARGV[3] delivery ID, ARGV[4] encoded attempt or ""
 const settleCheck = `
 local f = redis.call('HMGET', KEYS[1], 'lease', 'target')
 if ARGV[1] == '' or f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
   return 0
 end
-`
-
-// releaseMessage deletes the message hash KEYS[3] when the delivery KEYS[1] is the last one naming
-// it. Deliveries of earlier releases carry their message and name none.
-const releaseMessage = `
-if redis.call('HEXISTS', KEYS[1], 'mid') == 1 and redis.call('HINCRBY', KEYS[3], 'n', -1) <= 0 then
-  redis.call('DEL', KEYS[3])
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[4])
 end
 `
 
-// ackScript deletes a delivered delivery, and its message with the last one.
+// ackScript deletes a delivered delivery, and its message with the last one naming it
+// (deliveries of earlier releases carry their message and name none). With history (ARGV[5], the
+// delivered time, not empty) it keeps the delivery, marked done, out of the due set.
 //
-//	KEYS[3] message hash
-var ackScript = redis.NewScript(settleCheck + releaseMessage + `
-redis.call('DEL', KEYS[1])
+//	KEYS[4] message hash
+var ackScript = redis.NewScript(settleCheck + `
 redis.call('ZREM', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('HDEL', KEYS[1], 'lease')
+  redis.call('HSET', KEYS[1], 'done', ARGV[5])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'mid') == 1 and redis.call('HINCRBY', KEYS[4], 'n', -1) <= 0 then
+  redis.call('DEL', KEYS[4])
+end
+redis.call('DEL', KEYS[1])
 return 1
 `)
 
 // retryScript releases the lease, records the failure and makes the delivery due again.
 //
-//	ARGV[4] due µs, ARGV[5] status, ARGV[6] error
+//	ARGV[5] due µs, ARGV[6] status, ARGV[7] error
 var retryScript = redis.NewScript(settleCheck + `
 redis.call('HDEL', KEYS[1], 'lease')
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'error', ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[6], 'error', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
 return 1
 `)
 
 // buryScript moves the delivery from its due set to the dead set, recording the failure.
 //
-//	KEYS[3] dead set; ARGV[4] dead time key (see deadKey), ARGV[5] status, ARGV[6] error
+//	KEYS[4] dead set; ARGV[5] dead time key (see deadKey), ARGV[6] status, ARGV[7] error
 var buryScript = redis.NewScript(settleCheck + `
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[1], 'lease')
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'error', ARGV[6], 'dead', ARGV[4])
-redis.call('ZADD', KEYS[3], 0, ARGV[4] .. ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[6], 'error', ARGV[7], 'dead', ARGV[5])
+redis.call('ZADD', KEYS[4], 0, ARGV[5] .. ARGV[3])
 return 1
 `)
 
@@ -167,16 +197,18 @@ redis.call('ZADD', ARGV[1] .. 'q:' .. f[2], ARGV[3], ARGV[2])
 return 1
 `)
 
-// dropScript deletes a dead letter, and its message with the last delivery naming it.
+// dropScript deletes a dead letter with its attempts, and its message with the last delivery
+// naming it; with history (ARGV[3] not empty) the message stays until the sweep.
 //
-//	KEYS[1] delivery hash, KEYS[2] dead set; ARGV[1] delivery ID, ARGV[2] prefix
+//	KEYS[1] delivery hash, KEYS[2] dead set; ARGV[1] delivery ID, ARGV[2] prefix, ARGV[3] history
 var dropScript = redis.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'dead', 'mid')
 if not f[1] then
   return 0
 end
 redis.call('ZREM', KEYS[2], f[1] .. ARGV[1])
-if f[2] then
+redis.call('DEL', ARGV[2] .. 'a:' .. ARGV[1])
+if f[2] and ARGV[3] == '' then
   local m = ARGV[2] .. 'm:' .. f[2]
   if redis.call('HINCRBY', m, 'n', -1) <= 0 then
     redis.call('DEL', m)
@@ -260,3 +292,48 @@ return out
 
 // deadFields are the hash fields GetDead reads and listDeadScript returns, in this order.
 var deadFields = []string{"msg", "target", "attempt", "status", "error", "dead", "mid"}
+
+// redeliverScript queues a delivered or dead delivery again, due at ARGV[2], keeping its attempt
+// count. Returns 1 when done, 0 when the delivery is live, -1 when there is none.
+//
+//	KEYS[1] delivery hash, KEYS[2] dead set, KEYS[3] due set of its target
+//	ARGV: delivery ID, due µs
+var redeliverScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+local f = redis.call('HMGET', KEYS[1], 'dead', 'done')
+if f[1] then
+  redis.call('ZREM', KEYS[2], f[1] .. ARGV[1])
+  redis.call('HDEL', KEYS[1], 'dead')
+elseif f[2] then
+  redis.call('HDEL', KEYS[1], 'done')
+else
+  return 0
+end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+`)
+
+// sweepMessageScript deletes a message of history with its deliveries, their attempts and its
+// index entries, unless one of its deliveries is live or dead. Returns 1 when deleted.
+//
+//	KEYS[1] message hash, KEYS[2] history index, KEYS[3] its job's index (or KEYS[2] again),
+//	KEYS[4..n+3] delivery hashes, KEYS[n+4..2n+3] their attempts lists
+//	ARGV: index member, n
+var sweepMessageScript = redis.NewScript(`
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local f = redis.call('HMGET', KEYS[3 + i], 'target', 'done', 'dead')
+  if f[1] and (not f[2] or f[3]) then
+    return 0
+  end
+end
+for i = 1, 2 * n do
+  redis.call('DEL', KEYS[3 + i])
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+`)

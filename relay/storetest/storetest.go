@@ -23,56 +23,51 @@ import (
 
 // Harness tells Run how to get stores.
 type Harness struct {
-	// Open opens a fresh, empty store. reopen opens the same data again after the caller closed
-	// the first store, as a restarted (or crashed) process would. Open arranges for the data to be
-	// removed after the test (t.TempDir, t.Cleanup); Run closes every store it gets. Subtests run
-	// in parallel, so the stores Open returns must not share data.
-	Open func(t *testing.T) (s relay.Store, reopen func(t *testing.T) relay.Store)
+	// Open opens a fresh, empty store with the options. reopen opens the same data again, with the
+	// same options, after the caller closed the first store, as a restarted (or crashed) process
+	// would. Open arranges for the data to be removed after the test (t.TempDir, t.Cleanup); Run
+	// closes every store it gets. Subtests run in parallel, so the stores Open returns must not
+	// share data.
+	Open func(t *testing.T, opt Options) (s relay.Store, reopen func(t *testing.T) relay.Store)
 }
 
-// Run runs the suite, one subtest per behaviour.
+// Options are the store options the suite varies.
+type Options struct {
+	// History is the retention of history; zero turns it off (docs/DESIGN.md section 2.5).
+	History time.Duration
+}
+
+// retention is the history retention of the suite's stores with history on.
+const retention = 24 * time.Hour
+
+type suiteTest struct {
+	name string
+	fn   func(t *testing.T, f *fixture)
+}
+
+// Run runs the suite, one subtest per behaviour, with history off and on: every behaviour of the
+// queue holds either way. The history tests run with history on only, but for HistoryOff.
 func Run(t *testing.T, h Harness) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, f *fixture)
+	for _, mode := range []struct {
+		name  string
+		opt   Options
+		extra []suiteTest
 	}{
-		{"EnqueueClaimRoundTrip", testEnqueueClaimRoundTrip},
-		{"DuplicateKeyStoresNothing", testDuplicateKeyStoresNothing},
-		{"EmptyKeyNeverDedupes", testEmptyKeyNeverDedupes},
-		{"FanOut", testFanOut},
-		{"DedupeKeyExpiresWithoutSweep", testDedupeKeyExpiresWithoutSweep},
-		{"DedupeKeyExpiresWithSweep", testDedupeKeyExpiresWithSweep},
-		{"ClaimDueTime", testClaimDueTime},
-		{"ClaimMaxOldestFirst", testClaimMaxOldestFirst},
-		{"ClaimTargetIsolation", testClaimTargetIsolation},
-		{"LeaseExpiry", testLeaseExpiry},
-		{"AckAfterLeaseExpiredUnclaimed", testAckAfterLeaseExpiredUnclaimed},
-		{"Ack", testAck},
-		{"Retry", testRetry},
-		{"Bury", testBury},
-		{"ListDead", testListDead},
-		{"ListDeadDefaultLimit", testListDeadDefaultLimit},
-		{"ReplayDead", testReplayDead},
-		{"DropDead", testDropDead},
-		{"UnknownDeadLetter", testUnknownDeadLetter},
-		{"NextDue", testNextDue},
-		{"Depth", testDepth},
-		{"ConcurrentDedupe", testConcurrentDedupe},
-		{"ConcurrentClaim", testConcurrentClaim},
-		{"RestartRecoversLease", testRestartRecoversLease},
-		{"EnqueueLeased", testEnqueueLeased},
-		{"EnqueueLeasedExpires", testEnqueueLeasedExpires},
-		{"EnqueueLeasedDuplicate", testEnqueueLeasedDuplicate},
-		{"EnqueueLeasedBadArguments", testEnqueueLeasedBadArguments},
-		{"RestartRecoversEnqueueLease", testRestartRecoversEnqueueLease},
-		{"MessageOutlivesFirstAck", testMessageOutlivesFirstAck},
-		{"RestartKeepsData", testRestartKeepsData},
-		{"Ping", testPing},
+		{"history_off", Options{}, []suiteTest{{"HistoryOff", testHistoryOff}}},
+		{"history_on", Options{History: retention}, historyTests},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			runTests(t, h, mode.opt, append(slices.Clone(baseTests), mode.extra...))
+		})
 	}
+}
+
+func runTests(t *testing.T, h Harness, opt Options, tests []suiteTest) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each subtest has its own store; overlapping them hides fsync latency
-			s, reopen := h.Open(t)
+			s, reopen := h.Open(t, opt)
 			f := &fixture{t: t, ctx: t.Context(), s: s, reopen: reopen}
 			t.Cleanup(func() {
 				if err := f.s.Close(); err != nil {
@@ -82,6 +77,41 @@ func Run(t *testing.T, h Harness) {
 			tc.fn(t, f)
 		})
 	}
+}
+
+var baseTests = []suiteTest{
+	{"EnqueueClaimRoundTrip", testEnqueueClaimRoundTrip},
+	{"DuplicateKeyStoresNothing", testDuplicateKeyStoresNothing},
+	{"EmptyKeyNeverDedupes", testEmptyKeyNeverDedupes},
+	{"FanOut", testFanOut},
+	{"DedupeKeyExpiresWithoutSweep", testDedupeKeyExpiresWithoutSweep},
+	{"DedupeKeyExpiresWithSweep", testDedupeKeyExpiresWithSweep},
+	{"ClaimDueTime", testClaimDueTime},
+	{"ClaimMaxOldestFirst", testClaimMaxOldestFirst},
+	{"ClaimTargetIsolation", testClaimTargetIsolation},
+	{"LeaseExpiry", testLeaseExpiry},
+	{"AckAfterLeaseExpiredUnclaimed", testAckAfterLeaseExpiredUnclaimed},
+	{"Ack", testAck},
+	{"Retry", testRetry},
+	{"Bury", testBury},
+	{"ListDead", testListDead},
+	{"ListDeadDefaultLimit", testListDeadDefaultLimit},
+	{"ReplayDead", testReplayDead},
+	{"DropDead", testDropDead},
+	{"UnknownDeadLetter", testUnknownDeadLetter},
+	{"NextDue", testNextDue},
+	{"Depth", testDepth},
+	{"ConcurrentDedupe", testConcurrentDedupe},
+	{"ConcurrentClaim", testConcurrentClaim},
+	{"RestartRecoversLease", testRestartRecoversLease},
+	{"EnqueueLeased", testEnqueueLeased},
+	{"EnqueueLeasedExpires", testEnqueueLeasedExpires},
+	{"EnqueueLeasedDuplicate", testEnqueueLeasedDuplicate},
+	{"EnqueueLeasedBadArguments", testEnqueueLeasedBadArguments},
+	{"RestartRecoversEnqueueLease", testRestartRecoversEnqueueLease},
+	{"MessageOutlivesFirstAck", testMessageOutlivesFirstAck},
+	{"RestartKeepsData", testRestartKeepsData},
+	{"Ping", testPing},
 }
 
 // baseUnix is the suite's clock origin, 2001-02-03T04:05:06Z: far from the real clock, so that a
@@ -233,6 +263,13 @@ func (f *fixture) getDead(id string) *relay.Delivery {
 		f.t.Fatalf("GetDead(%s) returned %s", id, d.ID)
 	}
 	return d
+}
+
+func (f *fixture) wantCountDead(want int) {
+	f.t.Helper()
+	if n, err := f.s.CountDead(f.ctx); err != nil || n != want {
+		f.t.Fatalf("CountDead = %d, %v; want %d", n, err, want)
+	}
 }
 
 // wantNotDead requires that id is not among the dead letters.
@@ -731,9 +768,11 @@ func testReplayDead(t *testing.T, f *fixture) {
 func testDropDead(t *testing.T, f *fixture) {
 	f.claimAndBury(msg("m1", at(0), "a"), at(5), relay.Failure{Status: 400})
 	f.claimAndBury(msg("m2", at(0), "a"), at(6), relay.Failure{Status: 400})
+	f.wantCountDead(2)
 	if err := f.s.DropDead(f.ctx, "m1.a"); err != nil {
 		t.Fatalf("DropDead: %v", err)
 	}
+	f.wantCountDead(1)
 	f.wantNotDead("m1.a")
 	if got, want := f.listDead(relay.DeadFilter{}), []string{"m2.a"}; !slices.Equal(got, want) {
 		t.Fatalf("ListDead after drop = %v, want %v", got, want)
