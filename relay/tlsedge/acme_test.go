@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -42,40 +41,41 @@ func (s *syncBuffer) String() string {
 }
 
 // edgeServer is an Edge serving a small handler on a TLS listener and, with HTTP-01, a port-80
-// style listener, on the given loopback ports.
+// style listener, both on loopback ports of their own (port 0).
 type edgeServer struct {
-	edge *tlsedge.Edge
-	addr string
-	logs *syncBuffer
+	edge     *tlsedge.Edge
+	addr     string // the TLS listener
+	httpAddr string // the HTTP-01 listener; "" without
+	logs     *syncBuffer
 }
 
-func startEdge(t *testing.T, ca *acmetest.CA, tlsPort, httpPort int, storage certmagic.Storage) *edgeServer {
+func startEdge(t *testing.T, ca *acmetest.CA, withHTTP bool, storage certmagic.Storage) *edgeServer {
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	// The name in upper case: the edge normalises it as certmagic does.
-	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{strings.ToUpper(domain)}, Email: "ops@relay.test",
-		CA: ca.Directory, TrustedRoots: ca.ServerRoots, ListenAddr: "127.0.0.1:" + strconv.Itoa(tlsPort),
-		Storage: storage, Logger: log}
-	if httpPort != 0 {
-		cfg.HTTPAddr = "127.0.0.1:" + strconv.Itoa(httpPort)
-	}
-	edge, err := tlsedge.New(cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	// The name in upper case: the edge normalises it as certmagic does.
+	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{strings.ToUpper(domain)}, Email: "ops@relay.test",
+		CA: ca.Directory, TrustedRoots: ca.ServerRoots, ListenAddr: ln.Addr().String(),
+		Storage: storage, Logger: log}
+	var hln net.Listener
+	if withHTTP {
+		if hln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		cfg.HTTPAddr = hln.Addr().String()
+	}
+	edge, err := tlsedge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serve(t, tls.NewListener(ln, edge.TLSConfig()), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "hello over "+r.Proto)
 	}))
-	if cfg.HTTPAddr != "" {
-		hln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
+	if hln != nil {
 		serve(t, hln, edge.HTTPHandler())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -83,7 +83,7 @@ func startEdge(t *testing.T, ca *acmetest.CA, tlsPort, httpPort int, storage cer
 	if err := edge.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &edgeServer{edge: edge, addr: cfg.ListenAddr, logs: logs}
+	return &edgeServer{edge: edge, addr: cfg.ListenAddr, httpAddr: cfg.HTTPAddr, logs: logs}
 }
 
 func serve(t *testing.T, ln net.Listener, h http.Handler) {
@@ -131,11 +131,8 @@ func TestACMEIssuance(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ca := acmetest.Start(t, acmetest.Options{})
-			httpPort := 0
-			if tc.http {
-				httpPort = ca.HTTPPort
-			}
-			e := startEdge(t, ca, ca.TLSPort, httpPort, &certmagic.FileStorage{Path: t.TempDir()})
+			e := startEdge(t, ca, tc.http, &certmagic.FileStorage{Path: t.TempDir()})
+			ca.Route(e.httpAddr, e.addr)
 			waitReady(t, e)
 
 			client := httpsClient(ca, e.addr)
@@ -163,12 +160,12 @@ func TestACMEIssuance(t *testing.T) {
 			if tc.http {
 				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept.
 				noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-				resp, err := noFollow.Post("http://127.0.0.1:"+strconv.Itoa(ca.HTTPPort)+"/hooks/x?a=1", "application/json", strings.NewReader("{}"))
+				resp, err := noFollow.Post("http://"+e.httpAddr+"/hooks/x?a=1", "application/json", strings.NewReader("{}"))
 				if err != nil {
 					t.Fatal(err)
 				}
 				resp.Body.Close()
-				want := "https://127.0.0.1:" + strconv.Itoa(ca.TLSPort) + "/hooks/x?a=1"
+				want := "https://" + e.addr + "/hooks/x?a=1"
 				if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
 					t.Errorf("port 80 answered %d %q, want 308 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
 				}
@@ -183,16 +180,11 @@ func TestACMEIssuance(t *testing.T) {
 // A CA that does not answer leaves the edge up, not ready, with the reason in Ready and a clear
 // error in the log.
 func TestACMEUnreachableCA(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := acmetest.ClosingAddr(t)
 	logs := &syncBuffer{}
-	tlsPort := acmetest.FreePort(t)
+	// Nothing listens there: the CA is never reached, so no challenge is ever answered.
 	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{domain},
-		CA: "https://" + deadAddr + "/dir", ListenAddr: "127.0.0.1:" + strconv.Itoa(tlsPort),
+		CA: "https://" + deadAddr + "/dir", ListenAddr: "127.0.0.1:0",
 		Storage: &certmagic.FileStorage{Path: t.TempDir()}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
