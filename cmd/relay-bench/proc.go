@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hookrelay/hookrelay/internal/portpick"
 )
 
 // relayBuildFlags are the Dockerfile's go build flags but for the version (a test keeps them in
@@ -235,13 +236,12 @@ func startNginx(ctx context.Context, dir string, k *kit, sinkAddr string, withTL
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
-	// nginx cannot tell which port 0 gave it, so the bench picks a port outside the kernel's
-	// ephemeral range and, when nginx reports it taken, picks another: a start-up protocol
-	// (no port is ever assumed free), not a retry of a failure.
+	// nginx cannot tell which port 0 gave it: pick a port and, when nginx reports it taken, pick
+	// another (see portpick).
 	for attempt := 1; ; attempt++ {
-		addr := "127.0.0.1:" + strconv.Itoa(pickPort())
+		addr := "127.0.0.1:" + strconv.Itoa(portpick.Pick())
 		p, err := startNginxOn(ctx, bin, dir, k, sinkAddr, addr, withTLS)
-		if errors.Is(err, errPortTaken) && attempt < 20 {
+		if errors.Is(err, errPortTaken) && attempt < portpick.Attempts {
 			continue
 		}
 		return p, err
@@ -250,20 +250,6 @@ func startNginx(ctx context.Context, dir string, k *kit, sinkAddr string, withTL
 
 // errPortTaken is nginx failing to bind its port: another process holds it.
 var errPortTaken = errors.New("port taken")
-
-// pickPort is a port below the kernel's ephemeral range, which outgoing connections and port 0
-// use: only a process that binds it explicitly can hold it.
-func pickPort() int {
-	lo := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
-				lo = n
-			}
-		}
-	}
-	return 10000 + mrand.IntN(lo-10000)
-}
 
 func startNginxOn(ctx context.Context, bin, dir string, k *kit, sinkAddr, addr string, withTLS bool) (*nginxProc, error) {
 	user := ""
