@@ -24,6 +24,7 @@ type filePair struct {
 	mu     sync.Mutex // serialises reloads
 	seen   fileStamp  // the stamp of the files cur came from
 	failed fileStamp  // the stamp of the last pair that failed to load, so it is logged once
+	looks  atomic.Int64 // reloads done, for tests that need several looks to have happened
 }
 
 // fileStamp identifies a version of the pair cheaply, without reading it.
@@ -81,6 +82,7 @@ func newFilePair(certFile, keyFile string, log *slog.Logger) (*filePair, error) 
 func (f *filePair) reload() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer f.looks.Add(1)
 	st, err := stampOf(f.certFile, f.keyFile)
 	if err != nil {
 		if st != f.failed {
