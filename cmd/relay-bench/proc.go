@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hookrelay/hookrelay/internal/buildlock"
 	"github.com/hookrelay/hookrelay/internal/portpick"
 )
 
@@ -29,7 +30,13 @@ func buildRelay(ctx context.Context, dir string) (string, error) {
 	args := append(append([]string{"build"}, relayBuildFlags...), "-o", bin, "github.com/hookrelay/hookrelay/cmd/relay")
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	release, err := buildlock.Hold() // another build of the relay (cmd/relay's tests) finishes first
+	if err != nil {
+		return "", err
+	}
+	out, err := cmd.CombinedOutput()
+	release()
+	if err != nil {
 		return "", fmt.Errorf("go build ./cmd/relay (run relay-bench inside the repository, or give -relay-bin): %v\n%s", err, out)
 	}
 	return bin, nil

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/hookrelay/internal/buildlock"
 )
 
 // These tests run the real binary, built once for the package.
@@ -42,7 +44,14 @@ func TestMain(m *testing.M) {
 	cmd := exec.Command("sh", "-c", build)
 	cmd.Dir = "../.."
 	cmd.Env = append(os.Environ(), "VERSION="+dockerVersion)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	release, err := buildlock.Hold() // relay-bench's tests build the same packages
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	out, err := cmd.CombinedOutput()
+	release()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "building relay with the Dockerfile's command %q: %v\n%s", build, err, out)
 		os.Exit(1)
 	}
