@@ -308,12 +308,23 @@ func TestRedisRateLimiterContext(t *testing.T) {
 
 // Without a rate there is nothing to ask Redis: a dead one does not matter.
 func TestRedisRateLimiterNoLimitsNoRedis(t *testing.T) {
+	// A "Redis" that closes every connection at once: any command sent would fail. The port stays
+	// held, so nothing else can answer there.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	addr := ln.Addr().String()
-	ln.Close()
 	rl := mustRedisLimiter(t, redisClient(t, addr), filters.RedisRateConfig{RouteName: "r"})
 	if err := rl.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)
