@@ -212,8 +212,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		bound.Admin = adminAddr
 	}
 	if readyFile != "" {
-		go announceReady(ctx, readyFile, bound, store, log)
-		defer os.Remove(readyFile)
+		actx, cancelAnnounce := context.WithCancel(ctx)
+		announced := make(chan struct{})
+		go func() { defer close(announced); announceReady(actx, readyFile, bound, store, log) }()
+		// Removed only once nothing can write it any more.
+		defer func() { cancelAnnounce(); <-announced; _ = os.Remove(readyFile) }()
 	}
 	err = r.Run(ctx, ln)
 	log.Info("relay stopped")
@@ -253,6 +256,9 @@ func announceReady(ctx context.Context, path string, bound boundAddrs, store rel
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+	if ctx.Err() != nil {
+		return // stopping: the file would outlive the relay
 	}
 	if err := writeReadyFile(path, bound); err != nil {
 		log.Error("ready file: cannot write it", "path", path, "error", err)
