@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,6 +75,9 @@ type AdminOptions struct {
 	// Reload, when set, serves POST /v1/reload: it rereads the configuration and swaps it in
 	// (see Relay.Reload). Its error is shown to the operator, so it must not hold a secret.
 	Reload func(ctx context.Context) (ReloadResult, error)
+	// Pprof serves Go's profiles under /debug/pprof/, behind the token like every other endpoint,
+	// so an operator can profile a slow relay in place.
+	Pprof bool
 }
 
 // AdminHandler is the operators' HTTP API: health and readiness probes, Prometheus metrics, the
@@ -99,6 +103,13 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 	a.mux.HandleFunc("POST /v1/dead-letters/{id}/replay", a.replayOne)
 	a.mux.HandleFunc("POST /v1/dead-letters/replay", a.replayMatching)
 	a.mux.HandleFunc("DELETE /v1/dead-letters/{id}", a.drop)
+	if opt.Pprof {
+		a.mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, allocs...
+		a.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		a.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		a.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		a.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return a
 }
 

@@ -515,3 +515,42 @@ func TestAdminBadRequests(t *testing.T) {
 		t.Fatalf("bad requests changed the dead letters: %d left", n)
 	}
 }
+
+// The profiles are served only when asked for, and only to a holder of the token.
+func TestAdminPprof(t *testing.T) {
+	const token = "s3cret-admin-token-0123456789"
+	rec := newRecorder(t, nil)
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
+	for _, tc := range []struct {
+		name       string
+		pprof      bool
+		auth, path string
+		want       int
+		contains   string
+	}{
+		{"off", false, token, "/debug/pprof/", http.StatusNotFound, ""},
+		{"no token", true, "", "/debug/pprof/", http.StatusUnauthorized, ""},
+		{"wrong token", true, "wrong", "/debug/pprof/heap", http.StatusUnauthorized, ""},
+		{"index", true, token, "/debug/pprof/", http.StatusOK, "goroutine"},
+		{"goroutines", true, token, "/debug/pprof/goroutine?debug=1", http.StatusOK, "goroutine profile:"},
+		{"cmdline", true, token, "/debug/pprof/cmdline", http.StatusOK, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(h.relay.AdminHandler(relay.AdminOptions{Token: []byte(token), Pprof: tc.pprof}))
+			defer srv.Close()
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+tc.path, nil)
+			if tc.auth != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want || !strings.Contains(string(body), tc.contains) {
+				t.Fatalf("GET %s: %d %.200q, want %d containing %q", tc.path, resp.StatusCode, body, tc.want, tc.contains)
+			}
+		})
+	}
+}

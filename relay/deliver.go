@@ -23,10 +23,22 @@ type dispatcher struct {
 	poll    time.Duration // longest sleep, for work that another replica enqueued
 	limiter *rate.Limiter // nil: unlimited
 
-	wake  chan struct{} // new work enqueued here
+	wake  chan struct{} // new work in the store: look there at once
 	freed chan struct{} // a slot came free
 	slots chan struct{} // one token per delivery in flight
 	wg    sync.WaitGroup
+
+	// Hand-offs: deliveries that ingress stored already leased to this dispatcher (docs/DESIGN.md
+	// section 2.2). Ingress reserves room before the store write, so handOff never blocks, and
+	// nothing is reserved unless the claim loop runs to take it.
+	handoffs chan *Delivery
+	hmu      sync.Mutex
+	open     bool // the claim loop runs
+	reserved int  // reservations not yet taken by the loop
+	// storeDue is when the store may next have due work: the loop does not look before it
+	// unless woken. Zero: look now.
+	dueMu    sync.Mutex
+	storeDue time.Time
 
 	attempts        func(outcome string) prometheus.Counter
 	attemptSeconds  prometheus.Observer
@@ -44,10 +56,11 @@ func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now fun
 		endToEndSeconds: m.endToEndSeconds.WithLabelValues(t.Name),
 		deadLetters:     m.deadLetters.WithLabelValues(t.Name),
 		leaseRecoveries: m.leaseRecoveries.WithLabelValues(t.Name),
-		log:             log.With("target", t.Name),
+		log:             log,
 		wake:            make(chan struct{}, 1),
 		freed:           make(chan struct{}, 1),
 		slots:           make(chan struct{}, t.Concurrency),
+		handoffs:        make(chan *Delivery, t.Concurrency),
 	}
 	if t.RateLimit > 0 {
 		d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(t.RateBurst, 1))
@@ -63,21 +76,116 @@ func notify(c chan struct{}) {
 	}
 }
 
-// run claims and starts deliveries until ctx is done. Deliveries run under work, which outlives
-// ctx so that a shutdown can give them a grace period; wait for them with d.wg.
+// reserve makes room for one hand-off, if the claim loop runs and has room; ingress then stores
+// the delivery leased and calls handOff, or cancelReservation if nothing was stored.
+func (d *dispatcher) reserve() bool {
+	d.hmu.Lock()
+	defer d.hmu.Unlock()
+	if !d.open || d.reserved == cap(d.handoffs) {
+		return false
+	}
+	d.reserved++
+	return true
+}
+
+func (d *dispatcher) cancelReservation() {
+	d.hmu.Lock()
+	d.reserved--
+	d.hmu.Unlock()
+}
+
+// handOff passes a delivery leased at enqueue to the claim loop. If the loop stopped meanwhile,
+// the delivery is given back to the store, due now.
+func (d *dispatcher) handOff(dl *Delivery) {
+	d.hmu.Lock()
+	if d.open {
+		d.handoffs <- dl // room was reserved
+		d.hmu.Unlock()
+		return
+	}
+	d.reserved--
+	d.hmu.Unlock()
+	d.release(dl)
+}
+
+// take starts a handed-off delivery. One whose lease could run out before its attempt ends is
+// left to expire in the store instead, where a claim finds it: delivering it now could race that
+// claim.
+func (d *dispatcher) take(work context.Context, dl *Delivery) {
+	d.hmu.Lock()
+	d.reserved--
+	d.hmu.Unlock()
+	if d.now().Add(d.t.Timeout).After(dl.DueAt) {
+		d.noteDue(dl.DueAt)
+		return
+	}
+	d.start(work, dl)
+}
+
+// noteDue tells the loop that the store has a delivery due at at.
+func (d *dispatcher) noteDue(at time.Time) {
+	d.dueMu.Lock()
+	if d.storeDue.IsZero() || at.Before(d.storeDue) {
+		d.storeDue = at
+	}
+	d.dueMu.Unlock()
+	notify(d.freed)
+}
+
+// start runs one delivery in a slot, which the caller has checked is free.
+func (d *dispatcher) start(work context.Context, dl *Delivery) {
+	d.slots <- struct{}{}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		var once sync.Once
+		free := func() { once.Do(func() { <-d.slots; notify(d.freed) }) }
+		defer free()
+		d.deliver(work, dl, free)
+	}()
+}
+
+// run takes hand-offs and claims due deliveries from the store, and starts them, until ctx is
+// done. Deliveries run under work, which outlives ctx so that a shutdown can give them a grace
+// period; wait for them with d.wg. Hand-offs still waiting when ctx ends are given back to the
+// store. The starter opens hand-offs first (openHandoffs).
 func (d *dispatcher) run(ctx, work context.Context) {
+	defer d.close()
+	d.dueMu.Lock()
+	d.storeDue = time.Time{} // look in the store at once
+	d.dueMu.Unlock()
 	const storeErrorPause = time.Second
 	for ctx.Err() == nil {
 		free := cap(d.slots) - len(d.slots)
 		if free == 0 {
-			d.sleep(ctx, 0, d.freed)
+			d.sleep(ctx, 0, d.freed, false)
 			continue
 		}
-		batch, err := d.q.Claim(ctx, d.t.Name, d.now(), d.lease, free)
+		select {
+		case dl := <-d.handoffs:
+			d.take(work, dl)
+			continue
+		default:
+		}
+		now := d.now()
+		d.dueMu.Lock()
+		due := d.storeDue
+		lookNow := !due.After(now)
+		if lookNow {
+			d.storeDue = now.Add(d.poll) // unless told otherwise while we look
+		}
+		d.dueMu.Unlock()
+		if !lookNow {
+			if dl := d.sleep(ctx, due.Sub(now), d.freed, true); dl != nil {
+				d.take(work, dl)
+			}
+			continue
+		}
+		batch, err := d.q.Claim(ctx, d.t.Name, now, d.lease, free)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.log.Error("claim failed", "error", err)
-				d.sleep(ctx, storeErrorPause, nil)
+				d.log.Error("claim failed", "target", d.t.Name, "error", err)
+				d.noteDue(now.Add(storeErrorPause))
 			}
 			continue
 		}
@@ -85,69 +193,98 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			if dl.Recovered {
 				d.leaseRecoveries.Inc()
 			}
-			d.slots <- struct{}{}
-			d.wg.Add(1)
-			go func() {
-				defer d.wg.Done()
-				d.deliver(work, dl)
-				<-d.slots
-				notify(d.freed)
-			}()
+			d.start(work, dl)
 		}
 		if len(batch) == free {
-			continue // there may be more due
+			d.noteDue(now) // there may be more due
+			continue
 		}
-		wait := d.poll
 		if at, ok, err := d.q.NextDue(ctx, d.t.Name); err == nil && ok {
-			// At least a millisecond, so the sleep below always has a timer.
-			wait = min(wait, max(at.Sub(d.now()), time.Millisecond))
+			d.noteDue(at)
 		}
-		d.sleep(ctx, wait, d.freed)
 	}
 }
 
-// sleep waits for wait (0: no timer), new work, the extra channel, or the end of ctx.
-func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan struct{}) {
+// openHandoffs lets ingress hand deliveries to the loop; the loop's starter calls it before it
+// starts the loop, so that webhooks taken from then on are handed off.
+func (d *dispatcher) openHandoffs() {
+	d.hmu.Lock()
+	d.open = true
+	d.hmu.Unlock()
+}
+
+// close stops hand-offs and gives back those not taken.
+func (d *dispatcher) close() {
+	d.hmu.Lock()
+	d.open = false
+	d.hmu.Unlock()
+	for {
+		select {
+		case dl := <-d.handoffs:
+			d.hmu.Lock()
+			d.reserved--
+			d.hmu.Unlock()
+			d.release(dl)
+		default:
+			return
+		}
+	}
+}
+
+// sleep waits for wait (0: no timer), new work, the extra channel, a hand-off when handoffs is
+// set (then it returns it), or the end of ctx. New work in the store makes the loop look there at
+// once.
+func (d *dispatcher) sleep(ctx context.Context, wait time.Duration, extra chan struct{}, handoffs bool) *Delivery {
 	var timer <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		timer = t.C
-	} else if extra == nil {
-		return
+	}
+	var hc chan *Delivery
+	if handoffs {
+		hc = d.handoffs
 	}
 	select {
 	case <-ctx.Done():
 	case <-d.wake:
+		d.noteDue(d.now())
 	case <-extra:
 	case <-timer:
+	case dl := <-hc:
+		return dl
 	}
+	return nil
 }
 
-// deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter.
-func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
-	log := d.log.With("delivery_id", dl.ID, "route", dl.Message.Route, "provider", dl.Message.Provider, "job_id", dl.Message.JobID,
-		"attempt", dl.Attempt)
+// deliver makes one attempt and records its outcome: ack, retry at backoff, or dead letter. It
+// calls free once the target has answered: the slot bounds requests to the target, and the next
+// one need not wait for this one's store update (a group commit, an fsync) to land.
+func (d *dispatcher) deliver(ctx context.Context, dl *Delivery, free func()) {
 	start := time.Now()
 	if d.limiter != nil {
 		if err := d.limiter.Wait(ctx); err != nil {
-			d.release(dl, log)
+			d.release(dl)
 			return
 		}
 	}
 	sent := time.Now()
 	res := d.fwd.forward(ctx, d.t, dl)
 	d.attemptSeconds.Observe(time.Since(sent).Seconds())
-	log = log.With("status", res.status, "duration", time.Since(start))
+	free()
+	// One log line per attempt, its attributes gathered here (Logger.With would build a logger per
+	// delivery).
+	attrs := append(make([]slog.Attr, 0, 12), d.attrsOf(dl)...)
+	attrs = append(attrs, slog.Int("status", res.status), slog.Duration("duration", time.Since(start)))
 	if res.err == nil {
-		if d.record(log, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
+		if d.record(attrs, d.q.Ack(context.WithoutCancel(ctx), dl), "delivered", attemptDelivered) {
 			d.endToEndSeconds.Observe(d.now().Sub(dl.Message.ReceivedAt).Seconds())
 		}
 		return
 	}
 	if ctx.Err() != nil {
 		// Shutdown cut the attempt short: give the delivery back rather than count a failure.
-		d.release(dl, log)
+		d.release(dl)
 		return
 	}
 	now := d.now()
@@ -166,35 +303,47 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery) {
 	case now.Add(delay).Sub(dl.Message.ReceivedAt) > p.MaxAge:
 		reason = "max age reached"
 	}
-	log = log.With("error", f.Error)
+	attrs = append(attrs, slog.String("error", f.Error))
 	if reason != "" {
 		err := d.q.Bury(context.WithoutCancel(ctx), dl, now, f)
-		if d.record(log.With("reason", reason), err, "dead-lettered", attemptDeadLetter) {
+		if d.record(append(attrs, slog.String("reason", reason)), err, "dead-lettered", attemptDeadLetter) {
 			d.deadLetters.Inc()
 		}
 		return
 	}
 	err := d.q.Retry(context.WithoutCancel(ctx), dl, now.Add(delay), f)
-	d.record(log.With("retry_in", delay), err, "delivery failed, will retry", attemptRetry)
+	if d.record(append(attrs, slog.Duration("retry_in", delay)), err, "delivery failed, will retry", attemptRetry) {
+		d.noteDue(now.Add(delay))
+	}
+}
+
+// attrsOf names a delivery in log lines.
+func (d *dispatcher) attrsOf(dl *Delivery) []slog.Attr {
+	return []slog.Attr{slog.String("target", d.t.Name), slog.String("delivery_id", dl.ID),
+		slog.String("route", dl.Message.Route), slog.String("provider", dl.Message.Provider),
+		slog.String("job_id", dl.Message.JobID), slog.Int("attempt", dl.Attempt)}
 }
 
 // release gives an unattempted delivery back, due now, for another worker or the next start.
-func (d *dispatcher) release(dl *Delivery, log *slog.Logger) {
+func (d *dispatcher) release(dl *Delivery) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := d.q.Retry(ctx, dl, d.now(), Failure{Error: "relay shut down during the attempt"})
 	if err != nil {
 		d.attempts(attemptStoreError).Inc()
-		log.Warn("could not release delivery; it is redelivered when its lease expires", "error", err)
+		d.log.LogAttrs(ctx, slog.LevelWarn, "could not release delivery; it is redelivered when its lease expires",
+			append(d.attrsOf(dl), slog.String("error", err.Error()))...)
 		return
 	}
 	d.attempts(attemptReleased).Inc()
+	d.noteDue(d.now())
 }
 
 // record logs and counts an attempt whose store update may have failed, and reports whether the
 // update succeeded. A failed update is not lost work: the lease expires and the delivery is
 // claimed again (at-least-once).
-func (d *dispatcher) record(log *slog.Logger, err error, msg, outcome string) bool {
+func (d *dispatcher) record(attrs []slog.Attr, err error, msg, outcome string) bool {
+	ctx := context.Background()
 	switch {
 	case err == nil:
 		d.attempts(outcome).Inc()
@@ -202,14 +351,16 @@ func (d *dispatcher) record(log *slog.Logger, err error, msg, outcome string) bo
 		if outcome != attemptDelivered {
 			level = slog.LevelWarn
 		}
-		log.Log(context.Background(), level, msg)
+		d.log.LogAttrs(ctx, level, msg, attrs...)
 		return true
 	case errors.Is(err, ErrLeaseLost):
 		d.attempts(attemptLeaseLost).Inc()
-		log.Warn(msg+", but the lease had expired and another worker owns the delivery", "store_error", err)
+		d.log.LogAttrs(ctx, slog.LevelWarn, msg+", but the lease had expired and another worker owns the delivery",
+			append(attrs, slog.String("store_error", err.Error()))...)
 	default:
 		d.attempts(attemptStoreError).Inc()
-		log.Error(msg+", but the store update failed; it is retried when the lease expires", "store_error", err)
+		d.log.LogAttrs(ctx, slog.LevelError, msg+", but the store update failed; it is retried when the lease expires",
+			append(attrs, slog.String("store_error", err.Error()))...)
 	}
 	return false
 }

@@ -25,16 +25,17 @@ import (
 	"github.com/hookrelay/hookrelay/relay/boltstore"
 )
 
-// countingStore is the real store with its Enqueue calls counted, to show that refused
-// webhooks never reach it.
+// countingStore is the real store with its enqueues counted, to show that refused webhooks never
+// reach it.
 type countingStore struct {
 	*boltstore.Store
 	enqueues atomic.Int64
 }
 
-func (s *countingStore) Enqueue(ctx context.Context, m *relay.Message, key string, ttl time.Duration) (bool, error) {
+func (s *countingStore) EnqueueLeased(ctx context.Context, m *relay.Message, key string, ttl, lease time.Duration,
+	leased []string) (bool, []*relay.Delivery, error) {
 	s.enqueues.Add(1)
-	return s.Store.Enqueue(ctx, m, key, ttl)
+	return s.Store.EnqueueLeased(ctx, m, key, ttl, lease, leased)
 }
 
 // syncBuffer collects log output from concurrent handlers.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,9 +49,11 @@ type ingress struct {
 	log           *slog.Logger
 	now           func() time.Time
 	storeTimeout  time.Duration
-	// enqueued is told which targets got new work, so their dispatchers wake at once.
-	enqueued func(targets []string)
-	metrics  *metrics
+	// dispatchers of this generation's targets, for hand-offs; lease is what the store records
+	// for a delivery handed off.
+	dispatchers map[string]*dispatcher
+	lease       time.Duration
+	metrics     *metrics
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -61,11 +64,15 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
 	msg, dup, err := h.accept(rt, client, w, r)
-	log := h.log.With("path", h.logPath(r.URL.Path), "peer", r.RemoteAddr, "client", client.String())
+	// One access-log line per webhook, its attributes gathered here rather than with Logger.With,
+	// which would build a logger per request before anything is written.
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs, slog.String("path", h.logPath(r.URL.Path)), slog.String("peer", r.RemoteAddr),
+		slog.String("client", client.String()))
 	route := unmatchedRoute
 	if rt != nil {
 		route = rt.Name
-		log = log.With("route", rt.Name, "provider", rt.Provider)
+		attrs = append(attrs, slog.String("route", rt.Name), slog.String("provider", rt.Provider))
 	}
 	if err != nil {
 		if !bodyRead(r) {
@@ -75,27 +82,30 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		status := writeError(w, err)
 		h.metrics.received.WithLabelValues(route, outcomeOf(KindOf(err))).Inc()
-		log.LogAttrs(r.Context(), levelFor(status), "webhook rejected",
-			slog.Int("status", status), slog.String("error", err.Error()),
+		attrs = append(attrs, slog.Int("status", status), slog.String("error", err.Error()),
 			slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), levelFor(status), "webhook rejected", attrs...)
 		return
 	}
-	log = log.With("job_id", msg.JobID, "job_status", msg.JobStatus)
+	attrs = append(attrs, slog.String("job_id", msg.JobID), slog.String("job_status", msg.JobStatus))
 	if dup {
-		writeJSON(w, http.StatusOK, map[string]bool{"duplicate": true})
+		writeBody(w, http.StatusOK, duplicateAnswer)
 		h.acked(route, outcomeDuplicate, start)
 		h.metrics.dedupeHits.WithLabelValues(route).Inc()
-		log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate",
-			slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		attrs = append(attrs, slog.Int("status", http.StatusOK), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook duplicate", attrs...)
 		return
 	}
-	h.enqueued(rt.Targets)
-	writeJSON(w, rt.AckStatus, map[string]string{"id": msg.ID})
+	// Message IDs are base32: nothing in them needs JSON escaping.
+	writeBody(w, rt.AckStatus, []byte(`{"id":"`+msg.ID+`"}`+"\n"))
 	h.acked(route, outcomeAccepted, start)
-	log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted",
-		slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
+	attrs = append(attrs, slog.String("message_id", msg.ID), slog.Int("status", rt.AckStatus),
 		slog.Duration("duration", time.Since(start)))
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted", attrs...)
 }
+
+// duplicateAnswer is the body of the answer to a duplicate.
+var duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
 
 // acked counts a 2xx answer and how long it took.
 func (h *ingress) acked(route, outcome string, start time.Time) {
@@ -192,9 +202,31 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	// fails as a whole, and the sender's retry is deduped either way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.storeTimeout)
 	defer cancel()
-	dup, err := h.store.Enqueue(ctx, msg, key, rt.DedupeTTL)
+	// Targets whose dispatchers have room get the delivery in memory, leased to them in the store;
+	// the others find it in the store.
+	var leased []string
+	for _, name := range rt.Targets {
+		if h.dispatchers[name].reserve() {
+			leased = append(leased, name)
+		}
+	}
+	dup, claimed, err := h.store.EnqueueLeased(ctx, msg, key, rt.DedupeTTL, h.lease, leased)
+	for _, name := range leased {
+		if i := slices.IndexFunc(claimed, func(d *Delivery) bool { return d.Target == name }); i >= 0 {
+			h.dispatchers[name].handOff(claimed[i])
+		} else {
+			h.dispatchers[name].cancelReservation()
+		}
+	}
 	if err != nil {
 		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+	}
+	if !dup {
+		for _, name := range rt.Targets {
+			if !slices.Contains(leased, name) {
+				notify(h.dispatchers[name].wake)
+			}
+		}
 	}
 	return msg, dup, nil
 }

@@ -63,11 +63,12 @@ type failingStore struct {
 	route string
 }
 
-func (s *failingStore) Enqueue(ctx context.Context, m *relay.Message, key string, ttl time.Duration) (bool, error) {
+func (s *failingStore) EnqueueLeased(ctx context.Context, m *relay.Message, key string, ttl, lease time.Duration,
+	leased []string) (bool, []*relay.Delivery, error) {
 	if m.Route == s.route {
-		return false, errors.New("disk on fire")
+		return false, nil, errors.New("disk on fire")
 	}
-	return s.Store.Enqueue(ctx, m, key, ttl)
+	return s.Store.EnqueueLeased(ctx, m, key, ttl, lease, leased)
 }
 
 func TestMetricsCountEveryOutcome(t *testing.T) {

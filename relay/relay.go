@@ -147,7 +147,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	in := &ingress{
 		routes: routes, tokenPrefixes: tokenPrefixes, clients: clients, store: r.cfg.Store, log: r.log,
-		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, enqueued: r.wake, metrics: r.metrics,
+		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, dispatchers: targets, lease: r.cfg.Lease, metrics: r.metrics,
 	}
 	return in, targets, nil
 }
@@ -309,10 +309,10 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
 	}
+	stopWorkers := r.StartWorkers() // first, so that the first webhooks are handed off
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	stopWorkers := r.StartWorkers()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -343,6 +343,7 @@ func (w *workers) start(d *dispatcher) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.stops[d] = cancel
 	w.started = append(w.started, d)
+	d.openHandoffs()
 	w.loops.Go(func() { d.run(ctx, w.work) })
 }
 

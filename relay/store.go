@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -76,8 +77,9 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// ValidateEnqueue checks an Enqueue call's arguments; every backend refuses the same bad input.
-func ValidateEnqueue(m *Message, dedupeKey string, ttl time.Duration) error {
+// ValidateEnqueue checks an Enqueue or EnqueueLeased call's arguments; every backend refuses the
+// same bad input.
+func ValidateEnqueue(m *Message, dedupeKey string, ttl, lease time.Duration, leased []string) error {
 	switch {
 	case m == nil:
 		return errors.New("nil message")
@@ -100,6 +102,14 @@ func ValidateEnqueue(m *Message, dedupeKey string, ttl time.Duration) error {
 			}
 		}
 	}
+	if len(leased) > 0 && lease <= 0 {
+		return fmt.Errorf("message %s: leased targets with lease %v", m.ID, lease)
+	}
+	for i, t := range leased {
+		if !slices.Contains(m.Targets, t) || slices.Contains(leased[:i], t) {
+			return fmt.Errorf("message %s: leased target %q is not one of its targets, or named twice", m.ID, t)
+		}
+	}
 	return nil
 }
 
@@ -109,6 +119,11 @@ type Enqueuer interface {
 	// non-empty and already held (then it stores nothing and reports duplicate). A held key expires
 	// ttl after it was claimed. When Enqueue returns nil the message is durable.
 	Enqueue(ctx context.Context, m *Message, dedupeKey string, ttl time.Duration) (duplicate bool, err error)
+	// EnqueueLeased is Enqueue that also stores the deliveries to the targets named in leased as
+	// claimed by the caller, as a Claim at m.ReceivedAt with lease would (Attempt 1, a lease token,
+	// due again at m.ReceivedAt+lease), and returns them, so that the caller can deliver them at
+	// once without a Claim write (docs/DESIGN.md section 2.2). A duplicate returns none.
+	EnqueueLeased(ctx context.Context, m *Message, dedupeKey string, ttl, lease time.Duration, leased []string) (duplicate bool, claimed []*Delivery, err error)
 }
 
 // Queue is what delivery workers need.

@@ -54,6 +54,8 @@ type adminConfig struct {
 	Listen    string `yaml:"listen"` // "off" disables it
 	TokenEnv  string `yaml:"token_env,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
+	// Pprof serves Go's profiles under /debug/pprof/ (behind the token, if any).
+	Pprof bool `yaml:"pprof,omitempty"`
 
 	token []byte // read by validate
 }

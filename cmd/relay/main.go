@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -43,7 +44,14 @@ commands:
   version                          print the version
 `
 
+// defaultGOGC is the garbage collector's target unless GOGC is set: the live heap is small (tens
+// of MiB), so collecting less often buys CPU per webhook for a few MiB (docs/BENCHMARKS.md).
+const defaultGOGC = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -204,7 +212,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("relay listening", "addr", bound.Listen, "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload}), log)
+		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload, Pprof: cfg.Admin.Pprof}), log)
 		if err != nil {
 			return err
 		}

@@ -1,8 +1,10 @@
 // Package boltstore is the embedded relay.Store: one bbolt file, owned by one process.
 //
-// Layout (all keys are bytes; "time" is timeKey, 8 bytes ordered like the time):
+// Layout (docs/DESIGN.md section 2.3; all keys are bytes; "time" is timeKey, 8 bytes ordered like
+// the time):
 //
-//	deliveries  delivery ID -> record (the delivery with its whole message)
+//	messages    message ID -> the message with its body, written once
+//	deliveries  delivery ID -> record (the delivery's state, naming its message)
 //	due         one sub-bucket per target: time due + delivery ID -> nil
 //	leased      delivery ID -> nil, for deliveries claimed and not yet acked, retried or buried
 //	dedupe      dedupe key -> time it expires
@@ -10,8 +12,9 @@
 //	dead        delivery ID -> record with DeadAt set
 //	dead_idx    DeadAt + delivery ID -> nil, the stable ListDead order
 //
-// A claim moves a delivery's due entry to the lease expiry, so an unacked lease simply becomes
-// due again. Writers share fsyncs through bbolt's group commit (DB.Batch).
+// A message goes when its last delivery is acked or its last dead letter dropped. A claim moves a
+// delivery's due entry to the lease expiry, so an unacked lease simply becomes due again. Writers
+// share fsyncs through one writer goroutine (group commit, writer.go).
 package boltstore
 
 import (
@@ -33,6 +36,7 @@ var _ relay.Store = (*Store)(nil)
 
 // Bucket names.
 var (
+	bMessages   = []byte("messages")
 	bDeliveries = []byte("deliveries")
 	bDue        = []byte("due")
 	bLeased     = []byte("leased")
@@ -116,7 +120,7 @@ func Open(path string, opt Options) (*Store, error) {
 // init creates the buckets and makes leased deliveries due at the time they were claimed.
 func (s *Store) init() (recovered int, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bDeliveries, bDue, bLeased, bDedupe, bDedupeExp, bDead, bDeadIdx} {
+		for _, name := range [][]byte{bMessages, bDeliveries, bDue, bLeased, bDedupe, bDedupeExp, bDead, bDeadIdx} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -129,7 +133,7 @@ func (s *Store) init() (recovered int, err error) {
 			return err
 		}
 		for _, id := range ids {
-			r, err := getRecord(tx.Bucket(bDeliveries), id)
+			r, err := getRecord(tx, bDeliveries, id)
 			if err != nil {
 				return err
 			}
@@ -202,9 +206,10 @@ func (s *Store) batch(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	return <-done
 }
 
-// getRecord returns the record under id in b, nil if there is none.
-func getRecord(b *bolt.Bucket, id []byte) (*record, error) {
-	v := b.Get(id)
+// getRecord returns the record under id in bucket, nil if there is none. Its Message has only
+// its ID unless the record is a legacy one; loadMessage reads the rest.
+func getRecord(tx *bolt.Tx, bucket, id []byte) (*record, error) {
+	v := tx.Bucket(bucket).Get(id)
 	if v == nil {
 		return nil, nil
 	}
@@ -213,6 +218,48 @@ func getRecord(b *bolt.Bucket, id []byte) (*record, error) {
 		return nil, fmt.Errorf("delivery %s: %w", id, err)
 	}
 	return r, nil
+}
+
+// loadMessage fills in r's message from the messages bucket.
+func loadMessage(tx *bolt.Tx, r *record) error {
+	if r.legacy {
+		return nil
+	}
+	v := tx.Bucket(bMessages).Get([]byte(r.Message.ID))
+	if v == nil {
+		return fmt.Errorf("delivery %s: message %s missing", r.ID, r.Message.ID)
+	}
+	m, err := decodeMessage(v)
+	if err != nil {
+		return fmt.Errorf("delivery %s: %w", r.ID, err)
+	}
+	r.Message = m
+	return nil
+}
+
+// putRecord stores r in bucket. A legacy record's message moves to the messages bucket first.
+func putRecord(tx *bolt.Tx, bucket []byte, r *record) error {
+	if r.legacy {
+		if tx.Bucket(bMessages).Get([]byte(r.Message.ID)) == nil {
+			if err := tx.Bucket(bMessages).Put([]byte(r.Message.ID), encodeMessage(&r.Message)); err != nil {
+				return err
+			}
+		}
+		r.legacy = false
+	}
+	return tx.Bucket(bucket).Put([]byte(r.ID), encodeRecord(r))
+}
+
+// releaseMessage deletes message id once no delivery or dead letter names it. Delivery IDs are
+// "<message ID>.<target>", so a prefix seek in each bucket answers without decoding anything.
+func releaseMessage(tx *bolt.Tx, id string) error {
+	prefix := []byte(id + ".")
+	for _, b := range [][]byte{bDeliveries, bDead} {
+		if k, _ := tx.Bucket(b).Cursor().Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) {
+			return nil
+		}
+	}
+	return tx.Bucket(bMessages).Delete([]byte(id))
 }
 
 // reschedule stores r as due at at, moving its entry in the due index. r.DueAt is where the entry
@@ -231,7 +278,7 @@ func reschedule(tx *bolt.Tx, r *record, at time.Time) error {
 	if err := idx.Put(indexKey(at, r.ID), nil); err != nil {
 		return err
 	}
-	return tx.Bucket(bDeliveries).Put([]byte(r.ID), encodeRecord(r))
+	return putRecord(tx, bDeliveries, r)
 }
 
 // unqueue removes a live delivery from the deliveries bucket and its indexes.

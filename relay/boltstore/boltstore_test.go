@@ -210,27 +210,158 @@ func TestRecordRoundTrip(t *testing.T) {
 	r := &record{
 		Delivery: relay.Delivery{
 			ID: "m.a", Target: "a", Attempt: 3, DueAt: at(-70 * 365 * 24 * 3600), Lease: "l",
-			LastStatus: -1, LastError: "e", DeadAt: at(0),
-			Message: relay.Message{ID: "m", Route: "r", Provider: "p", JobID: "j", JobStatus: "s",
-				ContentType: "c", SourceAddr: "x", ReceivedAt: at(0).Add(123), Body: []byte{0, 0xff}, Targets: []string{"a", ""}},
+			LastStatus: -1, LastError: "e", DeadAt: at(0), Message: relay.Message{ID: "m"},
 		},
 	}
+	m := &relay.Message{ID: "m", Route: "r", Provider: "p", JobID: "j", JobStatus: "s",
+		ContentType: "c", SourceAddr: "x", ReceivedAt: at(0).Add(123), Body: []byte{0, 0xff}, Targets: []string{"a", ""}}
 	b := encodeRecord(r)
 	got, err := decodeRecord(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(encodeRecord(got), b) || !got.ClaimedAt.IsZero() || !got.DueAt.Equal(r.DueAt) {
+	if !bytes.Equal(encodeRecord(got), b) || !got.ClaimedAt.IsZero() || !got.DueAt.Equal(r.DueAt) || got.Message.ID != "m" {
 		t.Fatalf("round trip changed the record: %+v", got)
 	}
-	for i := range b {
-		if _, err := decodeRecord(b[:i]); err == nil {
-			t.Fatalf("decoding %d of %d bytes = nil error", i, len(b))
+	mb := encodeMessage(m)
+	gm, err := decodeMessage(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(encodeMessage(&gm), mb) || !gm.ReceivedAt.Equal(m.ReceivedAt) {
+		t.Fatalf("round trip changed the message: %+v", gm)
+	}
+	for _, dec := range []func([]byte) error{
+		func(b []byte) error { _, err := decodeRecord(b); return err },
+		func(b []byte) error { _, err := decodeMessage(b); return err },
+	} {
+		for _, enc := range [][]byte{b, mb} {
+			if dec(enc) != nil {
+				continue // the other kind
+			}
+			for i := range enc {
+				if err := dec(enc[:i]); err == nil {
+					t.Fatalf("decoding %d of %d bytes = nil error", i, len(enc))
+				}
+			}
+			if err := dec(append(bytes.Clone(enc), 0)); err == nil {
+				t.Fatal("decoding trailing garbage = nil error")
+			}
 		}
 	}
-	if _, err := decodeRecord(append(b, 0)); err == nil {
-		t.Fatal("decoding trailing garbage = nil error")
+}
+
+// legacyRecord encodes r as releases before the messages bucket did: the message inside.
+func legacyRecord(r *record) []byte {
+	e := encoder{b: []byte{recordV1}}
+	e.state(r)
+	e.message(&r.Message)
+	return e.b
+}
+
+// A file written by an earlier release (deliveries carrying their message) is still served: its
+// deliveries are claimed, retried, buried, replayed and acked, and the message moves to the
+// messages bucket on the first rewrite and goes with the last delivery.
+func TestLegacyRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.db")
+	s := openTest(t, path, Options{})
+	m := relay.Message{ID: "old", Route: "r", Provider: "generic", JobID: "j", ReceivedAt: at(0),
+		Body: []byte(`{"id":"j"}`), Targets: []string{"a", "b"}}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, target := range m.Targets {
+			r := &record{Delivery: relay.Delivery{ID: relay.DeliveryID(m.ID, target), Target: target, Message: m, DueAt: at(0)}}
+			if err := tx.Bucket(bDeliveries).Put([]byte(r.ID), legacyRecord(r)); err != nil {
+				return err
+			}
+			idx, err := tx.Bucket(bDue).CreateBucketIfNotExists([]byte(target))
+			if err != nil {
+				return err
+			}
+			if err := idx.Put(indexKey(at(0), r.ID), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	ctx := t.Context()
+	claim := func(target string, now time.Time) *relay.Delivery {
+		t.Helper()
+		ds, err := s.Claim(ctx, target, now, time.Minute, 10)
+		if err != nil || len(ds) != 1 || string(ds[0].Message.Body) != string(m.Body) || ds[0].Message.Route != "r" {
+			t.Fatalf("Claim(%s) = %v, %v; want the legacy delivery with its message", target, ds, err)
+		}
+		return ds[0]
+	}
+	a := claim("a", at(1))
+	if err := s.Retry(ctx, a, at(2), relay.Failure{Status: 503}); err != nil {
+		t.Fatal(err)
+	}
+	b := claim("b", at(1))
+	if err := s.Bury(ctx, b, at(1), relay.Failure{Status: 400}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReplayDead(ctx, b.ID, at(3)); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*relay.Delivery{claim("a", at(3)), claim("b", at(3))} {
+		if err := s.Ack(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantBucketsEmpty(t, s)
+}
+
+// wantBucketsEmpty fails unless every message, delivery and index entry is gone.
+func wantBucketsEmpty(t *testing.T, s *Store) {
+	t.Helper()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bMessages, bDeliveries, bLeased, bDead, bDeadIdx} {
+			if n := tx.Bucket(name).Stats().KeyN; n != 0 {
+				return fmt.Errorf("bucket %s holds %d keys", name, n)
+			}
+		}
+		return tx.Bucket(bDue).ForEachBucket(func(k []byte) error {
+			if n := tx.Bucket(bDue).Bucket(k).Stats().KeyN; n != 0 {
+				return fmt.Errorf("due bucket %s holds %d keys", k, n)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Nothing stays behind once every delivery of a message is acked or its dead letter dropped.
+func TestSettledMessagesLeaveNothing(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{})
+	ctx := t.Context()
+	for i := range 20 {
+		m := &relay.Message{ID: fmt.Sprintf("m%02d", i), Route: "r", ReceivedAt: at(i), Body: []byte("{}"), Targets: []string{"a", "b"}}
+		if _, claimed, err := s.EnqueueLeased(ctx, m, "", 0, time.Minute, []string{"a"}); err != nil || len(claimed) != 1 {
+			t.Fatalf("EnqueueLeased: %v", err)
+		} else if err := s.Ack(ctx, claimed[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := s.Claim(ctx, "b", at(100), time.Minute, 100)
+	if err != nil || len(ds) != 20 {
+		t.Fatalf("Claim(b) = %d, %v", len(ds), err)
+	}
+	for i, d := range ds {
+		if i%2 == 0 {
+			err = s.Ack(ctx, d)
+		} else if err = s.Bury(ctx, d, at(101), relay.Failure{Status: 400}); err == nil {
+			err = s.DropDead(ctx, d.ID)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantBucketsEmpty(t, s)
 }
 
 func benchmarkEnqueue(b *testing.B, parallel bool) {

@@ -26,12 +26,11 @@ func (s *Store) ListDead(ctx context.Context, f relay.DeadFilter) ([]*relay.Deli
 	}
 	var out []*relay.Delivery
 	err := s.db.View(func(tx *bolt.Tx) error {
-		dead := tx.Bucket(bDead)
 		c := tx.Bucket(bDeadIdx).Cursor()
 		var k []byte
 		switch {
 		case f.After != "":
-			after, err := getRecord(dead, []byte(f.After))
+			after, err := getRecord(tx, bDead, []byte(f.After))
 			if err != nil {
 				return err
 			}
@@ -48,12 +47,15 @@ func (s *Store) ListDead(ctx context.Context, f relay.DeadFilter) ([]*relay.Deli
 			k, _ = c.First()
 		}
 		for ; k != nil && len(out) < limit; k, _ = c.Next() {
-			r, err := getRecord(dead, k[8:])
+			r, err := getRecord(tx, bDead, k[8:])
 			if err != nil {
 				return err
 			}
 			if r == nil {
 				return fmt.Errorf("dead index entry for missing dead letter %s", k[8:])
+			}
+			if err := loadMessage(tx, r); err != nil {
+				return err
 			}
 			if f.Match(&r.Delivery) {
 				out = append(out, &r.Delivery)
@@ -75,10 +77,13 @@ func (s *Store) GetDead(ctx context.Context, id string) (*relay.Delivery, error)
 	var r *record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		if r, err = getRecord(tx.Bucket(bDead), []byte(id)); err == nil && r == nil {
+		if r, err = getRecord(tx, bDead, []byte(id)); err == nil && r == nil {
 			err = relay.ErrNotFound
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return loadMessage(tx, r)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: get dead %s: %w", id, err)
@@ -99,14 +104,19 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 
 // DropDead deletes the dead letter id.
 func (s *Store) DropDead(ctx context.Context, id string) error {
-	return s.removeDead(ctx, "drop dead", id, func(*bolt.Tx, *record) error { return nil })
+	return s.removeDead(ctx, "drop dead", id, func(tx *bolt.Tx, r *record) error {
+		if r.legacy {
+			return nil // its message went with it
+		}
+		return releaseMessage(tx, r.Message.ID)
+	})
 }
 
 // removeDead takes the dead letter id out of the dead letters and passes it to fn.
 func (s *Store) removeDead(ctx context.Context, op, id string, fn func(*bolt.Tx, *record) error) error {
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		dead := tx.Bucket(bDead)
-		r, err := getRecord(dead, []byte(id))
+		r, err := getRecord(tx, bDead, []byte(id))
 		if err != nil {
 			return err
 		}

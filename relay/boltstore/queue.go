@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -12,19 +13,37 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// Enqueue claims dedupeKey and stores one delivery per target in one transaction, shared with
-// concurrent callers (group commit). The key is claimed at m.ReceivedAt and held until
-// m.ReceivedAt+ttl; a key whose time has passed counts as absent even before Sweep removes it.
+// Enqueue claims dedupeKey and stores the message with one delivery per target in one
+// transaction, shared with concurrent callers (group commit). The key is claimed at m.ReceivedAt
+// and held until m.ReceivedAt+ttl; a key whose time has passed counts as absent even before Sweep
+// removes it.
 func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string, ttl time.Duration) (bool, error) {
-	if err := relay.ValidateEnqueue(m, dedupeKey, ttl); err != nil {
-		return false, fmt.Errorf("boltstore: enqueue: %w", err)
+	dup, _, err := s.EnqueueLeased(ctx, m, dedupeKey, ttl, 0, nil)
+	return dup, err
+}
+
+// EnqueueLeased is Enqueue that stores the deliveries to the leased targets claimed by the caller
+// at m.ReceivedAt, and returns them.
+func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey string, ttl, lease time.Duration,
+	leased []string) (bool, []*relay.Delivery, error) {
+	if err := relay.ValidateEnqueue(m, dedupeKey, ttl, lease, leased); err != nil {
+		return false, nil, fmt.Errorf("boltstore: enqueue: %w", err)
 	}
 	// Encode outside the transaction: the batch runs every caller's function on one goroutine.
+	msgVal := encodeMessage(m)
 	recs := make([]*record, len(m.Targets))
 	vals := make([][]byte, len(m.Targets))
+	var claimed []*relay.Delivery
 	for i, t := range m.Targets {
-		recs[i] = &record{Delivery: relay.Delivery{ID: relay.DeliveryID(m.ID, t), Target: t, Message: *m, DueAt: m.ReceivedAt}}
-		vals[i] = encodeRecord(recs[i])
+		r := &record{Delivery: relay.Delivery{ID: relay.DeliveryID(m.ID, t), Target: t, DueAt: m.ReceivedAt}}
+		r.Message.ID = m.ID
+		if slices.Contains(leased, t) {
+			r.Attempt, r.Lease, r.ClaimedAt, r.DueAt = 1, rand.Text(), m.ReceivedAt, m.ReceivedAt.Add(lease)
+			d := r.Delivery
+			d.Message = *m
+			claimed = append(claimed, &d)
+		}
+		recs[i], vals[i] = r, encodeRecord(r)
 	}
 	expires := m.ReceivedAt.Add(ttl)
 
@@ -41,11 +60,17 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 				return nil
 			}
 		}
+		if tx.Bucket(bMessages).Get([]byte(m.ID)) != nil {
+			// Returning an error also rolls back the dedupe claim above.
+			return fmt.Errorf("message %s already stored: message IDs must be unique", m.ID)
+		}
+		if err := tx.Bucket(bMessages).Put([]byte(m.ID), msgVal); err != nil {
+			return err
+		}
 		deliveries, dead := tx.Bucket(bDeliveries), tx.Bucket(bDead)
 		for i, r := range recs {
 			id := []byte(r.ID)
 			if deliveries.Get(id) != nil || dead.Get(id) != nil {
-				// Returning an error also rolls back the dedupe claim above.
 				return fmt.Errorf("delivery %s already stored: message IDs must be unique", r.ID)
 			}
 			idx, err := tx.Bucket(bDue).CreateBucketIfNotExists([]byte(r.Target))
@@ -58,13 +83,21 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 			if err := deliveries.Put(id, vals[i]); err != nil {
 				return err
 			}
+			if r.Lease != "" {
+				if err := tx.Bucket(bLeased).Put(id, nil); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("boltstore: enqueue %s: %w", m.ID, err)
+		return false, nil, fmt.Errorf("boltstore: enqueue %s: %w", m.ID, err)
 	}
-	return duplicate, nil
+	if duplicate {
+		return true, nil, nil
+	}
+	return false, claimed, nil
 }
 
 // claimKey takes key until expires unless it is held at now. It reports false when it is held.
@@ -163,12 +196,15 @@ func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease t
 			keys = append(keys, bytes.Clone(k))
 		}
 		for _, k := range keys {
-			r, err := getRecord(tx.Bucket(bDeliveries), k[8:])
+			r, err := getRecord(tx, bDeliveries, k[8:])
 			if err != nil {
 				return err
 			}
 			if r == nil {
 				return fmt.Errorf("due entry for missing delivery %s", k[8:])
+			}
+			if err := loadMessage(tx, r); err != nil {
+				return err
 			}
 			r.Attempt++
 			r.Recovered = r.Lease != ""
@@ -231,7 +267,12 @@ func (s *Store) Depth(ctx context.Context, target string) (int, error) {
 
 // Ack removes a delivered delivery.
 func (s *Store) Ack(ctx context.Context, d *relay.Delivery) error {
-	return s.settle(ctx, "ack", d, func(tx *bolt.Tx, r *record) error { return unqueue(tx, r) })
+	return s.settle(ctx, "ack", d, func(tx *bolt.Tx, r *record) error {
+		if err := unqueue(tx, r); err != nil {
+			return err
+		}
+		return releaseMessage(tx, r.Message.ID)
+	})
 }
 
 // Retry releases the lease and makes d due at at, recording f.
@@ -258,14 +299,14 @@ func (s *Store) Bury(ctx context.Context, d *relay.Delivery, now time.Time, f re
 		if err := tx.Bucket(bDeadIdx).Put(indexKey(now, r.ID), nil); err != nil {
 			return err
 		}
-		return tx.Bucket(bDead).Put([]byte(r.ID), encodeRecord(r))
+		return putRecord(tx, bDead, r)
 	})
 }
 
 // settle runs fn on d's stored record if d still holds its lease.
 func (s *Store) settle(ctx context.Context, op string, d *relay.Delivery, fn func(*bolt.Tx, *record) error) error {
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
-		r, err := getRecord(tx.Bucket(bDeliveries), []byte(d.ID))
+		r, err := getRecord(tx, bDeliveries, []byte(d.ID))
 		if err != nil {
 			return err
 		}

@@ -9,7 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// maxPipeline caps the enqueues sent in one pipeline.
+// maxPipeline caps the script runs sent in one pipeline.
 const maxPipeline = 256
 
 // senders is how many pipelines may be in flight at once: more than one, so that a batch can form
@@ -21,31 +21,34 @@ const pipelineTimeout = 10 * time.Second
 
 var errClosed = errors.New("store closed")
 
-// enqueueCall is one caller's enqueue script run, waiting for its place in a pipeline.
-type enqueueCall struct {
-	keys []string
-	args []any
-	done chan enqueueResult
+// scriptCall is one caller's script run (an enqueue, ack, retry or bury), waiting for its place
+// in a pipeline.
+type scriptCall struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	done   chan scriptResult
 }
 
-type enqueueResult struct {
+type scriptResult struct {
 	n   int
 	err error
 }
 
-// batcher sends concurrent enqueues to Redis as pipelines: every enqueue that arrived while the
+// batcher sends concurrent script runs to Redis as pipelines: every run that arrived while the
 // previous pipelines were in flight goes in the next. Under load that turns a round trip (a write
-// and a read on each side) per webhook into one per batch; alone, a call goes out at once.
+// and a read on each side) per enqueue or ack into one per batch; alone, a call goes out at once.
+// The scripts it runs return an integer.
 type batcher struct {
 	rdb    redis.UniversalClient
 	mu     sync.RWMutex // closed and sends on calls: close waits for senders
 	closed bool
-	calls  chan enqueueCall
+	calls  chan scriptCall
 	done   chan struct{}
 }
 
 func newBatcher(rdb redis.UniversalClient) *batcher {
-	b := &batcher{rdb: rdb, calls: make(chan enqueueCall, maxPipeline), done: make(chan struct{})}
+	b := &batcher{rdb: rdb, calls: make(chan scriptCall, maxPipeline), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range senders {
 		wg.Go(b.loop)
@@ -54,13 +57,13 @@ func newBatcher(rdb redis.UniversalClient) *batcher {
 	return b
 }
 
-// run submits one enqueue and waits for its result. Once submitted it is waited for whatever ctx
+// run submits one script run and waits for its result. Once submitted it is waited for whatever ctx
 // says: returning early would not undo it.
-func (b *batcher) run(ctx context.Context, keys []string, args []any) (int, error) {
+func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args []any) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	c := enqueueCall{keys: keys, args: args, done: make(chan enqueueResult, 1)}
+	c := scriptCall{script: sc, keys: keys, args: args, done: make(chan scriptResult, 1)}
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
@@ -83,7 +86,7 @@ func (b *batcher) close() {
 }
 
 func (b *batcher) loop() {
-	batch := make([]enqueueCall, 0, maxPipeline)
+	batch := make([]scriptCall, 0, maxPipeline)
 	for c := range b.calls {
 		batch = append(batch[:0], c)
 	drain:
@@ -102,27 +105,27 @@ func (b *batcher) loop() {
 	}
 }
 
-func (b *batcher) send(batch []enqueueCall) {
+func (b *batcher) send(batch []scriptCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), pipelineTimeout)
 	defer cancel()
 	if len(batch) == 1 {
-		n, err := enqueueScript.Run(ctx, b.rdb, batch[0].keys, batch[0].args...).Int()
-		batch[0].done <- enqueueResult{n, err}
+		n, err := batch[0].script.Run(ctx, b.rdb, batch[0].keys, batch[0].args...).Int()
+		batch[0].done <- scriptResult{n, err}
 		return
 	}
 	pipe := b.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
 	for i, c := range batch {
-		cmds[i] = enqueueScript.EvalSha(ctx, pipe, c.keys, c.args...)
+		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own result or error
 	for i, c := range batch {
 		n, err := cmds[i].Int()
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Redis lost its script cache (a restart): Run loads the script again. The script is
-			// idempotent, so a run that did happen is not repeated in effect.
-			n, err = enqueueScript.Run(ctx, b.rdb, c.keys, c.args...).Int()
+			// Redis lost its script cache (a restart): Run loads the script again. NOSCRIPT means
+			// this run did not happen, so running it now is its first run.
+			n, err = c.script.Run(ctx, b.rdb, c.keys, c.args...).Int()
 		}
-		c.done <- enqueueResult{n, err}
+		c.done <- scriptResult{n, err}
 	}
 }

@@ -72,6 +72,13 @@ func (s *Store) GetDead(ctx context.Context, id string) (*relay.Delivery, error)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: get dead %s: %w", id, err)
 	}
+	if mid, _ := vals[6].(string); vals[0] == nil && mid != "" {
+		msg, err := s.rdb.HGet(ctx, s.messageKey(mid), "msg").Result()
+		if err != nil && err != redis.Nil {
+			return nil, fmt.Errorf("redisstore: get dead %s: %w", id, err)
+		}
+		vals[0] = msg
+	}
 	d, err := decodeDead(id, vals)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: get dead %s: %w", id, err)
@@ -115,7 +122,7 @@ func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error 
 
 // DropDead deletes the dead letter id.
 func (s *Store) DropDead(ctx context.Context, id string) error {
-	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id)
+	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base)
 }
 
 func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id string, keys []string, args ...any) error {

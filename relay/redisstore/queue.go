@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -13,13 +14,21 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// Enqueue claims dedupeKey and stores one delivery per target in one script. The key is claimed
-// at m.ReceivedAt and held until m.ReceivedAt+ttl; a key whose time has passed counts as absent
-// even before Sweep removes it. Enqueuing the same message twice (a retry after a lost reply)
-// reports it stored, not a duplicate; another message with a stored ID is an error.
+// Enqueue claims dedupeKey and stores the message and one delivery per target in one script.
+// The key is claimed at m.ReceivedAt and held until m.ReceivedAt+ttl; a key whose time has passed
+// counts as absent even before Sweep removes it. Enqueuing the same message twice (a retry after a
+// lost reply) reports it stored, not a duplicate; another message with a stored ID is an error.
 func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string, ttl time.Duration) (bool, error) {
-	if err := relay.ValidateEnqueue(m, dedupeKey, ttl); err != nil {
-		return false, fmt.Errorf("redisstore: enqueue: %w", err)
+	dup, _, err := s.EnqueueLeased(ctx, m, dedupeKey, ttl, 0, nil)
+	return dup, err
+}
+
+// EnqueueLeased is Enqueue that stores the deliveries to the leased targets claimed by the caller
+// at m.ReceivedAt, and returns them. Another replica takes them over when the lease expires.
+func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey string, ttl, lease time.Duration,
+	leased []string) (bool, []*relay.Delivery, error) {
+	if err := relay.ValidateEnqueue(m, dedupeKey, ttl, lease, leased); err != nil {
+		return false, nil, fmt.Errorf("redisstore: enqueue: %w", err)
 	}
 	n := len(m.Targets)
 	var expires string
@@ -27,10 +36,11 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 	if dedupeKey != "" {
 		expires, px = micros(m.ReceivedAt.Add(ttl)), pxMillis(ttl)
 	}
-	keys := make([]string, 1, 2+2*n)
-	keys[0] = s.dedupeIndexKey()
-	args := make([]any, 0, 6+2*n)
-	args = append(args, micros(m.ReceivedAt), expires, px, dedupeKey, encodeMessage(m), m.Route)
+	keys := make([]string, 2, 3+2*n)
+	keys[0], keys[1] = s.dedupeIndexKey(), s.messageKey(m.ID)
+	args := make([]any, 0, 8+3*n)
+	args = append(args, micros(m.ReceivedAt), expires, px, dedupeKey, encodeMessage(m), m.Route, m.ID,
+		micros(m.ReceivedAt.Add(lease)))
 	for _, t := range m.Targets {
 		keys = append(keys, s.deliveryKey(relay.DeliveryID(m.ID, t)))
 	}
@@ -41,14 +51,31 @@ func (s *Store) Enqueue(ctx context.Context, m *relay.Message, dedupeKey string,
 	for _, t := range m.Targets {
 		args = append(args, relay.DeliveryID(m.ID, t))
 	}
+	var claimed []*relay.Delivery
+	base := ""
+	for i, t := range m.Targets {
+		token := ""
+		if slices.Contains(leased, t) {
+			if base == "" {
+				base = rand.Text()
+			}
+			token = base + "." + strconv.Itoa(i)
+			claimed = append(claimed, &relay.Delivery{ID: relay.DeliveryID(m.ID, t), Target: t, Message: *m,
+				Attempt: 1, Lease: token, DueAt: m.ReceivedAt.Add(lease)})
+		}
+		args = append(args, token)
+	}
 	if dedupeKey != "" {
 		keys = append(keys, s.dedupeKey(dedupeKey))
 	}
-	dup, err := s.enqueues.run(ctx, keys, args)
+	dup, err := s.scripts.run(ctx, enqueueScript, keys, args)
 	if err != nil {
-		return false, fmt.Errorf("redisstore: enqueue %s: %w", m.ID, err)
+		return false, nil, fmt.Errorf("redisstore: enqueue %s: %w", m.ID, err)
 	}
-	return dup == 1, nil
+	if dup == 1 {
+		return true, nil, nil
+	}
+	return false, claimed, nil
 }
 
 // Sweep deletes the dedupe keys expired at now, a chunk per script so that ingress never waits
@@ -145,7 +172,7 @@ func (s *Store) Depth(ctx context.Context, target string) (int, error) {
 
 // Ack removes a delivered delivery.
 func (s *Store) Ack(ctx context.Context, d *relay.Delivery) error {
-	return s.settle(ctx, "ack", ackScript, d, nil)
+	return s.settle(ctx, "ack", ackScript, d, []string{s.messageKey(d.Message.ID)})
 }
 
 // Retry releases the lease and makes d due at at, recording f.
@@ -163,7 +190,7 @@ func (s *Store) Bury(ctx context.Context, d *relay.Delivery, now time.Time, f re
 func (s *Store) settle(ctx context.Context, op string, sc *redis.Script, d *relay.Delivery, extraKeys []string, extraArgs ...any) error {
 	keys := append([]string{s.deliveryKey(d.ID), s.dueKey(d.Target)}, extraKeys...)
 	args := append([]any{d.Lease, d.Target, d.ID}, extraArgs...)
-	ok, err := sc.Run(ctx, s.rdb, keys, args...).Int()
+	ok, err := s.scripts.run(ctx, sc, keys, args)
 	if err != nil {
 		return fmt.Errorf("redisstore: %s %s: %w", op, d.ID, err)
 	}

@@ -1,13 +1,14 @@
 // Package redisstore is the relay.Store on Redis (7.0 or later; go-redis v9, so a single server,
 // Sentinel or Cluster), shared by any number of relay replicas.
 //
-// Layout. Every key starts with "{<prefix>}:", one hash tag, so that the keys one script touches
-// are in one Cluster slot (a Cluster therefore holds one relay's data on one shard: the tag buys
-// correctness, not scale-out):
+// Layout (docs/DESIGN.md section 2.4). Every key starts with "{<prefix>}:", one hash tag, so that
+// the keys one script touches are in one Cluster slot:
 //
-//	{p}:d:<delivery ID>  HASH  msg (the message, encoded once in Go), target, route, attempt,
-//	                           lease (while claimed), status and error (of the last failure),
-//	                           dead (its time key, while a dead letter)
+//	{p}:m:<message ID>   HASH  msg (the message with its body, encoded once in Go), n (deliveries
+//	                           and dead letters still naming it: the last one deletes it)
+//	{p}:d:<delivery ID>  HASH  mid (its message), target, route, attempt, lease (while claimed),
+//	                           status and error (of the last failure), dead (its time key, while a
+//	                           dead letter); records of earlier releases hold msg instead of mid
 //	{p}:q:<target>       ZSET  delivery ID scored by due time; a claim moves the entry to the lease
 //	                           expiry, so an unsettled lease simply becomes due again
 //	{p}:k:<dedupe key>   STRING its logical expiry, with a real PX TTL of the dedupe ttl so that
@@ -20,7 +21,7 @@
 // Times are whole microseconds in Redis (doubles are exact to 2^53; nanoseconds are not), except
 // the message's ReceivedAt, which the encoded message keeps exactly: due times, dead times and
 // dedupe expiries are truncated to the microsecond. Each write is one Lua script (scripts.go), run
-// with EVALSHA.
+// with EVALSHA; concurrent enqueues and settles share pipelines (batch.go).
 //
 // Durability is Redis' own: run it with AOF (appendfsync everysec may lose the last second or so
 // of acknowledged webhooks when the Redis host crashes; always loses none and costs an fsync per
@@ -60,9 +61,9 @@ type Store struct {
 	log  *slog.Logger
 	base string // "{prefix}:"
 
-	sweepChunk int // dedupe keys one sweep script deletes, so that Redis is never blocked for long
-	deadBudget int // dead set entries one list script scans, for the same reason
-	enqueues   *batcher
+	sweepChunk int      // dedupe keys one sweep script deletes, so that Redis is never blocked for long
+	deadBudget int      // dead set entries one list script scans, for the same reason
+	scripts    *batcher // the write scripts of the hot path, pipelined
 }
 
 // New returns a store on client, which it owns from now on: Close closes it. New does not
@@ -81,7 +82,7 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000,
-		enqueues: newBatcher(client)}, nil
+		scripts: newBatcher(client)}, nil
 }
 
 // Ping checks that Redis answers.
@@ -94,7 +95,7 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Close closes the client. Calls after it fail.
 func (s *Store) Close() error {
-	s.enqueues.close() // enqueues already submitted finish first
+	s.scripts.close() // writes already submitted finish first
 	if err := s.rdb.Close(); err != nil {
 		return fmt.Errorf("redisstore: close: %w", err)
 	}
@@ -102,6 +103,7 @@ func (s *Store) Close() error {
 }
 
 // Key names; see the package comment.
+func (s *Store) messageKey(id string) string  { return s.base + "m:" + id }
 func (s *Store) deliveryKey(id string) string { return s.base + "d:" + id }
 func (s *Store) dueKey(target string) string  { return s.base + "q:" + target }
 func (s *Store) dedupeKey(key string) string  { return s.base + "k:" + key }

@@ -131,7 +131,7 @@ func TestKeysShareHashTag(t *testing.T) {
 		kind, _, _ := strings.Cut(rest, ":")
 		kinds[kind] = true
 	}
-	for _, kind := range []string{"d", "q", "k", "kx", "dead"} {
+	for _, kind := range []string{"m", "d", "q", "k", "kx", "dead"} {
 		if !kinds[kind] {
 			t.Errorf("no %q key after the workload; keys: %q", kind, all)
 		}
@@ -423,5 +423,106 @@ func TestMessageCodec(t *testing.T) {
 	}
 	if deadKey(-1) >= deadKey(0) || deadKey(0) >= deadKey(1) {
 		t.Error("dead keys do not sort like their times")
+	}
+}
+
+// keysOf lists the keys of a store's prefix.
+func keysOf(t *testing.T, rdb *redis.Client, prefix string) []string {
+	t.Helper()
+	var all []string
+	iter := rdb.Scan(t.Context(), 0, "{"+prefix+"}:*", 1000).Iterator()
+	for iter.Next(t.Context()) {
+		all = append(all, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(all)
+	return all
+}
+
+// Nothing stays behind once every delivery of a message is acked or its dead letter dropped; a
+// message is stored once however many targets it has.
+func TestSettledMessagesLeaveNothing(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "settle")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := t.Context()
+	for i := range 20 {
+		_, claimed, err := s.EnqueueLeased(ctx, testMsg(fmt.Sprintf("m%02d", i), at(i), "a", "b"), "", 0, time.Minute, []string{"a"})
+		if err != nil || len(claimed) != 1 {
+			t.Fatalf("EnqueueLeased: %d, %v", len(claimed), err)
+		}
+		if err := s.Ack(ctx, claimed[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(slices.DeleteFunc(keysOf(t, rdb, "settle"), func(k string) bool { return !strings.HasPrefix(k, "{settle}:m:") })); n != 20 {
+		t.Fatalf("%d message keys while b's deliveries wait, want 20", n)
+	}
+	ds, err := s.Claim(ctx, "b", at(100), time.Minute, 100)
+	if err != nil || len(ds) != 20 {
+		t.Fatalf("Claim(b) = %d, %v", len(ds), err)
+	}
+	for i, d := range ds {
+		if i%2 == 0 {
+			err = s.Ack(ctx, d)
+		} else if err = s.Bury(ctx, d, at(101), relay.Failure{Status: 400}); err == nil {
+			err = s.DropDead(ctx, d.ID)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if left := keysOf(t, rdb, "settle"); len(left) != 0 {
+		t.Fatalf("keys left after every delivery settled: %q", left)
+	}
+}
+
+// Deliveries written by earlier releases (the message inside the delivery hash) are still served
+// and leave nothing behind.
+func TestLegacyDeliveries(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, "legacy")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := t.Context()
+	m := testMsg("old", at(0), "a", "b")
+	for _, target := range m.Targets {
+		id := relay.DeliveryID(m.ID, target)
+		if err := rdb.HSet(ctx, s.deliveryKey(id), "msg", encodeMessage(m), "target", target, "route", m.Route).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.ZAdd(ctx, s.dueKey(target), redis.Z{Score: float64(at(0).UnixMicro()), Member: id}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := func(target string, now time.Time) *relay.Delivery {
+		t.Helper()
+		ds, err := s.Claim(ctx, target, now, time.Minute, 10)
+		if err != nil || len(ds) != 1 || string(ds[0].Message.Body) != string(m.Body) {
+			t.Fatalf("Claim(%s) = %v, %v; want the legacy delivery with its message", target, ds, err)
+		}
+		return ds[0]
+	}
+	b := claim("b", at(1))
+	if err := s.Bury(ctx, b, at(1), relay.Failure{Status: 400}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.GetDead(ctx, b.ID); err != nil || string(d.Message.Body) != string(m.Body) {
+		t.Fatalf("GetDead of a legacy dead letter = %v, %v", d, err)
+	}
+	if ds, err := s.ListDead(ctx, relay.DeadFilter{}); err != nil || len(ds) != 1 || string(ds[0].Message.Body) != string(m.Body) {
+		t.Fatalf("ListDead of a legacy dead letter = %v, %v", ds, err)
+	}
+	if err := s.DropDead(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, claim("a", at(1))); err != nil {
+		t.Fatal(err)
+	}
+	if left := slices.DeleteFunc(keysOf(t, rdb, "legacy"), func(k string) bool { return strings.HasSuffix(k, ":kx") }); len(left) != 0 {
+		t.Fatalf("keys left: %q", left)
 	}
 }

@@ -12,30 +12,35 @@ import "github.com/redis/go-redis/v9"
 //
 // Results: 1 means done, 0 means the lease is lost (settle) or the dead letter is absent.
 
-// enqueueScript claims the dedupe key and stores one delivery per target.
+// enqueueScript claims the dedupe key and stores the message once and one delivery per target,
+// leased to the caller for the targets given a lease token.
 //
-//	KEYS[1]        dedupe expiry index (kx)
-//	KEYS[2..n+1]   delivery hashes
-//	KEYS[n+2..2n+1] due sets of the targets
-//	KEYS[2n+2]     the dedupe key, when ARGV[4] is not empty
-//	ARGV: received µs, expiry µs, PX ms, dedupe key ("" for none), message, route,
-//	      n targets, n delivery IDs
+//	KEYS[1]         dedupe expiry index (kx)
+//	KEYS[2]         the message hash
+//	KEYS[3..n+2]    delivery hashes
+//	KEYS[n+3..2n+2] due sets of the targets
+//	KEYS[2n+3]      the dedupe key, when ARGV[4] is not empty
+//	ARGV: received µs, expiry µs, PX ms, dedupe key ("" for none), message, route, message ID,
+//	      lease expiry µs, n targets, n delivery IDs, n lease tokens ("" for not leased)
 //
 // Returns 1 for a duplicate, 0 when stored.
 var enqueueScript = redis.NewScript(`
-local n = (#ARGV - 6) / 2
+local n = (#ARGV - 8) / 3
 -- go-redis retries a command whose reply was lost: when an earlier run of this very call stored
 -- the message, say so again rather than failing, or calling the sender's webhook a duplicate.
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('HGET', KEYS[2], 'msg') == ARGV[5] then
-  return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[2], 'msg') == ARGV[5] then
+    return 0
+  end
+  return redis.error_reply('ERR message ' .. ARGV[7] .. ' already stored: message IDs must be unique')
 end
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[1 + i]) == 1 then
-    return redis.error_reply('ERR delivery ' .. ARGV[6 + n + i] .. ' already stored: message IDs must be unique')
+  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
+    return redis.error_reply('ERR delivery ' .. ARGV[8 + n + i] .. ' already stored: message IDs must be unique')
   end
 end
 if ARGV[4] ~= '' then
-  local k = KEYS[2 * n + 2]
+  local k = KEYS[2 * n + 3]
   local held = redis.call('GET', k)
   -- Held until its logical expiry; an expired key that Redis still has (nobody swept it yet,
   -- and the real TTL runs on Redis' clock) counts as absent.
@@ -45,9 +50,16 @@ if ARGV[4] ~= '' then
   redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 end
+redis.call('HSET', KEYS[2], 'msg', ARGV[5], 'n', n)
 for i = 1, n do
-  redis.call('HSET', KEYS[1 + i], 'msg', ARGV[5], 'target', ARGV[6 + i], 'route', ARGV[6])
-  redis.call('ZADD', KEYS[1 + n + i], ARGV[1], ARGV[6 + n + i])
+  local lease = ARGV[8 + 2 * n + i]
+  if lease == '' then
+    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[8 + i], 'route', ARGV[6])
+    redis.call('ZADD', KEYS[2 + n + i], ARGV[1], ARGV[8 + n + i])
+  else
+    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[8 + i], 'route', ARGV[6], 'attempt', 1, 'lease', lease)
+    redis.call('ZADD', KEYS[2 + n + i], ARGV[8], ARGV[8 + n + i])
+  end
 end
 return 0
 `)
@@ -66,7 +78,10 @@ local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0
 local out = {0}
 for i, id in ipairs(ids) do
   local d = ARGV[1] .. 'd:' .. id
-  local f = redis.call('HMGET', d, 'msg', 'status', 'error', 'lease')
+  local f = redis.call('HMGET', d, 'msg', 'status', 'error', 'lease', 'mid')
+  if not f[1] and f[5] then
+    f[1] = redis.call('HGET', ARGV[1] .. 'm:' .. f[5], 'msg')
+  end
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)
     out[1] = out[1] + 1
@@ -99,8 +114,18 @@ if ARGV[1] == '' or f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then
 end
 `
 
-// ackScript deletes a delivered delivery.
-var ackScript = redis.NewScript(settleCheck + `
+// releaseMessage deletes the message hash KEYS[3] when the delivery KEYS[1] is the last one naming
+// it. Deliveries of earlier releases carry their message and name none.
+const releaseMessage = `
+if redis.call('HEXISTS', KEYS[1], 'mid') == 1 and redis.call('HINCRBY', KEYS[3], 'n', -1) <= 0 then
+  redis.call('DEL', KEYS[3])
+end
+`
+
+// ackScript deletes a delivered delivery, and its message with the last one.
+//
+//	KEYS[3] message hash
+var ackScript = redis.NewScript(settleCheck + releaseMessage + `
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 return 1
@@ -142,15 +167,21 @@ redis.call('ZADD', ARGV[1] .. 'q:' .. f[2], ARGV[3], ARGV[2])
 return 1
 `)
 
-// dropScript deletes a dead letter.
+// dropScript deletes a dead letter, and its message with the last delivery naming it.
 //
-//	KEYS[1] delivery hash, KEYS[2] dead set; ARGV[1] delivery ID
+//	KEYS[1] delivery hash, KEYS[2] dead set; ARGV[1] delivery ID, ARGV[2] prefix
 var dropScript = redis.NewScript(`
-local x = redis.call('HGET', KEYS[1], 'dead')
-if not x then
+local f = redis.call('HMGET', KEYS[1], 'dead', 'mid')
+if not f[1] then
   return 0
 end
-redis.call('ZREM', KEYS[2], x .. ARGV[1])
+redis.call('ZREM', KEYS[2], f[1] .. ARGV[1])
+if f[2] then
+  local m = ARGV[2] .. 'm:' .. f[2]
+  if redis.call('HINCRBY', m, 'n', -1) <= 0 then
+    redis.call('DEL', m)
+  end
+end
 redis.call('DEL', KEYS[1])
 return 1
 `)
@@ -203,9 +234,12 @@ while budget > 0 do
     local d = ARGV[1] .. 'd:' .. id
     local rt = redis.call('HMGET', d, 'route', 'target')
     if (ARGV[3] == '' or rt[1] == ARGV[3]) and (ARGV[4] == '' or rt[2] == ARGV[4]) then
-      local f = redis.call('HMGET', d, 'msg', 'target', 'attempt', 'status', 'error', 'dead')
+      local f = redis.call('HMGET', d, 'msg', 'target', 'attempt', 'status', 'error', 'dead', 'mid')
+      if not f[1] and f[7] then
+        f[1] = redis.call('HGET', ARGV[1] .. 'm:' .. f[7], 'msg')
+      end
       table.insert(out, id)
-      for j = 1, 6 do
+      for j = 1, 7 do
         table.insert(out, f[j] or '')
       end
       found = found + 1
@@ -225,4 +259,4 @@ return out
 `)
 
 // deadFields are the hash fields GetDead reads and listDeadScript returns, in this order.
-var deadFields = []string{"msg", "target", "attempt", "status", "error", "dead"}
+var deadFields = []string{"msg", "target", "attempt", "status", "error", "dead", "mid"}

@@ -58,6 +58,12 @@ func Run(t *testing.T, h Harness) {
 		{"ConcurrentDedupe", testConcurrentDedupe},
 		{"ConcurrentClaim", testConcurrentClaim},
 		{"RestartRecoversLease", testRestartRecoversLease},
+		{"EnqueueLeased", testEnqueueLeased},
+		{"EnqueueLeasedExpires", testEnqueueLeasedExpires},
+		{"EnqueueLeasedDuplicate", testEnqueueLeasedDuplicate},
+		{"EnqueueLeasedBadArguments", testEnqueueLeasedBadArguments},
+		{"RestartRecoversEnqueueLease", testRestartRecoversEnqueueLease},
+		{"MessageOutlivesFirstAck", testMessageOutlivesFirstAck},
 		{"RestartKeepsData", testRestartKeepsData},
 		{"Ping", testPing},
 	}
@@ -953,4 +959,139 @@ func testPing(t *testing.T, f *fixture) {
 	if err := f.s.Ping(f.ctx); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
+}
+
+// enqueueLeased enqueues m with the leased targets claimed at m.ReceivedAt and checks what comes back.
+func (f *fixture) enqueueLeased(m *relay.Message, key string, leased ...string) []*relay.Delivery {
+	f.t.Helper()
+	dup, claimed, err := f.s.EnqueueLeased(f.ctx, m, key, hour, lease, leased)
+	if err != nil || dup {
+		f.t.Fatalf("EnqueueLeased(%s, %v) = duplicate %v, %v", m.ID, leased, dup, err)
+	}
+	if len(claimed) != len(leased) {
+		f.t.Fatalf("EnqueueLeased(%s, %v) returned %d deliveries, want %d", m.ID, leased, len(claimed), len(leased))
+	}
+	for i, d := range claimed {
+		if d.ID != relay.DeliveryID(m.ID, leased[i]) || d.Target != leased[i] || d.Attempt != 1 || d.Lease == "" ||
+			!d.DueAt.Equal(m.ReceivedAt.Add(lease)) || d.Recovered {
+			f.t.Fatalf("EnqueueLeased(%s): delivery %d = %+v, want %s, attempt 1, a lease, due at the lease expiry",
+				m.ID, i, d, relay.DeliveryID(m.ID, leased[i]))
+		}
+		checkMessage(f.t, &d.Message, m)
+	}
+	return claimed
+}
+
+// The leased targets' deliveries are the caller's: no claim finds them while the lease runs, and
+// the returned lease settles them. The other targets' are queued as by Enqueue.
+func testEnqueueLeased(t *testing.T, f *fixture) {
+	m := msg("m1", at(0), "a", "b", "c")
+	claimed := f.enqueueLeased(m, "k1", "a", "c")
+	f.claimNone("a", at(30))
+	f.claimNone("c", at(30))
+	f.wantNextDue("a", at(0).Add(lease))
+	if n, err := f.s.Depth(f.ctx, "a"); err != nil || n != 1 {
+		t.Errorf("Depth(a) = %d, %v, want 1: a leased delivery is still in the queue", n, err)
+	}
+	b := f.claimOne("b", at(1), "m1.b")
+	if b.Attempt != 1 {
+		t.Errorf("b: Attempt %d, want 1", b.Attempt)
+	}
+	checkMessage(t, &b.Message, m)
+	f.ack(claimed[0])
+	f.wantEmpty("a")
+	f.retry(claimed[1], at(40), relay.Failure{Status: 503, Error: "busy"})
+	c := f.claimOne("c", at(40), "m1.c")
+	if c.Attempt != 2 || c.LastStatus != 503 || c.Recovered {
+		t.Errorf("c after a retry: Attempt %d, LastStatus %d, Recovered %v, want 2, 503, false", c.Attempt, c.LastStatus, c.Recovered)
+	}
+	checkMessage(t, &c.Message, m)
+	f.ack(c)
+	f.ack(b)
+	if f.enqueue(msg("m2", at(50), "a"), "k1", hour) != true {
+		t.Error("the dedupe key of an EnqueueLeased message was not held")
+	}
+}
+
+// A holder that never settles gives the delivery up when the lease expires, as after a Claim.
+func testEnqueueLeasedExpires(t *testing.T, f *fixture) {
+	m := msg("m1", at(0), "a")
+	d := f.enqueueLeased(m, "", "a")[0]
+	again := f.claimOne("a", at(0).Add(lease), "m1.a")
+	if again.Attempt != 2 || !again.Recovered || again.Lease == d.Lease {
+		t.Errorf("after the lease: Attempt %d, Recovered %v, lease reused %v, want 2, true, false",
+			again.Attempt, again.Recovered, again.Lease == d.Lease)
+	}
+	checkMessage(t, &again.Message, m)
+	wantLeaseLost(t, "Ack with the expired enqueue lease", f.s.Ack(f.ctx, d))
+	f.ack(again)
+	f.wantEmpty("a")
+}
+
+func testEnqueueLeasedDuplicate(t *testing.T, f *fixture) {
+	f.enqueueLeased(msg("m1", at(0), "a"), "k", "a")
+	dup, claimed, err := f.s.EnqueueLeased(f.ctx, msg("m2", at(1), "a"), "k", hour, lease, []string{"a"})
+	if err != nil || !dup || len(claimed) != 0 {
+		t.Fatalf("EnqueueLeased of a duplicate = %v, %d deliveries, %v; want duplicate and none", dup, len(claimed), err)
+	}
+	if n, err := f.s.Depth(f.ctx, "a"); err != nil || n != 1 {
+		t.Errorf("Depth(a) = %d, %v, want 1", n, err)
+	}
+}
+
+func testEnqueueLeasedBadArguments(t *testing.T, f *fixture) {
+	for _, tc := range []struct {
+		name   string
+		lease  time.Duration
+		leased []string
+	}{
+		{"target not of the message", lease, []string{"z"}},
+		{"target twice", lease, []string{"a", "a"}},
+		{"no lease", 0, []string{"a"}},
+	} {
+		if _, _, err := f.s.EnqueueLeased(f.ctx, msg("m1", at(0), "a", "b"), "", 0, tc.lease, tc.leased); err == nil {
+			t.Errorf("%s: EnqueueLeased = nil error", tc.name)
+		}
+	}
+	f.wantEmpty("a")
+	f.wantEmpty("b")
+}
+
+// A process that stored a delivery leased to itself and died leaves it to be claimed again: at
+// open already (embedded) or when the lease expires (Redis).
+func testRestartRecoversEnqueueLease(t *testing.T, f *fixture) {
+	m := msg("m1", at(0), "a")
+	f.enqueueLeased(m, "", "a")
+	if err := f.s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	f.s = f.reopen(t)
+	again := f.claimOne("a", at(0).Add(lease+time.Second), "m1.a")
+	if again.Attempt != 2 || !again.Recovered {
+		t.Errorf("after the crash: Attempt %d, Recovered %v, want 2, true", again.Attempt, again.Recovered)
+	}
+	checkMessage(t, &again.Message, m)
+	f.ack(again)
+	f.wantEmpty("a")
+}
+
+// The message is stored once for all its targets: acking one delivery, or dropping one dead
+// letter, leaves it whole for the others.
+func testMessageOutlivesFirstAck(t *testing.T, f *fixture) {
+	m := msg("m1", at(0), "a", "b", "c")
+	f.mustEnqueue(m, "", 0)
+	f.ack(f.claimOne("a", at(1), "m1.a"))
+	f.bury(f.claimOne("b", at(1), "m1.b"), at(2), relay.Failure{Status: 400, Error: "no"})
+	checkMessage(t, &f.getDead("m1.b").Message, m)
+	c := f.claimOne("c", at(3), "m1.c")
+	checkMessage(t, &c.Message, m)
+	f.ack(c)
+	checkMessage(t, &f.getDead("m1.b").Message, m)
+	if err := f.s.ReplayDead(f.ctx, "m1.b", at(4)); err != nil {
+		t.Fatalf("ReplayDead: %v", err)
+	}
+	b := f.claimOne("b", at(4), "m1.b")
+	checkMessage(t, &b.Message, m)
+	f.ack(b)
+	f.wantEmpty("b")
 }
