@@ -21,9 +21,9 @@ type filePair struct {
 
 	cur atomic.Pointer[tls.Certificate] // Leaf always set
 
-	mu     sync.Mutex // serialises reloads
-	seen   fileStamp  // the stamp of the files cur came from
-	failed fileStamp  // the stamp of the last pair that failed to load, so it is logged once
+	mu     sync.Mutex   // serialises reloads
+	seen   fileStamp    // the stamp of the files cur came from
+	failed fileStamp    // the stamp of the last pair that failed to load, so it is logged once
 	looks  atomic.Int64 // reloads done, for tests that need several looks to have happened
 }
 
