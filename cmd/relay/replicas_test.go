@@ -232,6 +232,7 @@ func TestRedisRestartMidLoad(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	statuses := map[int]int{}
+	answered := map[int64]bool{} // job number -> answered (or failed)
 	var seq atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -244,15 +245,20 @@ func TestRedisRestartMidLoad(t *testing.T) {
 					return
 				default:
 				}
-				job := fmt.Sprintf("job-%d", seq.Add(1))
+				n := seq.Add(1)
+				job := fmt.Sprintf("job-%d", n)
 				resp, err := client.Post(p.url()+"/hooks/fashn", "application/json", strings.NewReader(`{"id":"`+job+`","status":"completed"}`))
 				if err != nil {
 					t.Error(err)
+					mu.Lock()
+					answered[n] = true
+					mu.Unlock()
 					return
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				mu.Lock()
+				answered[n] = true
 				statuses[resp.StatusCode]++
 				if resp.StatusCode == http.StatusAccepted {
 					acked[job] = true
@@ -261,18 +267,32 @@ func TestRedisRestartMidLoad(t *testing.T) {
 			}
 		})
 	}
-	answered := func(status, n int) func() bool {
+	answeredWith := func(status, n int) func() bool {
 		return func() bool { mu.Lock(); defer mu.Unlock(); return statuses[status] >= n }
 	}
-	waitUntil(t, "webhooks stored before the outage", answered(http.StatusAccepted, 20))
+	waitUntil(t, "webhooks stored before the outage", answeredWith(http.StatusAccepted, 20))
 	rs.Kill()
-	// Down until a webhook is refused (after go-redis' own retries, about a second).
-	waitUntil(t, "a 503 while Redis is down", answered(http.StatusServiceUnavailable, 1))
+	// Down until a webhook is refused (after go-redis' own retries, about a second) and every
+	// webhook sent before the kill is answered: a store write in flight at the kill may have been
+	// done with its reply lost, and a retry of it on the restarted Redis would find its own dedupe
+	// key. Webhooks sent later cannot have reached the killed server.
+	killSeq := seq.Load()
+	waitUntil(t, "a 503 while Redis is down", answeredWith(http.StatusServiceUnavailable, 1))
+	waitUntil(t, "every webhook sent before the kill answered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for n := int64(1); n <= killSeq; n++ {
+			if !answered[n] {
+				return false
+			}
+		}
+		return true
+	})
 	rs.Restart()
 	mu.Lock()
 	before := statuses[http.StatusAccepted]
 	mu.Unlock()
-	waitUntil(t, "webhooks stored after the restart", answered(http.StatusAccepted, before+20))
+	waitUntil(t, "webhooks stored after the restart", answeredWith(http.StatusAccepted, before+20))
 	close(stop)
 	wg.Wait()
 
