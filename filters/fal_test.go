@@ -677,9 +677,9 @@ func TestFalConcurrentFirstUse(t *testing.T) {
 			errs <- f.Verify(w.request(w.sign(key.priv)), w.body)
 		})
 	}
-	// Hold the one fetch until all 49 other verifiers wait behind it.
+	// Hold the one fetch at the server until all 49 other verifiers wait behind it.
 	deadline := time.Now().Add(10 * time.Second)
-	for f.waiting.Load() != 49 {
+	for f.waiting.Load() != 49 || srv.Fetches() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d verifiers wait for the fetch (%d fetches), want the 49 others", f.waiting.Load(), srv.Fetches())
 		}
