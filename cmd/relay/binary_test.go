@@ -324,14 +324,13 @@ func TestBinaryReadyFile(t *testing.T) {
 			}
 			writeFile(t, ready, `{"listen":"`+staleReady+`"}`)
 			p := startProc(t, nil, "serve", "-config", cfg, "-ready-file", ready)
+			// Logged after the rename.
+			waitUntil(t, "the ready file's log line", func() bool {
+				return strings.Contains(p.logs(), `"msg":"ready file written","path":"`+ready+`"`)
+			})
 			logs := p.logs()
-			for _, want := range []string{
-				`"msg":"relay listening","addr":"` + p.bound.Listen + `"`,
-				`"msg":"ready file written","path":"` + ready + `"`,
-			} {
-				if !strings.Contains(logs, want) {
-					t.Errorf("the log lacks %s:\n%s", want, logs)
-				}
+			if want := `"msg":"relay listening","addr":"` + p.bound.Listen + `"`; !strings.Contains(logs, want) {
+				t.Errorf("the log lacks %s:\n%s", want, logs)
 			}
 			if strings.HasSuffix(p.bound.Listen, ":0") || p.bound.HTTPListen != "" {
 				t.Errorf("ready file: %+v", p.bound)
