@@ -95,8 +95,9 @@ func (s *Server) start(bin string) error {
 		default:
 		}
 		// Another redis-server may answer on the port (it took it first, and ours is about to
-		// report the bind failure): only ours counts.
-		if pid, err := processID(s.port); err == nil && pid == s.cmd.Process.Pid {
+		// report the bind failure): only ours counts, and only once it has loaded its data (INFO
+		// answers while loading, PING does not).
+		if pid, err := processID(s.port); err == nil && pid == s.cmd.Process.Pid && ping(s.port) == nil {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
