@@ -269,7 +269,7 @@ func drive(ctx context.Context, o *options, k *kit, shapes []*shape, base, nonce
 	return nil
 }
 
-// watch prints a progress line and samples memory once a second until stopped.
+// watch prints a progress line and samples memory once a second until stopped, and at the stop.
 func watch(o *options, l *load, snk *sink, w io.Writer, sample func()) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -294,7 +294,8 @@ func watch(o *options, l *load, snk *sink, w io.Writer, sample func()) (stop fun
 			last = acks
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	// One more sample at the stop: a run shorter than the first tick still has a peak.
+	return func() { close(done); wg.Wait(); sample() }
 }
 
 func loadAvg() string {
