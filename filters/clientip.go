@@ -50,7 +50,8 @@ func NewClientIP(trustedProxies []string) (*ClientIP, error) {
 
 // NewClientIPHeader is NewClientIP reading only header (Forwarded, X-Forwarded-For or X-Real-IP,
 // in any case) from the trusted proxies; "" reads all three in that order of preference. Naming the
-// header the proxy sets means a sender cannot slip in another one the proxy passes through.
+// header the proxy sets means a sender cannot slip in another one the proxy passes through. Trusted
+// proxies that cover all of IPv4 or all of IPv6 are refused.
 func NewClientIPHeader(trustedProxies []string, header string) (*ClientIP, error) {
 	c := &ClientIP{}
 	switch h := http.CanonicalHeaderKey(header); h {
@@ -62,6 +63,13 @@ func NewClientIPHeader(trustedProxies []string, header string) (*ClientIP, error
 	set, err := newPrefixSet(trustedProxies, "trusted proxy")
 	if err != nil {
 		return nil, err
+	}
+	// Trusting every address lets any sender name its own address in a header.
+	if n := len(set.v4); n == 1 && set.v4[0] == (span4{0, ^uint32(0)}) {
+		return nil, fmt.Errorf("trusted proxies cover all of IPv4 (0.0.0.0/0): name your proxies' addresses, or any sender could choose its own")
+	}
+	if n := len(set.v6); n == 1 && set.v6[0] == (span6{u128{}, max128}) {
+		return nil, fmt.Errorf("trusted proxies cover all of IPv6 (::/0): name your proxies' addresses, or any sender could choose its own")
 	}
 	c.trusted, c.any = set, len(set.v4)+len(set.v6) > 0
 	return c, nil

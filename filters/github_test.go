@@ -13,7 +13,7 @@ const (
 	ghVecSecret = "It's a Secret to Everybody"
 	ghVecBody   = "Hello, World!"
 	ghVecSig    = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-	ghOther     = "another secret"
+	ghOther     = "another secret, 16+"
 )
 
 func TestGitHubVerify(t *testing.T) {

@@ -245,6 +245,10 @@ func (h *HMAC) decode(dst []byte, enc string) error {
 
 // Helpers shared by the signature verifiers (HMAC, GitHub, Stripe, Standard Webhooks).
 
+// MinSecretLen is the fewest bytes a signing secret or URL token may have: 16 random bytes
+// are 128 bits, and even 16 hex digits are 64.
+const MinSecretLen = 16
+
 const (
 	// macDefaultTolerance is the timestamp tolerance when none is configured: five minutes, as
 	// Standard Webhooks and Stripe recommend.
@@ -292,8 +296,11 @@ func macRawSecrets(secrets []string) ([][]byte, error) {
 	keys := make([][]byte, len(secrets))
 	for i, s := range secrets {
 		s = strings.TrimSpace(s)
-		if s == "" {
+		switch {
+		case s == "":
 			return nil, fmt.Errorf("secret %d is empty", i+1)
+		case len(s) < MinSecretLen:
+			return nil, fmt.Errorf("secret %d is %d bytes, want at least %d: a short secret can be guessed", i+1, len(s), MinSecretLen)
 		}
 		keys[i] = []byte(s)
 	}

@@ -35,7 +35,7 @@ func hmacSHA512Base64(key, msg string) string {
 }
 
 func TestHMACVerify(t *testing.T) {
-	const secret, other = "generic-secret", "other-secret"
+	const secret, other = "generic-secret-key", "other-secret-key"
 	body := `{"job_id":"j1","status":"succeeded"}`
 	ts := strconv.Itoa(slackTS)
 	hex256 := whHMACHex(secret, body)
@@ -117,27 +117,27 @@ func TestNewHMACErrors(t *testing.T) {
 		secrets []string
 		want    string
 	}{
-		{"empty header", filters.HMACConfig{}, []string{"s"}, "hmac: header is empty"},
-		{"bad header name", filters.HMACConfig{Header: "X Signature"}, []string{"s"}, `hmac: header "X Signature" is not a valid header name`},
-		{"header with a colon", filters.HMACConfig{Header: "X-Signature:"}, []string{"s"}, "is not a valid header name"},
-		{"unknown algorithm", with(func(c *filters.HMACConfig) { c.Algorithm = "sha1" }), []string{"s"}, `hmac: unknown algorithm "sha1": want sha256 or sha512`},
-		{"unknown encoding", with(func(c *filters.HMACConfig) { c.Encoding = "base64url" }), []string{"s"}, `hmac: unknown encoding "base64url": want hex or base64`},
-		{"prefix with a control character", with(func(c *filters.HMACConfig) { c.Prefix = "v0\t" }), []string{"s"}, "prefix is longer than 64 bytes or holds a control character"},
-		{"template without body", with(func(c *filters.HMACConfig) { c.Template = "static" }), []string{"s"}, `template "static" must hold {body} exactly once`},
-		{"template with body twice", with(func(c *filters.HMACConfig) { c.Template = "{body}{body}" }), []string{"s"}, "must hold {body} exactly once"},
-		{"unknown placeholder", with(func(c *filters.HMACConfig) { c.Template = "{id}.{body}" }), []string{"s"}, `template "{id}.{body}": unknown placeholder or stray brace at byte 0`},
-		{"misspelt placeholder", with(func(c *filters.HMACConfig) { c.Template = "{Body}" }), []string{"s"}, "unknown placeholder or stray brace at byte 0"},
-		{"stray brace", with(func(c *filters.HMACConfig) { c.Template = "{body}}" }), []string{"s"}, "stray brace at byte 6"},
-		{"timestamp without header", with(func(c *filters.HMACConfig) { c.Template = "{timestamp}.{body}" }), []string{"s"}, "holds {timestamp} but no timestamp header is set"},
-		{"timestamp header not signed", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Template = "{body}" }), []string{"s"}, "does not hold {timestamp}, so the timestamp header would not be signed"},
-		{"timestamp twice", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Template = "{timestamp}{timestamp}{body}" }), []string{"s"}, "holds {timestamp} more than once"},
-		{"timestamp header is the signature header", with(func(c *filters.HMACConfig) { c.TimestampHeader = "x-signature" }), []string{"s"}, "timestamp header and signature header are both X-Signature"},
-		{"bad timestamp header name", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts\n" }), []string{"s"}, "timestamp header \"X-Ts\\n\" is not a valid header name"},
-		{"tolerance without timestamp", with(func(c *filters.HMACConfig) { c.Tolerance = time.Minute }), []string{"s"}, "tolerance is set but there is no timestamp header"},
-		{"negative tolerance", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Tolerance = -1 }), []string{"s"}, "tolerance -1ns is negative"},
-		{"tolerance without a unit", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Tolerance = 300 }), []string{"s"}, "tolerance 300ns is under a second"},
+		{"empty header", filters.HMACConfig{}, []string{"sixteen-byte-key"}, "hmac: header is empty"},
+		{"bad header name", filters.HMACConfig{Header: "X Signature"}, []string{"sixteen-byte-key"}, `hmac: header "X Signature" is not a valid header name`},
+		{"header with a colon", filters.HMACConfig{Header: "X-Signature:"}, []string{"sixteen-byte-key"}, "is not a valid header name"},
+		{"unknown algorithm", with(func(c *filters.HMACConfig) { c.Algorithm = "sha1" }), []string{"sixteen-byte-key"}, `hmac: unknown algorithm "sha1": want sha256 or sha512`},
+		{"unknown encoding", with(func(c *filters.HMACConfig) { c.Encoding = "base64url" }), []string{"sixteen-byte-key"}, `hmac: unknown encoding "base64url": want hex or base64`},
+		{"prefix with a control character", with(func(c *filters.HMACConfig) { c.Prefix = "v0\t" }), []string{"sixteen-byte-key"}, "prefix is longer than 64 bytes or holds a control character"},
+		{"template without body", with(func(c *filters.HMACConfig) { c.Template = "static" }), []string{"sixteen-byte-key"}, `template "static" must hold {body} exactly once`},
+		{"template with body twice", with(func(c *filters.HMACConfig) { c.Template = "{body}{body}" }), []string{"sixteen-byte-key"}, "must hold {body} exactly once"},
+		{"unknown placeholder", with(func(c *filters.HMACConfig) { c.Template = "{id}.{body}" }), []string{"sixteen-byte-key"}, `template "{id}.{body}": unknown placeholder or stray brace at byte 0`},
+		{"misspelt placeholder", with(func(c *filters.HMACConfig) { c.Template = "{Body}" }), []string{"sixteen-byte-key"}, "unknown placeholder or stray brace at byte 0"},
+		{"stray brace", with(func(c *filters.HMACConfig) { c.Template = "{body}}" }), []string{"sixteen-byte-key"}, "stray brace at byte 6"},
+		{"timestamp without header", with(func(c *filters.HMACConfig) { c.Template = "{timestamp}.{body}" }), []string{"sixteen-byte-key"}, "holds {timestamp} but no timestamp header is set"},
+		{"timestamp header not signed", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Template = "{body}" }), []string{"sixteen-byte-key"}, "does not hold {timestamp}, so the timestamp header would not be signed"},
+		{"timestamp twice", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Template = "{timestamp}{timestamp}{body}" }), []string{"sixteen-byte-key"}, "holds {timestamp} more than once"},
+		{"timestamp header is the signature header", with(func(c *filters.HMACConfig) { c.TimestampHeader = "x-signature" }), []string{"sixteen-byte-key"}, "timestamp header and signature header are both X-Signature"},
+		{"bad timestamp header name", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts\n" }), []string{"sixteen-byte-key"}, "timestamp header \"X-Ts\\n\" is not a valid header name"},
+		{"tolerance without timestamp", with(func(c *filters.HMACConfig) { c.Tolerance = time.Minute }), []string{"sixteen-byte-key"}, "tolerance is set but there is no timestamp header"},
+		{"negative tolerance", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Tolerance = -1 }), []string{"sixteen-byte-key"}, "tolerance -1ns is negative"},
+		{"tolerance without a unit", with(func(c *filters.HMACConfig) { c.TimestampHeader = "X-Ts"; c.Tolerance = 300 }), []string{"sixteen-byte-key"}, "tolerance 300ns is under a second"},
 		{"no secrets", ok, nil, "hmac: no secrets"},
-		{"empty secret", ok, []string{"s", ""}, "hmac: secret 2 is empty"},
+		{"empty secret", ok, []string{"sixteen-byte-key", ""}, "hmac: secret 2 is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,7 +159,7 @@ func FuzzHMACHeader(f *testing.F) {
 	f.Add("v0=", "0", []byte("x"))
 	f.Add("v0=zz"+slackSig[5:], "+1531420618", []byte(slackBody))
 	f.Add("v0v0="+slackSig, "1531420618000", []byte{0})
-	v, err := filters.NewHMAC(slackHMACConfig(), []string{"other", slackSecret}, whClockAt(slackTS))
+	v, err := filters.NewHMAC(slackHMACConfig(), []string{"other-secret-key", slackSecret}, whClockAt(slackTS))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func FuzzHMACHeader(f *testing.F) {
 		err := v.Verify(whRequest("/", h, nil), body)
 		if err == nil {
 			want := "v0=" + whHMACHex(slackSecret, "v0:"+ts+":"+string(body))
-			wantOther := "v0=" + whHMACHex("other", "v0:"+ts+":"+string(body))
+			wantOther := "v0=" + whHMACHex("other-secret-key", "v0:"+ts+":"+string(body))
 			if got := "v0=" + strings.ToLower(strings.TrimPrefix(sig, "v0=")); got != want && got != wantOther {
 				t.Fatalf("header %q verified, but the real signature is %q", sig, want)
 			}

@@ -28,9 +28,13 @@ const presetNames = "fashn, fal, fotor, abstrakt, generic"
 // non-negative integer (no leading zeros) indexes an array; on an object it is an ordinary key.
 // Keys containing a dot cannot be addressed.
 type Generic struct {
-	JobIDPath  string            // required
-	StatusPath string            // optional: without it every status is ""
-	StatusMap  map[string]string // raw status -> normalised; unmapped values are kept raw
+	JobIDPath string // this or JobIDHeader is required
+	// JobIDHeader names a request header holding the job ID (an idempotency key), instead of a
+	// path in the body. It is only as trustworthy as the route's verification: a signature over
+	// the body alone does not cover it.
+	JobIDHeader string
+	StatusPath  string            // optional: without it every status is ""
+	StatusMap   map[string]string // raw status -> normalised; unmapped values are kept raw
 }
 
 // Preset reads the job ID and normalised status out of one provider's webhook bodies. It is not
@@ -45,6 +49,7 @@ type Generic struct {
 // the relay reads the same ID the target will.
 type Preset struct {
 	name       string
+	idHeader   string // canonical header name holding the job ID; "" reads idPath
 	idPath     path
 	statusPath path // no steps: the preset reads no status
 	statusMap  map[string]string
@@ -96,14 +101,26 @@ func builtin(name, idPath, statusPath string, statusMap map[string]string) *Pres
 }
 
 func newGeneric(g *Generic) (*Preset, error) {
-	if g.JobIDPath == "" {
+	p := &Preset{name: "generic", ack: http.StatusAccepted}
+	switch {
+	case g.JobIDPath != "" && g.JobIDHeader != "":
+		return nil, errors.New(`preset "generic": give a job ID path or a job ID header, not both`)
+	case g.JobIDHeader != "":
+		h, err := macHeaderName("job ID header", g.JobIDHeader)
+		if err != nil {
+			return nil, fmt.Errorf(`preset "generic": %w`, err)
+		}
+		p.idHeader = h
+	case g.JobIDPath == "":
 		return nil, errors.New(`preset "generic": job ID path is required`)
+	default:
+		id, err := parsePath(g.JobIDPath)
+		if err != nil {
+			return nil, fmt.Errorf(`preset "generic": job ID path: %w`, err)
+		}
+		p.idPath = id
 	}
-	id, err := parsePath(g.JobIDPath)
-	if err != nil {
-		return nil, fmt.Errorf(`preset "generic": job ID path: %w`, err)
-	}
-	p := &Preset{name: "generic", idPath: id, ack: http.StatusAccepted}
+	var err error
 	if g.StatusPath == "" {
 		if len(g.StatusMap) > 0 {
 			return nil, errors.New(`preset "generic": status map given without a status path`)
@@ -148,22 +165,42 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	if !json.Valid(body) {
 		return relay.Job{}, errors.New("body is not valid JSON")
 	}
+	// encoding/json accepts invalid UTF-8 and turns it into U+FFFD, so two different job IDs would
+	// read as one; a target may decode the bytes otherwise again.
+	if !utf8.Valid(body) {
+		return relay.Job{}, errors.New("body is not valid UTF-8")
+	}
+	// The same for an escaped half of a surrogate pair: "\ud800" and "\udbff" both decode to U+FFFD.
+	if loneSurrogate(body) {
+		return relay.Job{}, errors.New(`body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`)
+	}
 	start := skipSpace(body, 0)
 	if body[start] != '{' {
 		return relay.Job{}, fmt.Errorf("body is a JSON %s, want an object", typeName(body[start]))
 	}
-	id, err := scalarText(find(body, start, p.idPath), "job ID", p.idPath.text)
-	if err != nil {
-		return relay.Job{}, err
-	}
 	var job relay.Job
-	if id != nil {
-		job.ID = string(id)
+	var raw []byte
+	var err error
+	if len(p.idPath.steps) > 0 {
+		if raw, err = find(body, start, p.idPath, "job ID"); err != nil {
+			return relay.Job{}, err
+		}
+		id, err := scalarText(raw, "job ID", p.idPath.text)
+		if err != nil {
+			return relay.Job{}, err
+		}
+		if id != nil {
+			job.ID = string(id)
+		}
 	}
 	if len(p.statusPath.steps) == 0 {
 		return job, nil
 	}
-	st, err := scalarText(find(body, start, p.statusPath), "status", p.statusPath.text)
+	raw, err = find(body, start, p.statusPath, "status")
+	if err != nil {
+		return relay.Job{}, err
+	}
+	st, err := scalarText(raw, "status", p.statusPath.text)
 	if err != nil {
 		return relay.Job{}, err
 	}
@@ -172,6 +209,33 @@ func (p *Preset) Extract(body []byte) (relay.Job, error) {
 	}
 	return job, nil
 }
+
+// ExtractRequest is Extract, with the job ID read from the configured header when there is one:
+// present once, it is held to the rules of an extracted value; absent, there is no job ID.
+func (p *Preset) ExtractRequest(h http.Header, body []byte) (relay.Job, error) {
+	job, err := p.Extract(body)
+	if err != nil || p.idHeader == "" {
+		return job, err
+	}
+	vals := h.Values(p.idHeader)
+	switch {
+	case len(vals) > 1:
+		return relay.Job{}, fmt.Errorf("job ID header %s is given %d times", p.idHeader, len(vals))
+	case len(vals) == 0:
+		return job, nil
+	}
+	v := strings.TrimSpace(vals[0])
+	switch {
+	case len(v) > MaxValueLen:
+		return relay.Job{}, fmt.Errorf("job ID header %s is longer than %d bytes", p.idHeader, MaxValueLen)
+	case hasControl([]byte(v)) || !utf8.ValidString(v):
+		return relay.Job{}, fmt.Errorf("job ID header %s holds a control character or invalid UTF-8", p.idHeader)
+	}
+	job.ID = v
+	return job, nil
+}
+
+var _ relay.RequestExtractor = (*Preset)(nil)
 
 func (p *Preset) normalise(raw []byte) string {
 	if s, ok := p.statusMap[string(raw)]; ok { // the compiler does not copy raw for this lookup
@@ -234,45 +298,91 @@ func arrayIndex(seg string) int {
 // it short: no syntax errors to report and every container is closed.
 
 // find returns the raw value at p in body, whose value at offset i is an object, or nil when the
-// path leads nowhere.
-func find(body []byte, i int, p path) []byte {
-	for _, s := range p.steps {
+// path leads nowhere. An object on the way with keys that differ from the path's key only in case
+// is an error: a target that matches keys case-insensitively (Go's encoding/json) could read
+// another value than the relay.
+func find(body []byte, i int, p path, what string) ([]byte, error) {
+	for n, s := range p.steps {
 		ok := false
 		switch body[i] {
 		case '{':
-			i, ok = member(body, i, s.key)
+			var clash bool
+			i, ok, clash = member(body, i, s.key)
+			if clash {
+				where := "the body"
+				if n > 0 {
+					where = fmt.Sprintf("the object at %q", strings.Join(p.segments()[:n], "."))
+				}
+				return nil, fmt.Errorf("%s at %q: %s has keys that differ from %q only in case, which a target may read as one", what, p.text, where, s.key)
+			}
 		case '[':
 			i, ok = element(body, i, s.index)
 		}
 		if !ok {
-			return nil
+			return nil, nil
 		}
 	}
-	return body[i:skipValue(body, i)]
+	return body[i:skipValue(body, i)], nil
+}
+
+// segments returns the path's keys.
+func (p path) segments() []string {
+	out := make([]string, len(p.steps))
+	for i, s := range p.steps {
+		out[i] = s.key
+	}
+	return out
 }
 
 // member returns the offset of the value of key in the object at body[i]; the last one wins when
-// key repeats.
-func member(body []byte, i int, key string) (int, bool) {
-	at, found := 0, false
+// key repeats. clash reports a key other than key that equals it but for case.
+func member(body []byte, i int, key string) (at int, found, clash bool) {
 	i = skipSpace(body, i+1)
 	if body[i] == '}' {
-		return 0, false
+		return 0, false, false
 	}
 	for {
 		end := skipString(body, i)
 		k := body[i:end]
 		i = skipSpace(body, end) // at ':'
 		i = skipSpace(body, i+1) // at the value
-		if keyIs(k, key) {
+		switch keyMatch(k, key) {
+		case matchExact:
 			at, found = i, true
+		case matchFold:
+			clash = true
 		}
 		i = skipSpace(body, skipValue(body, i)) // at ',' or '}'
 		if body[i] == '}' {
-			return at, found
+			return at, found, clash
 		}
 		i = skipSpace(body, i+1)
 	}
+}
+
+const (
+	matchNone = iota
+	matchExact
+	matchFold // equal under Unicode case folding, as encoding/json matches field names
+)
+
+// keyMatch compares the quoted key with want, exactly and under case folding.
+func keyMatch(quoted []byte, want string) int {
+	raw := quoted[1 : len(quoted)-1]
+	if needsDecode(raw) {
+		var k string
+		if json.Unmarshal(quoted, &k) != nil {
+			return matchNone
+		}
+		raw = []byte(k)
+	}
+	switch {
+	case string(raw) == want:
+		return matchExact
+	case bytes.EqualFold(raw, []byte(want)):
+		return matchFold
+	}
+	return matchNone
 }
 
 // element returns the offset of element n of the array at body[i].
@@ -294,14 +404,51 @@ func element(body []byte, i, n int) (int, bool) {
 	return i, true
 }
 
-// keyIs reports whether the quoted key decodes to want.
-func keyIs(quoted []byte, want string) bool {
-	raw := quoted[1 : len(quoted)-1]
-	if !needsDecode(raw) {
-		return string(raw) == want
+// loneSurrogate reports a \u escape of a UTF-16 surrogate that is not a high one followed at once
+// by an escaped low one. body is valid JSON, so a backslash is always the start of an escape.
+func loneSurrogate(body []byte) bool {
+	for i := 0; ; {
+		k := bytes.IndexByte(body[i:], '\\')
+		if k < 0 {
+			return false
+		}
+		i += k
+		if body[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		switch v := hex4(body[i+2 : i+6]); {
+		case v >= 0xdc00 && v <= 0xdfff:
+			return true
+		case v >= 0xd800 && v <= 0xdbff:
+			if i+12 > len(body) || body[i+6] != '\\' || body[i+7] != 'u' {
+				return true
+			}
+			if low := hex4(body[i+8 : i+12]); low < 0xdc00 || low > 0xdfff {
+				return true
+			}
+			i += 12
+		default:
+			i += 6
+		}
 	}
-	var k string
-	return json.Unmarshal(quoted, &k) == nil && k == want
+}
+
+// hex4 is the value of four hex digits (valid JSON guarantees them).
+func hex4(b []byte) int {
+	v := 0
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		v = v<<4 | int(c)
+	}
+	return v
 }
 
 // needsDecode reports whether a string's raw bytes differ from its decoded text: escapes, or

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
@@ -124,10 +127,10 @@ func TestExtract(t *testing.T) {
 		// Decoding follows encoding/json.
 		{"escaped key", "fotor", nil, `{"t\u0061skId":"t","st\u0061tus":1}`, relay.Job{ID: "t", Status: "succeeded"}},
 		{"escaped value", "fashn", nil, `{"id":"a\/b\u00e9\"q"}`, relay.Job{ID: `a/bé"q`}},
+		{"escaped surrogate pair", "fashn", nil, `{"id":"a\ud83d\ude00","x":"\\ud800"}`, relay.Job{ID: "a😀"}},
 		{"escaped status", "fashn", nil, `{"id":"a","status":"c\u006fmpleted"}`, relay.Job{ID: "a", Status: "succeeded"}},
 		{"duplicate key last wins", "fotor", nil, `{"taskId":"first","status":0,"taskId":"last","status":2}`, relay.Job{ID: "last", Status: "failed"}},
 		{"duplicate key last null", "fashn", nil, `{"id":"first","id":null}`, relay.Job{}},
-		{"invalid UTF-8 replaced", "fashn", nil, "{\"id\":\"a\xffb\"}", relay.Job{ID: "a\uFFFDb"}},
 		{"nested lookalike ignored", "fashn", nil, `{"x":{"id":"inner","s":"}"},"id":"outer"}`, relay.Job{ID: "outer"}},
 		{"backslash runs before quotes", "fashn", nil, `{"a":"\\\"}\\\\","id":"ok\\"}`, relay.Job{ID: `ok\`}},
 		{"braces inside strings", "fashn", nil, `{"a":"{[\"]}","b":["]",{"}":"\\"}],"id":"ok"}`, relay.Job{ID: "ok"}},
@@ -156,6 +159,19 @@ func TestExtractErrors(t *testing.T) {
 		wantErr string
 	}{
 		{"malformed JSON", "fashn", nil, `{"id":"a",}`, "body is not valid JSON"},
+		{"invalid UTF-8 ID", "fashn", nil, "{\"id\":\"a\xffb\"}", "body is not valid UTF-8"},
+		{"invalid UTF-8 elsewhere", "fashn", nil, "{\"id\":\"a\",\"x\":\"\xfe\"}", "body is not valid UTF-8"},
+		{"lone high surrogate", "fashn", nil, `{"id":"job-\ud800"}`, `body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`},
+		{"lone low surrogate", "fashn", nil, `{"x":"\uDC00","id":"a"}`, `body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`},
+		{"high surrogate then a letter", "fashn", nil, `{"id":"\ud83dx"}`, `body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`},
+		{"two high surrogates", "fashn", nil, `{"id":"\ud83d\ud83d"}`, `body holds an unpaired surrogate escape (\ud800-\udfff), which is not a character`},
+		{"ID key in two cases", "fashn", nil, `{"id":"A","ID":"B"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"ID key in another case only", "fashn", nil, `{"Id":"B","status":"completed"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"ID key folded by Unicode", "fotor", nil, "{\"taskId\":\"a\",\"tas\u212aId\":\"b\"}", `job ID at "taskId": the body has keys that differ from "taskId" only in case, which a target may read as one`},
+		{"escaped key in another case", "fashn", nil, `{"id":"A","\u0049D":"B"}`, `job ID at "id": the body has keys that differ from "id" only in case, which a target may read as one`},
+		{"status key in two cases", "fashn", nil, `{"id":"A","status":"completed","Status":"failed"}`, `status at "status": the body has keys that differ from "status" only in case, which a target may read as one`},
+		{"nested key in two cases", "generic", nested, `{"data":{"id":"a"},"Data":{"id":"b"}}`, `job ID at "data.id": the body has keys that differ from "data" only in case, which a target may read as one`},
+		{"deeper key in two cases", "generic", nested, `{"data":{"id":"a","iD":"b"}}`, `job ID at "data.id": the object at "data" has keys that differ from "id" only in case, which a target may read as one`},
 		{"truncated", "fashn", nil, `{"id":"a"`, "body is not valid JSON"},
 		{"empty body", "fal", nil, ``, "body is not valid JSON"},
 		{"trailing data", "fal", nil, `{} {}`, "body is not valid JSON"},
@@ -284,7 +300,7 @@ func fuzzSpecs() []presetSpec {
 // refDecode is the first half of the slow, obvious implementation: decode the whole body with
 // encoding/json. ok is false where every preset must return an error.
 func refDecode(body []byte) (v any, ok bool) {
-	if !json.Valid(body) {
+	if !json.Valid(body) || !utf8.Valid(body) || refLoneSurrogate(body) {
 		return nil, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -296,9 +312,44 @@ func refDecode(body []byte) (v any, ok bool) {
 	return v, isObj
 }
 
+// refEscape matches one escape; matched left to right, an escaped backslash is consumed whole.
+var refEscape = regexp.MustCompile(`\\(u[0-9a-fA-F]{4}|.)`)
+
+// refLoneSurrogate reports a \u escape of a surrogate that does not pair with its neighbour.
+func refLoneSurrogate(body []byte) bool {
+	ms := refEscape.FindAllSubmatchIndex(body, -1)
+	for i := 0; i < len(ms); i++ {
+		r, ok := refEscapeRune(body, ms[i])
+		if !ok || !utf16.IsSurrogate(r) {
+			continue
+		}
+		if i+1 == len(ms) || ms[i+1][0] != ms[i][1] {
+			return true
+		}
+		r2, ok := refEscapeRune(body, ms[i+1])
+		if !ok || utf16.DecodeRune(r, r2) == utf8.RuneError {
+			return true
+		}
+		i++
+	}
+	return false
+}
+
+func refEscapeRune(body []byte, m []int) (rune, bool) {
+	esc := string(body[m[2]:m[3]])
+	if len(esc) != 5 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(esc[1:], 16, 32)
+	return rune(v), err == nil
+}
+
 // refExtract is the second half: walk the paths through the decoded maps and slices. ok is false
 // where Extract must return an error.
 func refExtract(s presetSpec, v any) (job relay.Job, ok bool) {
+	if refClash(v, s.idPath) || (s.statusPath != "" && refClash(v, s.statusPath)) {
+		return relay.Job{}, false
+	}
 	if job.ID, ok = refText(refFind(v, s.idPath)); !ok {
 		return relay.Job{}, false
 	}
@@ -319,6 +370,23 @@ func refExtract(s presetSpec, v any) (job relay.Job, ok bool) {
 		job.Status = st
 	}
 	return job, true
+}
+
+// refClash reports an object on path with a key that equals the path's key but for case.
+func refClash(v any, path string) bool {
+	for _, seg := range strings.Split(path, ".") {
+		if m, isMap := v.(map[string]any); isMap {
+			for k := range m {
+				if k != seg && strings.EqualFold(k, seg) {
+					return true
+				}
+			}
+		}
+		if v = refFind(v, seg); v == nil {
+			return false
+		}
+	}
+	return false
 }
 
 func refFind(v any, path string) any {
@@ -380,6 +448,7 @@ func FuzzExtract(f *testing.F) {
 		"{\"taskId\":12\t,\"status\":1\r}", "{\"id\":-0.5E+2\n}", "{\"id\":false\t}", "{\"id\" : null\r\n}",
 		"\t{\"data\":{\"items\":[ {\"id\":1 } ,2\t] } }\n",
 		`{"a":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `,"id":"deep"}`,
+		`{"id":"A","ID":"B"}`, `{"Id":"x"}`, `{"id":"\ud83d\ude00"}`, `{"id":"\\ud800\udc00"}`, `{"id":"\udc00\ud800"}`, "{\"taskId\":\"a\",\"tas\u212aId\":\"b\"}", `{"data":{"items":[{"iD":"x"}]},"DATA":1}`,
 	} {
 		f.Add([]byte(body), "data.items.0.id")
 		f.Add([]byte(body), "id")

@@ -27,7 +27,37 @@ type RateConfig struct {
 	// flood of distinct addresses can take: about 170 bytes each (measured), 15 MiB for the
 	// default. 0 = DefaultMaxTracked.
 	MaxTracked int
+	// IPv6Prefix groups IPv6 senders: one bucket per /IPv6Prefix, since one host usually holds a
+	// whole /64 and could otherwise use a fresh address per request. 0 = DefaultIPv6Prefix; 128
+	// gives each address its own bucket.
+	IPv6Prefix int
 	Now        func() time.Time // nil = time.Now; tests inject a clock
+}
+
+// DefaultIPv6Prefix is the IPv6 prefix length senders are grouped by: the /64 of one subnet, often
+// of one host.
+const DefaultIPv6Prefix = 64
+
+// ipv6Prefix applies the default to a configured prefix length and checks it.
+func ipv6Prefix(bits int) (int, error) {
+	switch {
+	case bits == 0:
+		return DefaultIPv6Prefix, nil
+	case bits < 16 || bits > 128:
+		return 0, fmt.Errorf("rate limit: IPv6 prefix /%d is outside /16../128", bits)
+	}
+	return bits, nil
+}
+
+// senderOf is the sender a bucket belongs to: an IPv4 address (IPv4-mapped ones unmapped), or the
+// IPv6 prefix of bits holding the address, zone dropped. The zero Addr stays zero.
+func senderOf(a netip.Addr, bits int) netip.Addr {
+	a = a.Unmap().WithZone("")
+	if a.Is6() && bits < 128 {
+		p, _ := a.Prefix(bits) // bits is 16..127: never an error
+		return p.Addr()
+	}
+	return a
 }
 
 // RateLimiter refuses a sender over its per-address rate or over the route's rate, with
@@ -42,13 +72,14 @@ type RateConfig struct {
 // Only a flood of more than about MaxTracked distinct addresses, all active within a refill time,
 // gets there.
 //
-// Every IPv6 address has its own bucket, though a single host often holds a whole /64; the route
-// rate is what bounds a sender with many addresses. Requests without a source address share one
-// bucket.
+// IPv6 senders are grouped by prefix (IPv6Prefix, default /64): a single host often holds a whole
+// /64, and would otherwise get a fresh bucket with every address. Requests without a source address
+// share one bucket.
 type RateLimiter struct {
 	now        func() time.Time
 	perIP      rate.Limit
 	perIPBurst int
+	v6Bits     int           // IPv6 senders share a bucket per prefix of this length
 	refill     time.Duration // for a per-address bucket, from empty to full
 	shards     []shard       // nil: no per-address rate
 	seed       maphash.Seed  // random per limiter: a sender cannot aim its addresses at one shard
@@ -96,7 +127,11 @@ func NewRateLimiter(c RateConfig) (*RateLimiter, error) {
 	if c.MaxTracked < 0 {
 		return nil, fmt.Errorf("rate limit: addresses tracked must not be negative, got %d", c.MaxTracked)
 	}
-	rl := &RateLimiter{now: c.Now, seed: maphash.MakeSeed()}
+	v6Bits, err := ipv6Prefix(c.IPv6Prefix)
+	if err != nil {
+		return nil, err
+	}
+	rl := &RateLimiter{now: c.Now, seed: maphash.MakeSeed(), v6Bits: v6Bits}
 	if rl.now == nil {
 		rl.now = time.Now
 	}
@@ -154,7 +189,7 @@ func (rl *RateLimiter) Admit(_ *http.Request, client netip.Addr) error {
 		return nil
 	}
 	now := rl.now()
-	key := client.As16() // IPv4 and its IPv4-mapped form alike; the zero Addr gives all zeroes
+	key := senderOf(client, rl.v6Bits).As16() // the zero Addr gives all zeroes
 	s := &rl.shards[maphash.Comparable(rl.seed, key)%uint64(len(rl.shards))]
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -48,13 +48,15 @@ func mustRateLimiter(t testing.TB, c filters.RateConfig) *filters.RateLimiter {
 
 var rlReq = httptest.NewRequest("POST", "/hook", nil)
 
-// rlAddr is a distinct address for each i.
+// rlAddr is a distinct sender for each i: an address in its own /64 (2001:db8:<i>::1), since the
+// limiters group IPv6 addresses by /64.
 func rlAddr(i int) netip.Addr {
 	var b [16]byte
 	b[0], b[1], b[2], b[3] = 0x20, 0x01, 0x0d, 0xb8
-	for k := 0; k < 8; k++ {
-		b[15-k] = byte(i >> (8 * k))
+	for k := 0; k < 4; k++ {
+		b[7-k] = byte(i >> (8 * k))
 	}
+	b[15] = 1
 	return netip.AddrFrom16(b)
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,7 +28,12 @@ type RedisRateConfig struct {
 	// RouteName names the route in the keys: replicas share a limit when they share it, and two
 	// routes must not.
 	RouteName string
-	Now       func() time.Time // nil = time.Now; tests inject a clock
+	// MaxTracked caps the senders whose state Redis keeps per route: 0 = DefaultMaxTracked. Beyond
+	// it the sender whose bucket is fullest is forgotten, as RateLimiter does.
+	MaxTracked int
+	// IPv6Prefix groups IPv6 senders as in RateConfig; 0 = DefaultIPv6Prefix.
+	IPv6Prefix int
+	Now        func() time.Time // nil = time.Now; tests inject a clock
 }
 
 // MaxRedisRate is the highest rate a RedisRateLimiter takes: it counts in whole microseconds, one
@@ -49,16 +55,20 @@ const RedisUnavailableRetry = 5 * time.Second
 // first.
 //
 // Each limit is a GCRA cell (generic cell rate algorithm: a token bucket kept as one number, the
-// theoretical arrival time of the next request), checked and updated by one Lua script, so
+// theoretical arrival time of the next request, TAT), checked and updated by one Lua script, so
 // concurrent requests from any replica take exactly the allowance there is. Its keys are
 //
-//	{<prefix>:rl:<route>}:ip:<address>   per source address
-//	{<prefix>:rl:<route>}:all            the route
+//	{<prefix>:rl:<route>}:ip    a sorted set: each sender (an IPv4 address, or an IPv6 prefix
+//	                            such as 2001:db8:1:2::/64) scored by its TAT
+//	{<prefix>:rl:<route>}:all   the route's TAT
 //
-// hash-tagged on the route so that they are in one Redis Cluster slot, as one script needs. A key
-// expires when its bucket would be full again, which loses nothing: idle addresses take no memory.
-// As in RateLimiter, an IPv4-mapped address is its IPv4 address, and requests without an address
-// share one bucket ("::").
+// hash-tagged on the route so that they are in one Redis Cluster slot, as one script needs. A
+// sender whose bucket is full again is removed, which loses nothing; the set holds at most
+// MaxTracked senders, beyond which the one whose bucket is fullest is dropped (forgiving it a
+// little), so that a flood of addresses cannot fill the Redis that also holds the queue. Keys expire
+// when every bucket in them is full. As in RateLimiter, an IPv4-mapped address is its IPv4
+// address, IPv6 senders are grouped by prefix, and requests without an address share one bucket
+// ("::").
 //
 // Times come from the replica's clock (Now) in whole microseconds: replicas' clocks must agree,
 // and a replica whose clock is ahead by d spends allowance up to d early. A rate's interval is
@@ -73,8 +83,10 @@ const RedisUnavailableRetry = 5 * time.Second
 type RedisRateLimiter struct {
 	client     redis.UniversalClient
 	now        func() time.Time
-	ipPrefix   string // key of an address, before the address
+	ipKey      string // the sorted set of senders
 	routeKey   string
+	maxTracked int
+	v6Bits     int
 	perIP      rate.Limit
 	perIPBurst int
 	ipCell     [2]int64 // emission interval, burst × interval; µs. Zero: no per-address rate
@@ -119,8 +131,19 @@ func NewRedisRateLimiter(client redis.UniversalClient, c RedisRateConfig) (*Redi
 	case client == nil && (c.PerIP > 0 || c.Route > 0):
 		return nil, errors.New("rate limit: no Redis client")
 	}
+	if c.MaxTracked < 0 {
+		return nil, fmt.Errorf("rate limit: senders tracked must not be negative, got %d", c.MaxTracked)
+	}
+	v6Bits, err := ipv6Prefix(c.IPv6Prefix)
+	if err != nil {
+		return nil, err
+	}
 	tag := "{" + prefix + ":rl:" + c.RouteName + "}"
-	rl := &RedisRateLimiter{client: client, now: c.Now, ipPrefix: tag + ":ip:", routeKey: tag + ":all"}
+	rl := &RedisRateLimiter{client: client, now: c.Now, ipKey: tag + ":ip", routeKey: tag + ":all",
+		maxTracked: c.MaxTracked, v6Bits: v6Bits}
+	if rl.maxTracked == 0 {
+		rl.maxTracked = DefaultMaxTracked
+	}
 	if rl.now == nil {
 		rl.now = time.Now
 	}
@@ -148,31 +171,57 @@ func gcraCell(r float64, burst int) [2]int64 {
 	return [2]int64{int64(interval), int64(interval) * int64(burst)}
 }
 
-// gcraScript checks every cell in KEYS, and only when all admit moves each one's theoretical
-// arrival time (TAT) on by its interval. A refusal writes nothing: a sender retrying too early does
-// not push its next slot further away, and a per-address refusal leaves the route alone.
+// gcraScript checks the sender's cell and the route's, and only when both admit moves each one's
+// theoretical arrival time (TAT) on by its interval. A refusal writes nothing: a sender retrying
+// too early does not push its next slot further away, and a per-address refusal leaves the route
+// alone.
 //
-// ARGV[1] is now; ARGV[2i], ARGV[2i+1] are KEYS[i]'s interval and span; all in µs. It returns
-// {0, 0} when admitted, else {i, µs until KEYS[i] would admit}. A cell admits when its TAT, once
-// the request is added, is at most a span ahead of now. Every number is an integer below 2^53,
-// exact in a Lua double.
+// KEYS[1] is the senders' sorted set, KEYS[2] the route's key. ARGV[1] is now; ARGV[2] the sender;
+// ARGV[3], ARGV[4] the sender cell's interval and span (0, 0: no per-address rate); ARGV[5] the
+// most senders kept; ARGV[6], ARGV[7] the route cell's (0, 0: none); all times in µs. It returns
+// {0, 0} when admitted, else {1 (sender) or 2 (route), µs until that cell would admit}. A cell
+// admits when its TAT, once the request is added, is at most a span ahead of now. Every number is
+// an integer below 2^53, exact in a Lua double.
 var gcraScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
-local tats = {}
-for i = 1, #KEYS do
-  local interval, span = tonumber(ARGV[2*i]), tonumber(ARGV[2*i+1])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+local ipInterval, ipSpan = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rInterval, rSpan = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ipTat, rTat
+if ipInterval > 0 then
+  -- Senders whose bucket is full again are the same as absent ones.
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local tat = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2])) or now
   if tat < now then tat = now end
-  tat = tat + interval
-  if tat - now > span then
-    return {i, tat - span - now}
+  tat = tat + ipInterval
+  if tat - now > ipSpan then
+    return {1, tat - ipSpan - now}
   end
-  tats[i] = tat
+  ipTat = tat
 end
-for i = 1, #KEYS do
-  -- The key lives until the bucket is full again; then its absence means the same.
-  local ttl = math.ceil((tats[i] - now) / 1000)
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+if rInterval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2])) or now
+  if tat < now then tat = now end
+  tat = tat + rInterval
+  if tat - now > rSpan then
+    return {2, tat - rSpan - now}
+  end
+  rTat = tat
+end
+if ipTat then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', ipTat), ARGV[2])
+  local n = redis.call('ZCARD', KEYS[1])
+  local cap = tonumber(ARGV[5])
+  if n > cap then
+    redis.call('ZPOPMIN', KEYS[1], n - cap)
+  end
+  -- The set lives until its last bucket is full again.
+  local ttl = math.ceil((ipTat - now) / 1000)
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+end
+if rTat then
+  redis.call('SET', KEYS[2], string.format('%.0f', rTat), 'PX', math.ceil((rTat - now) / 1000))
 end
 return {0, 0}
 `)
@@ -180,43 +229,45 @@ return {0, 0}
 // Admit spends one request of client's allowance and of the route's, or refuses the request with
 // relay.RateLimited and spends neither. It fails with relay.KindUnavailable when Redis does.
 func (rl *RedisRateLimiter) Admit(r *http.Request, client netip.Addr) error {
-	var keys [2]string
-	var args [5]any
-	n := 0
-	add := func(key string, cell [2]int64) {
-		keys[n] = key
-		args[1+2*n], args[2+2*n] = cell[0], cell[1]
-		n++
-	}
-	if rl.ipCell[0] != 0 {
-		// As16 then Unmap: IPv4 and its mapped form alike, no zone; the zero Addr is "::".
-		add(rl.ipPrefix+netip.AddrFrom16(client.As16()).Unmap().String(), rl.ipCell)
-	}
-	if rl.routeCell[0] != 0 {
-		add(rl.routeKey, rl.routeCell)
-	}
-	if n == 0 {
+	if rl.ipCell[0] == 0 && rl.routeCell[0] == 0 {
 		return nil
 	}
-	args[0] = rl.now().UnixMicro()
+	sender := ""
+	if rl.ipCell[0] != 0 {
+		// An IPv6 sender is its prefix; requests without an address share "::".
+		switch a := senderOf(client, rl.v6Bits); {
+		case !a.IsValid():
+			sender = "::"
+		case a.Is6() && rl.v6Bits < 128:
+			sender = a.String() + "/" + strconv.Itoa(rl.v6Bits)
+		default:
+			sender = a.String()
+		}
+	}
 	ctx := context.Background()
 	if r != nil {
 		ctx = r.Context()
 	}
-	res, err := gcraScript.Run(ctx, rl.client, keys[:n], args[:1+2*n]...).Int64Slice()
-	if err == nil && (len(res) != 2 || res[0] < 0 || res[0] > int64(n)) {
+	res, err := gcraScript.Run(ctx, rl.client, []string{rl.ipKey, rl.routeKey}, rl.now().UnixMicro(), sender,
+		rl.ipCell[0], rl.ipCell[1], rl.maxTracked, rl.routeCell[0], rl.routeCell[1]).Int64Slice()
+	if err == nil && (len(res) != 2 || res[0] < 0 || res[0] > 2) {
 		err = fmt.Errorf("script returned %v", res)
 	}
 	if err != nil {
 		return &relay.Error{Kind: relay.KindUnavailable, Msg: "rate limiter unavailable, retry later",
-			Err: fmt.Errorf("rate limit: redis: %w", err), RetryAfter: RedisUnavailableRetry}
-	}
-	if res[0] == 0 {
-		return nil
+			Err: fmt.Errorf("rate limit: redis: %w: %w", relay.ErrStoreDown, err), RetryAfter: RedisUnavailableRetry}
 	}
 	wait := time.Duration(res[1]) * time.Microsecond
-	if keys[res[0]-1] == rl.routeKey {
+	switch res[0] {
+	case 0:
+		return nil
+	case 2:
 		return relay.RateLimited(wait, &overRateError{rate: rl.route, burst: rl.routeBurst})
 	}
 	return relay.RateLimited(wait, &overRateError{true, client, rl.perIP, rl.perIPBurst})
+}
+
+// Tracked returns the number of senders whose state Redis keeps for the route.
+func (rl *RedisRateLimiter) Tracked(ctx context.Context) (int64, error) {
+	return rl.client.ZCard(ctx, rl.ipKey).Result()
 }

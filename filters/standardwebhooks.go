@@ -38,6 +38,9 @@ func NewStandardWebhooks(secrets []string, tolerance time.Duration, now func() t
 		if err != nil {
 			return nil, fmt.Errorf("standard webhooks: secret %d: %w", i+1, err)
 		}
+		if len(key) < MinSecretLen {
+			return nil, fmt.Errorf("standard webhooks: secret %d is %d bytes (after base64 decoding), want at least %d: a short secret can be guessed", i+1, len(key), MinSecretLen)
+		}
 		v.keys[i] = key
 	}
 	var err error

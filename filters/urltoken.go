@@ -14,7 +14,7 @@ import (
 const (
 	// urlTokenMinLen refuses guessable tokens: 16 random characters are at least 64 bits even
 	// from hex digits.
-	urlTokenMinLen = 16
+	urlTokenMinLen = MinSecretLen
 	// urlTokenMaxLen bounds what is hashed per request; no real token is longer.
 	urlTokenMaxLen = 512
 )
@@ -107,3 +107,9 @@ func urlUnreserved(s string) bool {
 	}
 	return true
 }
+
+// HeadOnly marks URLToken as a relay.HeadVerifier: the token is in the URL, so it is checked before
+// the body is read.
+func (u *URLToken) HeadOnly() {}
+
+var _ relay.HeadVerifier = (*URLToken)(nil)

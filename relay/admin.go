@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +67,8 @@ type adminAPI struct {
 	mux       *http.ServeMux
 	tokenHash []byte // sha256 of the token; nil: no authentication
 	reload    func(ctx context.Context) (ReloadResult, error)
+	hosts     map[string]bool // lower-case names accepted in Host besides localhost and the local address
+	csrf      *http.CrossOriginProtection
 }
 
 // AdminOptions configure the admin API.
@@ -75,6 +79,10 @@ type AdminOptions struct {
 	// Reload, when set, serves POST /v1/reload: it rereads the configuration and swaps it in
 	// (see Relay.Reload). Its error is shown to the operator, so it must not hold a secret.
 	Reload func(ctx context.Context) (ReloadResult, error)
+	// Hosts are the names operators reach the admin API by, besides localhost and the address the
+	// connection arrived on. A request for any other Host is refused (421): a web page that
+	// rebinds its own name to this address cannot read the API.
+	Hosts []string
 	// Pprof serves Go's profiles under /debug/pprof/, behind the token like every other endpoint,
 	// so an operator can profile a slow relay in place.
 	Pprof bool
@@ -84,7 +92,11 @@ type AdminOptions struct {
 // dead letters (list, show, replay one or by filter, drop) and reload. Every answer but /metrics
 // is JSON.
 func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
-	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload}
+	a := &adminAPI{r: r, mux: http.NewServeMux(), reload: opt.Reload, hosts: map[string]bool{"localhost": true},
+		csrf: http.NewCrossOriginProtection()}
+	for _, h := range opt.Hosts {
+		a.hosts[strings.ToLower(strings.TrimSuffix(h, "."))] = true
+	}
 	if opt.Token != nil {
 		h := sha256.Sum256(opt.Token)
 		a.tokenHash = h[:]
@@ -114,6 +126,16 @@ func (r *Relay) AdminHandler(opt AdminOptions) http.Handler {
 }
 
 func (a *adminAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	// Before the token: with none (the loopback default), these are what stop a browser on this
+	// host from being used against the API.
+	if !a.hostAllowed(req) {
+		writeJSON(w, http.StatusMisdirectedRequest, map[string]string{"error": "the admin API does not answer to this Host; add it to admin.hosts"})
+		return
+	}
+	if err := a.csrf.Check(req); err != nil {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": "cross-site request refused"})
+		return
+	}
 	_, pattern := a.mux.Handler(req)
 	if pattern != "GET /healthz" && !a.authorized(req) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hookrelay admin"`)
@@ -135,6 +157,29 @@ func (a *adminAPI) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	a.mux.ServeHTTP(w, req)
+}
+
+// hostAllowed reports whether req's Host names this API: localhost, a configured name, or the IP
+// address the connection arrived on. Any other name may be one an attacker's page rebound to us.
+func (a *adminAPI) hostAllowed(req *http.Request) bool {
+	host := req.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if a.hosts[host] {
+		return true
+	}
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	if err != nil {
+		return false
+	}
+	local, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	lap, err := netip.ParseAddrPort(local.String())
+	return err == nil && lap.Addr().Unmap().WithZone("") == ip.Unmap().WithZone("")
 }
 
 // authorized reports whether req carries the admin token, comparing in constant time.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 // The backlog stays in the store: only claimed deliveries are in memory.
 type dispatcher struct {
 	t       *Target
+	client  *http.Client // the target's: the shared transport, or its own (TLS, unix socket)
 	q       Queue
 	fwd     *forwarder
 	log     *slog.Logger
@@ -47,10 +49,10 @@ type dispatcher struct {
 	leaseRecoveries prometheus.Counter
 }
 
-func newDispatcher(t *Target, q Queue, fwd *forwarder, log *slog.Logger, now func() time.Time,
+func newDispatcher(t *Target, client *http.Client, q Queue, fwd *forwarder, log *slog.Logger, now func() time.Time,
 	lease, poll time.Duration, m *metrics) *dispatcher {
 	d := &dispatcher{
-		t: t, q: q, fwd: fwd, now: now, lease: lease, poll: poll,
+		t: t, client: client, q: q, fwd: fwd, now: now, lease: lease, poll: poll,
 		attempts:        func(outcome string) prometheus.Counter { return m.attempts.WithLabelValues(t.Name, outcome) },
 		attemptSeconds:  m.attemptSeconds.WithLabelValues(t.Name),
 		endToEndSeconds: m.endToEndSeconds.WithLabelValues(t.Name),
@@ -269,7 +271,7 @@ func (d *dispatcher) deliver(ctx context.Context, dl *Delivery, free func()) {
 		}
 	}
 	sent := time.Now()
-	res := d.fwd.forward(ctx, d.t, dl)
+	res := d.fwd.forward(ctx, d.client, d.t, dl)
 	d.attemptSeconds.Observe(time.Since(sent).Seconds())
 	free()
 	// One log line per attempt, its attributes gathered here (Logger.With would build a logger per

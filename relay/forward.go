@@ -24,6 +24,14 @@ type Target struct {
 	// SigningKey, when set, signs each request with Standard Webhooks headers.
 	SigningKey []byte
 	Retry      RetryPolicy
+	// Headers are sent with every delivery (the service's own credential, say). Hop-by-hop
+	// headers and those the relay sets are refused.
+	Headers []Header
+	// TLS, when set, is the target's own TLS client configuration (private CA, client
+	// certificate); the URL must be https.
+	TLS *TargetTLS
+
+	endpoint endpoint // from URL, by validateTarget
 }
 
 // attemptResult is what one forwarding attempt came to.
@@ -34,40 +42,38 @@ type attemptResult struct {
 	err        error // nil only for a 2xx
 }
 
-// forwarder sends one delivery to its target.
+// forwarder sends one delivery to its target, through the target's client.
 type forwarder struct {
-	client    *http.Client
+	// shared is the transport of every target without TLS settings or a unix socket; the
+	// others have one of their own (newTargetClient).
+	shared    *http.Transport
 	now       func() time.Time
 	userAgent string
 }
 
 func newForwarder(now func() time.Time, userAgent string) *forwarder {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	// Targets are private services: a proxy from the environment is not wanted in the way.
-	tr.Proxy = nil
-	tr.MaxIdleConnsPerHost = 256
-	return &forwarder{
-		client: &http.Client{
-			Transport: tr,
-			// A redirect from a private service is a misconfiguration; it is reported, not followed.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		now:       now,
-		userAgent: userAgent,
-	}
+	return &forwarder{shared: sharedTransport(), now: now, userAgent: userAgent}
 }
 
-func (f *forwarder) close() { f.client.CloseIdleConnections() }
+func (f *forwarder) close() { f.shared.CloseIdleConnections() }
 
-func (f *forwarder) forward(ctx context.Context, t *Target, d *Delivery) attemptResult {
+func (f *forwarder) forward(ctx context.Context, client *http.Client, t *Target, d *Delivery) attemptResult {
 	ctx, cancel := context.WithTimeout(ctx, t.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL, bytes.NewReader(d.Message.Body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.endpoint.url, bytes.NewReader(d.Message.Body))
 	if err != nil {
 		return attemptResult{err: fmt.Errorf("build request: %w", err)}
 	}
 	m := &d.Message
 	h := req.Header
+	// The sender's forwarded headers, then the target's own, then the relay's: each may override
+	// the ones before (validation refuses relay-owned names in the first two anyway).
+	for name, v := range m.Headers {
+		h[name] = v
+	}
+	for _, sh := range t.Headers {
+		h.Set(sh.Name, sh.Value)
+	}
 	if m.ContentType != "" {
 		h.Set("Content-Type", m.ContentType)
 	}
@@ -92,7 +98,7 @@ func (f *forwarder) forward(ctx context.Context, t *Target, d *Delivery) attempt
 		h.Set("Webhook-Signature", SignStandardWebhook(t.SigningKey, d.ID, ts, m.Body))
 	}
 
-	resp, err := f.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return attemptResult{err: err}
 	}

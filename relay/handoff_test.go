@@ -184,7 +184,7 @@ func TestHandoffNearLeaseExpiryGoesThroughStore(t *testing.T) {
 	url := serveURL()
 	postFashn(t, url, 0) // in flight until released
 	eventually(t, "the first attempt", func() bool { return len(rec.got()) == 1 })
-	postFashn(t, url, 1) // handed off (the loop took job-0 already), waiting for the slot
+	postFashn(t, url, 1)                  // handed off (the loop took job-0 already), waiting for the slot
 	offset.Store(int64(61 * time.Second)) // the 1 min enqueue lease has run out
 	close(release)
 	eventually(t, "job-1 delivered", func() bool { return len(rec.got()) == 2 })

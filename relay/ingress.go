@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,29 +32,60 @@ type Route struct {
 	RequireJobID bool
 	AckStatus    int // 200 or 202 for a newly stored webhook
 
-	// Guards run before the body is read, in order: source-IP allowlist, then rate limits.
+	// Guards run before the body is read, in order: source-IP allowlist, then per-address rate
+	// limits (which protect the verifier's CPU).
 	Guards []Guard
-	// Verifier authenticates the webhook (signature or URL token); nil accepts any sender.
+	// Verifier authenticates the webhook (signature or URL token); nil accepts any sender. A
+	// HeadVerifier (URL token) runs before the body is read.
 	Verifier Verifier
+	// VerifiedGuards run once the webhook passed Verifier: a route-wide rate limit here is spent
+	// only by authenticated senders, so nobody without the secret can use it up.
+	VerifiedGuards []Guard
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
+	// ForwardHeaders names the sender's headers passed to targets unchanged (a GitHub event type,
+	// a signature the service checks itself). Stored with the message.
+	ForwardHeaders []string
+	// When filters per target: a target named here gets only the webhooks its Matcher accepts;
+	// the others get every webhook. A webhook no target wants is acknowledged but not stored.
+	When map[string]Matcher
+}
+
+// Matcher decides whether a target wants a webhook, from what the preset read and the body.
+type Matcher interface {
+	Match(job Job, body []byte) bool
+}
+
+// wanted lists the route's targets that want the webhook; rt.Targets itself when all do.
+func (rt *Route) wanted(job Job, body []byte) []string {
+	if len(rt.When) == 0 {
+		return rt.Targets
+	}
+	out := make([]string, 0, len(rt.Targets))
+	for _, name := range rt.Targets {
+		if m := rt.When[name]; m == nil || m.Match(job, body) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // ingress is the public handler: route match, body cap, extraction, then dedupe+enqueue as one
 // store operation, and only then the 2xx.
 type ingress struct {
-	routes        map[string]*Route
-	tokenPrefixes []string // Path+"/" of each route with TokenInPath
-	clients       ClientResolver
-	store         Enqueuer
-	log           *slog.Logger
-	now           func() time.Time
-	storeTimeout  time.Duration
+	routes       map[string]*Route
+	routePaths   []string // every route's Path, lower-cased: what an unmatched path may be logged up to
+	clients      ClientResolver
+	store        Enqueuer
+	log          *slog.Logger
+	now          func() time.Time
+	storeTimeout time.Duration
 	// dispatchers of this generation's targets, for hand-offs; lease is what the store records
 	// for a delivery handed off.
 	dispatchers map[string]*dispatcher
 	lease       time.Duration
 	metrics     *metrics
+	breaker     *storeBreaker
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -63,11 +95,11 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rt := h.match(r.URL.Path)
 	client := h.clients.ClientAddr(r)
-	msg, dup, err := h.accept(rt, client, w, r)
+	msg, outcome, err := h.accept(rt, client, w, r)
 	// One access-log line per webhook, its attributes gathered here rather than with Logger.With,
 	// which would build a logger per request before anything is written.
 	attrs := make([]slog.Attr, 0, 12)
-	attrs = append(attrs, slog.String("path", h.logPath(r.URL.Path)), slog.String("peer", r.RemoteAddr),
+	attrs = append(attrs, slog.String("path", h.logPath(r.URL.Path, rt)), slog.String("peer", r.RemoteAddr),
 		slog.String("client", client.String()))
 	route := unmatchedRoute
 	if rt != nil {
@@ -88,7 +120,17 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	attrs = append(attrs, slog.String("job_id", msg.JobID), slog.String("job_status", msg.JobStatus))
-	if dup {
+	if outcome == outcomeFiltered {
+		// Acknowledged, so the sender does not retry, but not stored: no target wants it. A store
+		// that keeps history would record the message here as "filtered".
+		writeBody(w, rt.AckStatus, filteredAnswer)
+		h.acked(route, outcomeFiltered, start)
+		h.metrics.filtered.WithLabelValues(route).Inc()
+		attrs = append(attrs, slog.Int("status", rt.AckStatus), slog.Duration("duration", time.Since(start)))
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook filtered: no target of the route wants it", attrs...)
+		return
+	}
+	if outcome == outcomeDuplicate {
 		writeBody(w, http.StatusOK, duplicateAnswer)
 		h.acked(route, outcomeDuplicate, start)
 		h.metrics.dedupeHits.WithLabelValues(route).Inc()
@@ -104,8 +146,11 @@ func (h *ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.LogAttrs(r.Context(), slog.LevelInfo, "webhook accepted", attrs...)
 }
 
-// duplicateAnswer is the body of the answer to a duplicate.
-var duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
+// The bodies of the answers to a duplicate and to a webhook no target wants.
+var (
+	duplicateAnswer = []byte(`{"duplicate":true}` + "\n")
+	filteredAnswer  = []byte(`{"filtered":true}` + "\n")
+)
 
 // acked counts a 2xx answer and how long it took.
 func (h *ingress) acked(route, outcome string, start time.Time) {
@@ -120,15 +165,45 @@ func levelFor(status int) slog.Level {
 	return slog.LevelWarn
 }
 
-// logPath is path with any secret token cut out: whatever follows the path of a route that takes
-// a token in its path, whether or not the request matched the route.
-func (h *ingress) logPath(path string) string {
-	for _, prefix := range h.tokenPrefixes {
-		if strings.HasPrefix(path, prefix) {
-			return prefix + "<token>"
+// logPath is what the log may show of the request path. A matched route shows its own path, a
+// token in it replaced by <token>. Any other path may be a near miss that holds a token
+// (//hooks/x/<token>, /hooks/X/<token>, /hooks/x<token>), so it is cleaned and case-folded, and
+// only its leading segments that a route path shares are kept: the rest becomes "/...".
+func (h *ingress) logPath(p string, rt *Route) string {
+	if rt != nil {
+		if p == rt.Path {
+			return p
+		}
+		return rt.Path + "/<token>"
+	}
+	clean := strings.ToLower(path.Clean("/" + p))
+	kept := ""
+	for _, rp := range h.routePaths {
+		if k := sharedSegments(clean, rp); len(k) > len(kept) {
+			kept = k
 		}
 	}
-	return path
+	if kept == clean {
+		return clean
+	}
+	return strings.TrimSuffix(kept, "/") + "/..."
+}
+
+// sharedSegments returns the leading whole path segments a and b have in common.
+func sharedSegments(a, b string) string {
+	n := 0
+	for i := 0; i < len(a) && i < len(b) && a[i] == b[i]; i++ {
+		if a[i] == '/' {
+			n = i
+		}
+	}
+	switch {
+	case len(a) <= len(b) && b[:len(a)] == a && (len(b) == len(a) || b[len(a)] == '/'):
+		return a
+	case len(b) < len(a) && a[:len(b)] == b && a[len(b)] == '/':
+		return b
+	}
+	return a[:n]
 }
 
 // match finds the route for path: an exact match, or Path/<token> for a route with TokenInPath.
@@ -144,42 +219,87 @@ func (h *ingress) match(path string) *Route {
 	return nil
 }
 
-// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook. Nothing
-// touches the store before every check passed.
-func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, bool, error) {
+// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook for the targets
+// that want it. Nothing touches the store before every check passed. The outcome is
+// outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
+func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, string, error) {
 	if rt == nil {
-		return nil, false, &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
+		return nil, "", &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return nil, false, &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
+		return nil, "", &Error{Kind: KindMethod, Msg: "webhooks must be POSTed"}
 	}
 	if r.ContentLength > rt.MaxBody {
-		return nil, false, tooLarge(rt.MaxBody)
+		return nil, "", tooLarge(rt.MaxBody)
+	}
+	if h.breaker.isOpen() {
+		// Known down: no check could end in a 2xx, and a shared rate limit would wait on the
+		// same Redis.
+		return nil, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", RetryAfter: storeRetryAfter}
+	}
+	// Guards get a copy of the request whose context ends with the store timeout: one that asks
+	// the store's Redis waits no longer than a store operation would. (The body is read through r,
+	// so that ServeHTTP sees it was.)
+	gr := r
+	if len(rt.Guards)+len(rt.VerifiedGuards) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), h.storeTimeout)
+		defer cancel()
+		gr = r.WithContext(ctx)
 	}
 	for _, g := range rt.Guards {
-		if err := g.Admit(r, client); err != nil {
-			return nil, false, err
+		if err := h.admit(g, gr, client); err != nil {
+			return nil, "", err
+		}
+	}
+	_, headOnly := rt.Verifier.(HeadVerifier)
+	if headOnly {
+		// A wrong URL token costs no body read.
+		if err := rt.Verifier.Verify(r, nil); err != nil {
+			return nil, "", err
 		}
 	}
 	body, err := readBody(w, r, rt.MaxBody)
 	if err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
-	if rt.Verifier != nil {
+	if rt.Verifier != nil && !headOnly {
 		if err := rt.Verifier.Verify(r, body); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 	}
-	job, err := rt.Extractor.Extract(body)
+	for _, g := range rt.VerifiedGuards {
+		if err := h.admit(g, gr, client); err != nil {
+			return nil, "", err
+		}
+	}
+	var job Job
+	if re, ok := rt.Extractor.(RequestExtractor); ok {
+		job, err = re.ExtractRequest(r.Header, body)
+	} else {
+		job, err = rt.Extractor.Extract(body)
+	}
 	if err != nil {
-		return nil, false, &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
+		return nil, "", &Error{Kind: KindInvalid, Msg: err.Error(), Err: err}
 	}
-	if job.ID == "" {
-		if rt.RequireJobID {
-			return nil, false, &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
-		}
+	key, ttl := "", rt.DedupeTTL
+	switch {
+	case job.ID != "":
+		key = DedupeKey(rt.Name, job.ID, job.Status)
+	case rt.RequireJobID:
+		return nil, "", &Error{Kind: KindInvalid, Msg: "payload has no job ID, and this route requires one"}
+	default:
 		h.metrics.withoutJobID.WithLabelValues(rt.Name).Inc()
+		// Without a job ID nothing dedupes it, so a captured webhook could be sent again: its own
+		// identity stands in, remembered for as long as a replay would verify.
+		if idf, ok := rt.Verifier.(Identifier); ok {
+			if id, window := idf.Identity(r, body); id != "" {
+				key = ReplayKey(rt.Name, id)
+				if window > 0 {
+					ttl = window
+				}
+			}
+		}
 	}
 	now := h.now()
 	msg := &Message{
@@ -192,11 +312,13 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		SourceAddr:  sourceAddr(client, r),
 		ReceivedAt:  now,
 		Body:        body,
-		Targets:     rt.Targets,
+		Targets:     rt.wanted(job, body),
+		Headers:     forwarded(r.Header, rt.ForwardHeaders),
 	}
-	key := ""
-	if job.ID != "" {
-		key = DedupeKey(rt.Name, job.ID, job.Status)
+	if len(msg.Targets) == 0 {
+		// Nothing is stored, so nothing claims the dedupe key either: a repeat is filtered again,
+		// the same way, as the filters read only the webhook itself.
+		return msg, outcomeFiltered, nil
 	}
 	// The store operation must not be cut short by a sender that hangs up: it either commits or
 	// fails as a whole, and the sender's retry is deduped either way.
@@ -205,12 +327,12 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	// Targets whose dispatchers have room get the delivery in memory, leased to them in the store;
 	// the others find it in the store.
 	var leased []string
-	for _, name := range rt.Targets {
+	for _, name := range msg.Targets {
 		if h.dispatchers[name].reserve() {
 			leased = append(leased, name)
 		}
 	}
-	dup, claimed, err := h.store.EnqueueLeased(ctx, msg, key, rt.DedupeTTL, h.lease, leased)
+	dup, claimed, err := h.store.EnqueueLeased(ctx, msg, key, ttl, h.lease, leased)
 	for _, name := range leased {
 		if i := slices.IndexFunc(claimed, func(d *Delivery) bool { return d.Target == name }); i >= 0 {
 			h.dispatchers[name].handOff(claimed[i])
@@ -219,16 +341,27 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		}
 	}
 	if err != nil {
-		return msg, false, &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
+		h.breaker.failed(err)
+		return msg, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", Err: err, RetryAfter: storeRetryAfter}
 	}
-	if !dup {
-		for _, name := range rt.Targets {
-			if !slices.Contains(leased, name) {
-				notify(h.dispatchers[name].wake)
-			}
+	if dup {
+		return msg, outcomeDuplicate, nil
+	}
+	for _, name := range msg.Targets {
+		if !slices.Contains(leased, name) {
+			notify(h.dispatchers[name].wake)
 		}
 	}
-	return msg, dup, nil
+	return msg, outcomeAccepted, nil
+}
+
+// admit runs one guard, and opens the store breaker when the guard could not reach the store.
+func (h *ingress) admit(g Guard, r *http.Request, client netip.Addr) error {
+	err := g.Admit(r, client)
+	if err != nil && errors.Is(err, ErrStoreDown) {
+		h.breaker.failed(err)
+	}
+	return err
 }
 
 // bodyRead reports whether the request body was read to its end (or there was none).
@@ -278,6 +411,12 @@ func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
 }
 
+// ReplayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
+// Identifier). It cannot collide with a DedupeKey, whose part after the route starts with a digit.
+func ReplayKey(route, identity string) string {
+	return route + "|replay:" + identity
+}
+
 // sourceAddr is the sender's address as targets see it in X-Forwarded-For.
 func sourceAddr(client netip.Addr, r *http.Request) string {
 	if client.IsValid() {
@@ -299,4 +438,18 @@ func newID(now time.Time) string {
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
 	_, _ = rand.Read(b[6:])
 	return idEncoding.EncodeToString(b[:])
+}
+
+// forwarded copies the named headers that the request has; nil when it has none of them.
+func forwarded(h http.Header, names []string) http.Header {
+	var out http.Header
+	for _, name := range names {
+		if v := h.Values(name); len(v) > 0 {
+			if out == nil {
+				out = make(http.Header, len(names))
+			}
+			out[http.CanonicalHeaderKey(name)] = slices.Clone(v)
+		}
+	}
+	return out
 }

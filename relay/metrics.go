@@ -11,6 +11,7 @@ import (
 const (
 	outcomeAccepted    = "accepted"
 	outcomeDuplicate   = "duplicate"
+	outcomeFiltered    = "filtered" // acknowledged, but no target's filter wanted it: not stored
 	outcomeDeniedIP    = "denied_ip"
 	outcomeRateLimited = "rate_limited"
 	outcomeBadSig      = "bad_signature"
@@ -63,6 +64,7 @@ type metrics struct {
 	received        *prometheus.CounterVec   // route, outcome
 	withoutJobID    *prometheus.CounterVec   // route
 	dedupeHits      *prometheus.CounterVec   // route
+	filtered        *prometheus.CounterVec   // route
 	ackSeconds      *prometheus.HistogramVec // route
 	attempts        *prometheus.CounterVec   // target, outcome
 	attemptSeconds  *prometheus.HistogramVec // target
@@ -75,7 +77,7 @@ func newMetrics(reg prometheus.Registerer, queues *queueCollector) (*metrics, er
 	m := &metrics{
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookrelay_webhooks_received_total",
-			Help: "Webhooks received, by route and outcome (accepted, duplicate, denied_ip, rate_limited, bad_signature, too_large, invalid, store_error, no_route, error).",
+			Help: "Webhooks received, by route and outcome (accepted, duplicate, filtered, denied_ip, rate_limited, bad_signature, too_large, invalid, store_error, no_route, error).",
 		}, []string{"route", "outcome"}),
 		withoutJobID: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookrelay_webhooks_without_job_id_total",
@@ -84,6 +86,10 @@ func newMetrics(reg prometheus.Registerer, queues *queueCollector) (*metrics, er
 		dedupeHits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hookrelay_dedupe_hits_total",
 			Help: "Webhooks answered as duplicates of one already stored.",
+		}, []string{"route"}),
+		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hookrelay_webhooks_filtered_total",
+			Help: "Webhooks acknowledged but not stored because no target's filter (when) wanted them.",
 		}, []string{"route"}),
 		ackSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hookrelay_ack_duration_seconds",
@@ -113,7 +119,7 @@ func newMetrics(reg prometheus.Registerer, queues *queueCollector) (*metrics, er
 			Help: "Deliveries claimed again after a lease ran out unsettled (a relay died or stalled mid-delivery).",
 		}, []string{"target"}),
 	}
-	for _, c := range []prometheus.Collector{m.received, m.withoutJobID, m.dedupeHits, m.ackSeconds,
+	for _, c := range []prometheus.Collector{m.received, m.withoutJobID, m.dedupeHits, m.filtered, m.ackSeconds,
 		m.attempts, m.attemptSeconds, m.endToEndSeconds, m.deadLetters, m.leaseRecoveries, queues} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

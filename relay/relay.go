@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -39,8 +38,11 @@ type Config struct {
 	PollInterval  time.Duration // longest a dispatcher sleeps without news; default 1s
 	SweepInterval time.Duration // how often expired dedupe keys are deleted; default 1m
 	StoreTimeout  time.Duration // per store operation on the ingress path; default 10s
-	ShutdownGrace time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
-	UserAgent     string        // sent to targets; default "hookrelay"
+	// StoreProbeInterval is how often a store that failed is pinged until it answers; meanwhile
+	// webhooks are answered 503 at once. Default 1s.
+	StoreProbeInterval time.Duration
+	ShutdownGrace      time.Duration // for acknowledgements and deliveries in flight at shutdown; default 10s
+	UserAgent          string        // sent to targets; default "hookrelay"
 
 	// The public listener's limits on a sender's connection (net/http's): headers within
 	// ReadHeaderTimeout (default 10s), the whole request within ReadTimeout (default 1m), the
@@ -62,6 +64,9 @@ type Relay struct {
 
 	mu      sync.Mutex // serialises Reload against starting and stopping the workers
 	workers *workers   // nil unless StartWorkers ran and its stop did not
+
+	breaker *storeBreaker // shared by every routing generation
+	endLife context.CancelFunc
 }
 
 // New validates cfg and builds a Relay. It starts nothing; call Run.
@@ -82,6 +87,7 @@ func New(cfg Config) (*Relay, error) {
 	setDefault(&cfg.PollInterval, time.Second)
 	setDefault(&cfg.SweepInterval, time.Minute)
 	setDefault(&cfg.StoreTimeout, 10*time.Second)
+	setDefault(&cfg.StoreProbeInterval, time.Second)
 	setDefault(&cfg.ShutdownGrace, 10*time.Second)
 	setDefault(&cfg.ReadHeaderTimeout, 10*time.Second)
 	setDefault(&cfg.ReadTimeout, time.Minute)
@@ -91,6 +97,10 @@ func New(cfg Config) (*Relay, error) {
 		cfg.UserAgent = "hookrelay"
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger}
+	life, endLife := context.WithCancel(context.Background())
+	r.endLife = endLife
+	r.breaker = &storeBreaker{store: cfg.Store, log: cfg.Logger, interval: cfg.StoreProbeInterval,
+		timeout: cfg.StoreTimeout, life: life}
 	r.fwd = newForwarder(cfg.Now, cfg.UserAgent)
 	m, err := newMetrics(cfg.Metrics, newQueueCollector(r))
 	if err != nil {
@@ -115,7 +125,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	targets := map[string]*dispatcher{}
 	for i := range targetList {
-		t := &targetList[i]
+		t := new(targetList[i]) // a copy: validation fills in derived fields
 		if err := validateTarget(t, r.cfg.Lease); err != nil {
 			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
 		}
@@ -126,7 +136,11 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 			targets[t.Name] = old
 			continue
 		}
-		targets[t.Name] = newDispatcher(t, r.cfg.Store, r.fwd, r.log, r.cfg.Now, r.cfg.Lease, r.cfg.PollInterval, r.metrics)
+		client, err := newTargetClient(t, r.fwd.shared, r.log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
+		}
+		targets[t.Name] = newDispatcher(t, client, r.cfg.Store, r.fwd, r.log, r.cfg.Now, r.cfg.Lease, r.cfg.PollInterval, r.metrics)
 	}
 	routes := map[string]*Route{}
 	for i := range routeList {
@@ -139,15 +153,14 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 		}
 		routes[rt.Path] = rt
 	}
-	var tokenPrefixes []string
+	var routePaths []string
 	for _, rt := range routes {
-		if rt.TokenInPath {
-			tokenPrefixes = append(tokenPrefixes, rt.Path+"/")
-		}
+		routePaths = append(routePaths, strings.ToLower(rt.Path))
 	}
 	in := &ingress{
-		routes: routes, tokenPrefixes: tokenPrefixes, clients: clients, store: r.cfg.Store, log: r.log,
+		routes: routes, routePaths: routePaths, clients: clients, store: r.cfg.Store, log: r.log,
 		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, dispatchers: targets, lease: r.cfg.Lease, metrics: r.metrics,
+		breaker: r.breaker,
 	}
 	return in, targets, nil
 }
@@ -217,25 +230,33 @@ func setDefault(d *time.Duration, def time.Duration) {
 	}
 }
 
+// validateTarget checks t and fills in what is derived from it (its endpoint). Every problem is a
+// FieldError; they are joined.
 func validateTarget(t *Target, lease time.Duration) error {
+	var errs []error
 	if t.Name == "" {
-		return errors.New("no name")
+		errs = append(errs, fieldErr("name", "missing"))
 	}
-	u, err := url.Parse(t.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("url %q is not an absolute http(s) URL", t.URL)
+	ep, err := parseEndpoint(t.URL)
+	if err != nil {
+		errs = append(errs, &FieldError{Field: "url", Err: err})
 	}
+	t.endpoint = ep
 	if t.Timeout <= 0 || t.Timeout >= lease {
-		return fmt.Errorf("timeout %v must be positive and below the lease %v", t.Timeout, lease)
+		errs = append(errs, fieldErr("timeout", "%v must be positive and below the lease %v", t.Timeout, lease))
 	}
 	if t.Concurrency < 1 {
-		return errors.New("concurrency must be at least 1")
+		errs = append(errs, fieldErr("concurrency", "must be at least 1"))
 	}
 	p := t.Retry
 	if p.Initial <= 0 || p.Multiplier < 1 || p.Max < p.Initial || p.MaxAttempts < 1 || p.MaxAge <= 0 || p.MaxRetryAfter < 0 {
-		return fmt.Errorf("retry policy %+v is not sane", p)
+		errs = append(errs, fieldErr("retry", "policy %+v is not sane", p))
 	}
-	return nil
+	errs = append(errs, validateHeaders(t)...)
+	if t.TLS != nil && err == nil {
+		errs = append(errs, validateTLS(t.TLS, ep)...)
+	}
+	return errors.Join(errs...)
 }
 
 func validateRoute(rt *Route, targets map[string]*dispatcher) error {
@@ -251,10 +272,21 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 	if len(rt.Targets) == 0 {
 		return errors.New("no targets")
 	}
-	for _, name := range rt.Targets {
+	for i, name := range rt.Targets {
 		if targets[name] == nil {
 			return fmt.Errorf("unknown target %q", name)
 		}
+		if slices.Contains(rt.Targets[:i], name) {
+			return fmt.Errorf("target %q listed twice", name)
+		}
+	}
+	for name, m := range rt.When {
+		if !slices.Contains(rt.Targets, name) || m == nil {
+			return fmt.Errorf("a filter (when) for %q, which is not one of the route's targets", name)
+		}
+	}
+	if err := CheckForwardHeaders(rt.ForwardHeaders); err != nil {
+		return err
 	}
 	if rt.MaxBody <= 0 || rt.DedupeTTL <= 0 {
 		return errors.New("max body and dedupe TTL must be positive")
@@ -326,6 +358,7 @@ func (r *Relay) Run(ctx context.Context, ln net.Listener) error {
 		r.log.Warn("acknowledgements still in flight at the end of the grace period", "error", serr)
 	}
 	stopWorkers(sctx)
+	r.endLife() // the store prober, if one runs
 	return err
 }
 
@@ -394,6 +427,9 @@ func (r *Relay) StartWorkers() (stop func(ctx context.Context)) {
 		}
 		stopWork()
 		r.fwd.close()
+		for _, d := range w.started {
+			d.client.CloseIdleConnections() // the targets' own transports
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"time"
 )
@@ -20,6 +21,8 @@ type Message struct {
 	SourceAddr  string    `json:"source_addr,omitempty"`
 	ReceivedAt  time.Time `json:"received_at"`
 	Body        []byte    `json:"body"`
+	// Headers are the sender's headers that the route forwards to targets (Route.ForwardHeaders).
+	Headers http.Header `json:"headers,omitempty"`
 	// Targets names every target the message fans out to; the store keeps one delivery per target.
 	Targets []string `json:"targets"`
 }

@@ -2,16 +2,20 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,8 +33,7 @@ type fileConfig struct {
 	DataDir string `yaml:"data_dir"`
 	// TrustedProxies are the only peers whose X-Forwarded-For, Forwarded or X-Real-IP is believed.
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	// ClientIPHeader names the one header the trusted proxies set; empty believes Forwarded, then
-	// X-Forwarded-For, then X-Real-IP.
+	// ClientIPHeader names the one header the trusted proxies set; required with TrustedProxies.
 	ClientIPHeader string `yaml:"client_ip_header"`
 	// Allowlist applies to every route without an allowlist of its own (or a provider default).
 	Allowlist      []string       `yaml:"allowlist"`
@@ -54,6 +57,8 @@ type adminConfig struct {
 	Listen    string `yaml:"listen"` // "off" disables it
 	TokenEnv  string `yaml:"token_env,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
+	// Hosts are the DNS names the API answers to besides localhost and its IP address.
+	Hosts []string `yaml:"hosts,omitempty"`
 	// Pprof serves Go's profiles under /debug/pprof/ (behind the token, if any).
 	Pprof bool `yaml:"pprof,omitempty"`
 
@@ -97,6 +102,41 @@ type targetConfig struct {
 	SigningSecretEnv  string        `yaml:"signing_secret_env,omitempty"`
 	SigningSecretFile string        `yaml:"signing_secret_file,omitempty"`
 	Retry             retryConfig   `yaml:"retry"`
+	// Headers are sent with every delivery: the service's own credential, say.
+	Headers []headerConfig   `yaml:"headers,omitempty"`
+	TLS     *targetTLSConfig `yaml:"tls,omitempty"`
+
+	built relay.Target // by validate
+}
+
+// headerConfig is one static header of a target; its value literal or, for a secret, from an
+// env var or a file.
+type headerConfig struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value,omitempty"`
+	ValueEnv  string `yaml:"value_env,omitempty"`
+	ValueFile string `yaml:"value_file,omitempty"`
+}
+
+// MarshalYAML keeps a literal value out of relay check's output: it may be a credential.
+func (h headerConfig) MarshalYAML() (any, error) {
+	type plain headerConfig
+	if h.Value != "" {
+		h.Value = "(not shown)"
+	}
+	return plain(h), nil
+}
+
+// targetTLSConfig is how the relay speaks TLS to a target (relay.TargetTLS).
+type targetTLSConfig struct {
+	CAFile     string `yaml:"ca_file,omitempty"`
+	CAOnly     bool   `yaml:"ca_only,omitempty"`
+	CertFile   string `yaml:"cert_file,omitempty"`
+	KeyFile    string `yaml:"key_file,omitempty"`
+	ServerName string `yaml:"server_name,omitempty"`
+	MinVersion string `yaml:"min_version,omitempty"`
+	// InsecureSkipVerify is only read to refuse it with the fix.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify,omitempty"`
 }
 
 type retryConfig struct {
@@ -112,12 +152,15 @@ type routeConfig struct {
 	Name         string         `yaml:"name"`
 	Path         string         `yaml:"path"`
 	Provider     string         `yaml:"provider"`
-	Targets      []string       `yaml:"targets"`
+	Targets      []routeTarget  `yaml:"targets"`
 	MaxBody      byteSize       `yaml:"max_body"`
 	DedupeTTL    time.Duration  `yaml:"dedupe_ttl"`
 	RequireJobID bool           `yaml:"require_job_id"`
 	AckStatus    int            `yaml:"ack_status"`
 	Generic      *genericConfig `yaml:"generic,omitempty"`
+	// ForwardHeaders names sender headers passed to the targets unchanged, beside the defaults of
+	// the route's verify type (GitHub: X-GitHub-Event, X-GitHub-Delivery).
+	ForwardHeaders []string `yaml:"forward_headers,omitempty"`
 
 	Allowlist      []string      `yaml:"allowlist"`
 	AllowlistFiles []string      `yaml:"allowlist_files,omitempty"`
@@ -126,14 +169,96 @@ type routeConfig struct {
 	// Insecure accepts a route with neither verification nor an allowlist.
 	Insecure bool `yaml:"insecure,omitempty"`
 
-	built builtRoute // by validate
+	built       builtRoute // by validate
+	redisPrefix string     // the shared limiters' key prefix they were built with
+}
+
+// route returns the route called name, or nil; c may be nil.
+func (c *fileConfig) route(name string) *routeConfig {
+	if c == nil {
+		return nil
+	}
+	for i := range c.Routes {
+		if c.Routes[i].Name == name {
+			return &c.Routes[i]
+		}
+	}
+	return nil
 }
 
 // builtRoute holds a route's checks, constructed (and so validated) once.
 type builtRoute struct {
-	preset   *filters.Preset
-	guards   []relay.Guard
-	verifier relay.Verifier
+	preset         *filters.Preset
+	perIPLimit     relay.Guard   // also in guards; kept across a reload that leaves rate_limit alone
+	routeLimit     relay.Guard   // also in verifiedGuards
+	guards         []relay.Guard // before the body: allowlist, per-address rate
+	verifier       relay.Verifier
+	verifiedGuards []relay.Guard            // after verification: the route-wide rate
+	when           map[string]relay.Matcher // by target name
+}
+
+// routeTarget is one entry of routes[].targets: a target's name, or {name, when} for a target
+// that wants only some of the route's webhooks.
+type routeTarget struct {
+	Name string      `yaml:"name"`
+	When *whenConfig `yaml:"when,omitempty"`
+}
+
+// whenConfig is a target's filter: every condition given must hold.
+type whenConfig struct {
+	Status []string          `yaml:"status,omitempty"` // normalised (or raw) status, one of these
+	Body   map[string]string `yaml:"body,omitempty"`   // dot path -> value it must equal
+}
+
+func (rt *routeTarget) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		rt.Name = n.Value
+		return nil
+	}
+	// Node.Decode does not refuse unknown keys as the file's decoder does; check them here.
+	if err := knownKeys(n, "name", "when"); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "when" {
+			if err := knownKeys(n.Content[i+1], "status", "body"); err != nil {
+				return err
+			}
+		}
+	}
+	type plain routeTarget
+	return n.Decode((*plain)(rt))
+}
+
+// MarshalYAML writes a target without a filter as its name, as it is usually written.
+func (rt routeTarget) MarshalYAML() (any, error) {
+	if rt.When == nil {
+		return rt.Name, nil
+	}
+	type plain routeTarget
+	return plain(rt), nil
+}
+
+// knownKeys refuses a mapping key not in keys, with its line.
+func knownKeys(n *yaml.Node, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // the decoder reports the wrong kind
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: unknown key %q (want %s)", k.Line, k.Value, strings.Join(keys, ", "))
+		}
+	}
+	return nil
+}
+
+// targetNames lists the route's target names.
+func (r *routeConfig) targetNames() []string {
+	names := make([]string, len(r.Targets))
+	for i, t := range r.Targets {
+		names[i] = t.Name
+	}
+	return names
 }
 
 type rateConfig struct {
@@ -142,6 +267,8 @@ type rateConfig struct {
 	Route      float64 `yaml:"route"`
 	RouteBurst int     `yaml:"route_burst"`
 	MaxTracked int     `yaml:"max_tracked,omitempty"`
+	// IPv6Prefix groups IPv6 senders per prefix of this length (default 64).
+	IPv6Prefix int `yaml:"ipv6_prefix,omitempty"`
 	// Shared keeps the limit in Redis so that it holds across replicas (store.type: redis).
 	Shared bool `yaml:"shared,omitempty"`
 }
@@ -167,9 +294,10 @@ type verifyConfig struct {
 }
 
 type genericConfig struct {
-	JobID     string            `yaml:"job_id"`
-	Status    string            `yaml:"status,omitempty"`
-	StatusMap map[string]string `yaml:"status_map,omitempty"`
+	JobID       string            `yaml:"job_id,omitempty"`
+	JobIDHeader string            `yaml:"job_id_header,omitempty"` // or the job ID from this header
+	Status      string            `yaml:"status,omitempty"`
+	StatusMap   map[string]string `yaml:"status_map,omitempty"`
 }
 
 // byteSize reads "1MiB", "512KiB", "64KB" or a plain number of bytes.
@@ -228,8 +356,10 @@ const (
 )
 
 var (
-	namePattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	unknownKeyErr = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	// hostnamePattern is a DNS name: dot-separated labels of letters, digits and hyphens.
+	hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+	unknownKeyErr   = regexp.MustCompile(`field (\S+) not found in type \S+`)
 )
 
 // loadConfig reads, decodes strictly, fills defaults and validates. The error lists every problem
@@ -265,9 +395,10 @@ func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.
 	if prev != nil && c.Store.Type == "redis" {
 		c.redis = prev.redis
 	}
-	if err := c.validate(log); err != nil {
+	if err := c.validate(log, prev); err != nil {
 		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
 	}
+	c.warnSecretFiles(log)
 	return &c, log, nil
 }
 
@@ -361,7 +492,7 @@ func (r *routeConfig) generic() *filters.Generic {
 	if r.Generic == nil {
 		return nil
 	}
-	return &filters.Generic{JobIDPath: r.Generic.JobID, StatusPath: r.Generic.Status, StatusMap: r.Generic.StatusMap}
+	return &filters.Generic{JobIDPath: r.Generic.JobID, JobIDHeader: r.Generic.JobIDHeader, StatusPath: r.Generic.Status, StatusMap: r.Generic.StatusMap}
 }
 
 // problems collects validation errors, each with its key path.
@@ -380,6 +511,11 @@ func (a *adminConfig) validate(p *problems) {
 	if err != nil {
 		p.add("admin.listen", "%q is not host:port (default 127.0.0.1:9090), or off", a.Listen)
 		return
+	}
+	for i, h := range a.Hosts {
+		if !hostnamePattern.MatchString(h) {
+			p.add(fmt.Sprintf("admin.hosts[%d]", i), "%q is not a DNS name (no scheme, port or path; IP addresses need no entry)", h)
+		}
 	}
 	if a.TokenEnv != "" && a.TokenFile != "" {
 		p.add("admin", "set token_env or token_file, not both")
@@ -421,7 +557,10 @@ func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
 	seen[name] = true
 }
 
-func (c *fileConfig) validate(log *slog.Logger) error {
+// validate checks c and builds its checks. On a reload prev is the running configuration: a
+// route's stateful checks (rate limiters, fal's JWKS cache) whose settings did not change are
+// kept rather than built anew, so a reload neither refills buckets nor empties the cache.
+func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 	var p problems
 	clients, err := filters.NewClientIPHeader(c.TrustedProxies, c.ClientIPHeader)
 	if err != nil {
@@ -432,6 +571,12 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		}
 	}
 	c.clients = clients
+	if len(c.TrustedProxies) > 0 && c.ClientIPHeader == "" {
+		// Proxies differ in which of the three headers they overwrite; one they pass through
+		// untouched would let a sender choose its own address.
+		p.add("client_ip_header", "required when trusted_proxies is set: name the one header your proxies set "+
+			"(X-Forwarded-For, Forwarded or X-Real-IP), so that a sender cannot supply another one the proxy passes through")
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.add("listen", "%q is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)", c.Listen)
 	}
@@ -483,10 +628,8 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		at := fmt.Sprintf("targets[%d]", i)
+		first := len(p) // this target's problems start here
 		p.checkName(at, "target", t.Name, targets)
-		if u, err := url.Parse(t.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p.add(at+".url", "%q is not an absolute http:// or https:// URL", t.URL)
-		}
 		if t.Timeout <= 0 || t.Timeout >= c.Delivery.Lease {
 			p.add(at+".timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, c.Delivery.Lease)
 		}
@@ -521,6 +664,7 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 		if r.MaxRetryAfter < 0 {
 			p.add(at+".retry.max_retry_after", "must not be negative, got %v", r.MaxRetryAfter)
 		}
+		t.build(at, &p, c.Delivery.Lease, first)
 	}
 
 	names, paths := map[string]bool{}, map[string]string{}
@@ -542,13 +686,41 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 			p.add(at+".provider", "%v", err)
 		}
 		r.built = builtRoute{preset: preset}
-		r.buildChecks(at, &p, log, c.redis, c.redisPrefix())
+		r.buildChecks(at, &p, log, c.redis, c.redisPrefix(), prev.route(r.Name))
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
 		}
-		for j, name := range r.Targets {
-			if !targets[name] {
-				p.add(fmt.Sprintf("%s.targets[%d]", at, j), "unknown target %q; define it under targets", name)
+		for j, rt := range r.Targets {
+			tat := fmt.Sprintf("%s.targets[%d]", at, j)
+			if !targets[rt.Name] {
+				p.add(tat, "unknown target %q; define it under targets", rt.Name)
+			} else if slices.ContainsFunc(r.Targets[:j], func(o routeTarget) bool { return o.Name == rt.Name }) {
+				p.add(tat, "target %q is listed twice; give it once (with one when)", rt.Name)
+			}
+			if rt.When == nil || preset == nil {
+				continue
+			}
+			w, err := filters.NewWhen(preset, rt.When.Status, rt.When.Body)
+			for _, err := range unjoin(err) {
+				if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+					p.add(tat+".when."+fe.Field, "%v", fe.Err)
+				} else {
+					p.add(tat+".when", "%v", err)
+				}
+			}
+			if err == nil {
+				if r.built.when == nil {
+					r.built.when = map[string]relay.Matcher{}
+				}
+				r.built.when[rt.Name] = w
+			}
+		}
+		// The file's own list, so that an index names its entry; the defaults are valid.
+		for _, err := range unjoin(relay.CheckForwardHeaders(r.ForwardHeaders)) {
+			if fe, ok := errors.AsType[*relay.FieldError](err); ok && strings.HasPrefix(fe.Field, "forward_headers[") {
+				p.add(at+"."+fe.Field, "%v", fe.Err)
+			} else {
+				p.add(at+".forward_headers", "%v", err)
 			}
 		}
 		if r.MaxBody <= 0 {
@@ -564,11 +736,165 @@ func (c *fileConfig) validate(log *slog.Logger) error {
 	return errors.Join(p...)
 }
 
+// build makes the engine's target, reading its secrets, and has the engine check it (relay.CheckTarget:
+// headers, TLS files, the URL), reporting each problem under the target's key path at. The engine
+// is asked only when the target's problems (from index first) are none yet, so none is repeated.
+func (t *targetConfig) build(at string, p *problems, lease time.Duration, first int) {
+	key, err := t.signingKey()
+	if err != nil {
+		p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
+	}
+	rt := relay.Target{
+		Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
+		RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
+		Retry: relay.RetryPolicy{
+			Initial: t.Retry.Initial, Multiplier: t.Retry.Multiplier, Max: t.Retry.MaxBackoff,
+			MaxAttempts: t.Retry.MaxAttempts, MaxAge: t.Retry.MaxAge, MaxRetryAfter: t.Retry.MaxRetryAfter,
+		},
+	}
+	for i, h := range t.Headers {
+		hat := fmt.Sprintf("%s.headers[%d]", at, i)
+		if n := btoi(h.Value != "") + btoi(h.ValueEnv != "") + btoi(h.ValueFile != ""); n != 1 {
+			p.add(hat, "set exactly one of value, value_env, value_file (a secret belongs in an env var or a file)")
+			continue
+		}
+		v := h.Value
+		if v == "" {
+			if v, err = readSecret(h.ValueEnv, h.ValueFile); err != nil {
+				key := "value_env"
+				if h.ValueFile != "" {
+					key = "value_file"
+				}
+				p.add(hat+"."+key, "%v", err)
+				continue
+			}
+		}
+		rt.Headers = append(rt.Headers, relay.Header{Name: h.Name, Value: v})
+	}
+	if c := t.TLS; c != nil {
+		rt.TLS = &relay.TargetTLS{CAFile: c.CAFile, CAOnly: c.CAOnly, CertFile: c.CertFile, KeyFile: c.KeyFile, ServerName: c.ServerName}
+		switch c.MinVersion {
+		case "", "1.2":
+			rt.TLS.MinVersion = tls.VersionTLS12
+		case "1.3":
+			rt.TLS.MinVersion = tls.VersionTLS13
+		default:
+			p.add(at+".tls.min_version", "%q is not 1.2 or 1.3", c.MinVersion)
+		}
+		if c.InsecureSkipVerify {
+			p.add(at+".tls.insecure_skip_verify", "is refused: an unverified target can be impersonated; "+
+				"trust its private CA with tls.ca_file (and tls.server_name if its certificate names another host)")
+		}
+	}
+	t.built = rt
+	if len(*p) > first {
+		return // the engine would repeat what is reported already, or see values not read
+	}
+	for _, err := range unjoin(relay.CheckTarget(rt, lease)) {
+		// The engine quotes a bad URL whole: its user information is cut out here.
+		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+			p.add(at+"."+fe.Field, "%s", redactUserinfo(fe.Err.Error(), t.URL))
+		} else {
+			p.add(at, "%s", redactUserinfo(err.Error(), t.URL))
+		}
+	}
+}
+
+// unjoin lists the errors an errors.Join made; nil for nil.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (t *targetConfig) secretSource() string {
 	if t.SigningSecretFile != "" {
 		return "file"
 	}
 	return "env"
+}
+
+// redactURL returns s with the password in its user information replaced by xxxxx, or, when s
+// does not parse as a URL with user information but holds an @, everything between :// and the
+// last @ (a password with a / in it moves the @ out of the authority): a URL is printed and logged.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			return u.Redacted()
+		}
+	}
+	i, j := strings.Index(s, "://"), strings.LastIndexByte(s, '@')
+	if i >= 0 && j > i {
+		return s[:i+3] + "xxxxx" + s[j:]
+	}
+	return s
+}
+
+// redactedURLError describes err, the failure to parse raw, without raw's credentials: url.Error
+// quotes the whole URL, and its cause may quote part of the user information.
+func redactedURLError(raw string, err error) string {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		if strings.Contains(raw, "@") {
+			return fmt.Sprintf("%q does not parse as a URL (the cause is not shown: it may quote the credentials)", redactURL(raw))
+		}
+		return fmt.Sprintf("%q does not parse as a URL: %v", raw, ue.Err)
+	}
+	return fmt.Sprintf("%s: %s", redactURL(raw), redactUserinfo(err.Error(), raw))
+}
+
+// redactUserinfo returns msg with the user information of raw (between :// and the last @), where
+// msg quotes raw, replaced by xxxxx.
+func redactUserinfo(msg, raw string) string {
+	if i, j := strings.Index(raw, "://"), strings.LastIndexByte(raw, '@'); i >= 0 && j > i+3 {
+		msg = strings.ReplaceAll(msg, raw[i+3:j], "xxxxx")
+	}
+	return msg
+}
+
+// warnSecretFiles warns about every *_file secret that group or others may read: anyone else on
+// the host could read the secret.
+func (c *fileConfig) warnSecretFiles(log *slog.Logger) {
+	files := map[string]string{}
+	if c.Admin.TokenFile != "" {
+		files["admin.token_file"] = c.Admin.TokenFile
+	}
+	if c.Store.Redis != nil && c.Store.Redis.PasswordFile != "" {
+		files["store.redis.password_file"] = c.Store.Redis.PasswordFile
+	}
+	for i, t := range c.Targets {
+		if t.SigningSecretFile != "" {
+			files[fmt.Sprintf("targets[%d].signing_secret_file", i)] = t.SigningSecretFile
+		}
+	}
+	for i, r := range c.Routes {
+		if r.Verify == nil {
+			continue
+		}
+		for j, f := range r.Verify.SecretsFiles {
+			files[fmt.Sprintf("routes[%d].verify.secrets_files[%d]", i, j)] = f
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(files)) {
+		fi, err := os.Stat(files[key])
+		if err != nil { // validate reported it
+			continue
+		}
+		if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+			log.Warn("secret file is readable by group or others: chmod 600 it (or 400)",
+				"key", key, "file", files[key], "mode", fmt.Sprintf("%04o", mode))
+		}
+	}
 }
 
 // readSecret reads one secret from an env var or a file; "" when neither is named. The error
@@ -609,7 +935,7 @@ func (t *targetConfig) signingKey() ([]byte, error) {
 
 // buildChecks constructs the route's allowlist, rate limiter and verifier, reporting problems
 // under the route's key path, and refuses a route that anyone could post to unless it says so.
-func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string) {
+func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string, prev *routeConfig) {
 	entries := append([]string(nil), r.Allowlist...)
 	for i, f := range r.AllowlistFiles {
 		more, err := filters.ReadAllowlistFile(f)
@@ -627,37 +953,79 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 		}
 	}
 	if rl := r.RateLimit; rl != nil {
+		// Two limiters: the per-address one runs before the body is read (it protects the
+		// verifier's CPU), the route-wide one only after verification, so that senders without the
+		// secret cannot spend the provider's allowance.
 		var (
-			lim relay.Guard
-			err error
+			perIP, route relay.Guard
+			err          error
 		)
-		switch {
-		case rl.Shared && rdb == nil:
-			err = errors.New("shared: true keeps the limit in Redis; it needs store.type: redis")
-		case rl.Shared:
-			lim, err = filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
-				Route: rl.Route, RouteBurst: rl.RouteBurst, Prefix: redisPrefix, RouteName: r.Name, Now: time.Now})
-		default:
-			lim, err = filters.NewRateLimiter(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst,
-				Route: rl.Route, RouteBurst: rl.RouteBurst, MaxTracked: rl.MaxTracked, Now: time.Now})
+		if prev != nil && prev.RateLimit != nil && *prev.RateLimit == *rl && prev.redisPrefix == redisPrefix {
+			perIP, route = prev.built.perIPLimit, prev.built.routeLimit
+		} else {
+			perIP, route, err = rl.build(r.Name, rdb, redisPrefix)
 		}
+		r.redisPrefix = redisPrefix
+		r.built.perIPLimit, r.built.routeLimit = perIP, route
 		if err != nil {
 			p.add(at+".rate_limit", "%v", err)
 		} else {
-			r.built.guards = append(r.built.guards, lim)
+			if perIP != nil {
+				r.built.guards = append(r.built.guards, perIP)
+			}
+			if route != nil {
+				r.built.verifiedGuards = append(r.built.verifiedGuards, route)
+			}
 		}
 	}
-	if r.Verify != nil {
-		v, err := r.Verify.build(at+".verify", log)
+	switch v := r.Verify; {
+	case v == nil:
+	case v.Type == "fal" && v.JWKSFile == "" && prev != nil && prev.Verify != nil && reflect.DeepEqual(*prev.Verify, *v):
+		// Its JWKS cache is state; a jwks_file is reread, so that a reload picks up new keys.
+		r.built.verifier = prev.built.verifier
+	default:
+		ver, err := v.build(at+".verify", log)
 		if err != nil {
 			*p = append(*p, err)
 		}
-		r.built.verifier = v
+		r.built.verifier = ver
 	}
 	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure {
 		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+
 			"an allowlist, or insecure: true to accept that")
 	}
+}
+
+// build makes the per-address limiter and the route-wide one, each nil when its rate is 0. Both
+// constructors validate, so both run even for a rate of 0.
+func (rl *rateConfig) build(route string, rdb redis.UniversalClient, redisPrefix string) (perIP, all relay.Guard, err error) {
+	if rl.Shared && rdb == nil {
+		return nil, nil, errors.New("shared: true keeps the limit in Redis; it needs store.type: redis")
+	}
+	mk := func(c filters.RateConfig) (relay.Guard, error) {
+		if rl.Shared {
+			return filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: c.PerIP, PerIPBurst: c.PerIPBurst,
+				Route: c.Route, RouteBurst: c.RouteBurst, Prefix: redisPrefix, RouteName: route, MaxTracked: c.MaxTracked,
+				IPv6Prefix: c.IPv6Prefix, Now: time.Now})
+		}
+		c.Now = time.Now
+		return filters.NewRateLimiter(c)
+	}
+	perIP, err = mk(filters.RateConfig{PerIP: rl.PerIP, PerIPBurst: rl.PerIPBurst, MaxTracked: rl.MaxTracked, IPv6Prefix: rl.IPv6Prefix})
+	if err != nil {
+		return nil, nil, err
+	}
+	all, err = mk(filters.RateConfig{Route: rl.Route, RouteBurst: rl.RouteBurst})
+	if err != nil {
+		return nil, nil, err
+	}
+	if rl.PerIP == 0 {
+		perIP = nil
+	}
+	if rl.Route == 0 {
+		all = nil
+	}
+	return perIP, all, nil
 }
 
 // posture says in one line who may post to the route, for relay check and the startup log.
@@ -751,30 +1119,39 @@ func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error
 	return ver, nil
 }
 
+// defaultForwardHeaders are the sender headers a verify type passes on unless the route names
+// them itself: for GitHub the header is the event.
+var defaultForwardHeaders = map[string][]string{"github": {"X-GitHub-Event", "X-GitHub-Delivery"}}
+
+// forwardHeaders is the route's forward_headers after the defaults of its verify type; a default
+// that the file names again is kept once.
+func (r *routeConfig) forwardHeaders() []string {
+	var out []string
+	if r.Verify != nil {
+		out = append(out, defaultForwardHeaders[r.Verify.Type]...)
+	}
+	for _, h := range r.ForwardHeaders {
+		if !slices.ContainsFunc(out, func(d string) bool { return strings.EqualFold(d, h) }) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // engineConfig turns the validated file config into the engine's structs.
 func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 	targets := make([]relay.Target, 0, len(c.Targets))
 	for _, t := range c.Targets {
-		key, err := t.signingKey()
-		if err != nil {
-			return nil, nil, fmt.Errorf("target %s: %w", t.Name, err)
-		}
-		targets = append(targets, relay.Target{
-			Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
-			RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
-			Retry: relay.RetryPolicy{
-				Initial: t.Retry.Initial, Multiplier: t.Retry.Multiplier, Max: t.Retry.MaxBackoff,
-				MaxAttempts: t.Retry.MaxAttempts, MaxAge: t.Retry.MaxAge, MaxRetryAfter: t.Retry.MaxRetryAfter,
-			},
-		})
+		targets = append(targets, t.built)
 	}
 	routes := make([]relay.Route, 0, len(c.Routes))
 	for _, r := range c.Routes {
 		routes = append(routes, relay.Route{
-			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.Targets,
+			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.targetNames(), When: r.built.when,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
-			Guards: r.built.guards, Verifier: r.built.verifier,
-			TokenInPath: r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			Guards: r.built.guards, Verifier: r.built.verifier, VerifiedGuards: r.built.verifiedGuards,
+			TokenInPath:    r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
+			ForwardHeaders: r.forwardHeaders(),
 		})
 	}
 	return routes, targets, nil

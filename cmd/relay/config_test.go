@@ -29,6 +29,8 @@ routes:
 
 func TestExampleConfigIsValid(t *testing.T) {
 	t.Setenv("HOOKRELAY_DEMO_TOKEN", "demo-token-0123456789abcdef") // as the README's command sets it
+	t.Setenv("HOOKRELAY_DEMO_ABSTRAKT_TOKEN", "0123456789abcdef0123456789abcdef")
+	t.Setenv("HOOKRELAY_DEMO_HMAC_KEY", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
 	c, _, err := loadConfig("../../config.example.yaml", io.Discard)
 	if err != nil {
 		t.Fatal(err)

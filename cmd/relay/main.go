@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"syscall"
 	"time"
 
@@ -212,7 +213,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("relay listening", "addr", bound.Listen, "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token, Reload: reloads.reload, Pprof: cfg.Admin.Pprof}), log)
+		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
+			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof}), log)
 		if err != nil {
 			return err
 		}
@@ -378,10 +380,19 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		if t.SigningSecretEnv != "" || t.SigningSecretFile != "" {
 			fmt.Fprintf(stdout, "# target %s: signing secret found (value not shown)\n", t.Name)
 		}
+		for _, h := range t.Headers {
+			fmt.Fprintf(stdout, "# target %s: header %s set (value not shown)\n", t.Name, h.Name)
+		}
+	}
+	// Target URLs may hold user:password: print them redacted.
+	out := *cfg
+	out.Targets = slices.Clone(cfg.Targets)
+	for i := range out.Targets {
+		out.Targets[i].URL = redactURL(out.Targets[i].URL)
 	}
 	enc := yaml.NewEncoder(stdout)
 	enc.SetIndent(2)
-	if err := enc.Encode(cfg); err != nil {
+	if err := enc.Encode(&out); err != nil {
 		return err
 	}
 	return enc.Close()

@@ -62,15 +62,18 @@ func (r *redisConfig) applyDefaults() {
 // validate reports problems under store.redis and builds the client options.
 func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 	const at = "store.redis"
+	// ContextTimeoutEnabled: without it go-redis ignores a context's deadline, and a webhook
+	// would wait out read_timeout (and the retries) rather than the relay's store timeout.
 	opts := &redis.UniversalOptions{DB: r.DB, MasterName: r.MasterName, PoolSize: r.PoolSize,
-		DialTimeout: r.DialTimeout, ReadTimeout: r.ReadTimeout, WriteTimeout: r.WriteTimeout}
+		DialTimeout: r.DialTimeout, ReadTimeout: r.ReadTimeout, WriteTimeout: r.WriteTimeout,
+		ContextTimeoutEnabled: true}
 	switch {
 	case r.URL != "" && len(r.Addrs) > 0:
 		p.add(at, "set url or addrs, not both")
 	case r.URL != "":
 		u, err := redis.ParseURL(r.URL)
 		if err != nil {
-			p.add(at+".url", "%v", err)
+			p.add(at+".url", "%s", redactedURLError(r.URL, err))
 			return nil
 		}
 		if u.Password != "" {

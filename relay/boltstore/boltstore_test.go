@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -214,7 +215,8 @@ func TestRecordRoundTrip(t *testing.T) {
 		},
 	}
 	m := &relay.Message{ID: "m", Route: "r", Provider: "p", JobID: "j", JobStatus: "s",
-		ContentType: "c", SourceAddr: "x", ReceivedAt: at(0).Add(123), Body: []byte{0, 0xff}, Targets: []string{"a", ""}}
+		ContentType: "c", SourceAddr: "x", ReceivedAt: at(0).Add(123), Body: []byte{0, 0xff}, Targets: []string{"a", ""},
+		Headers: http.Header{"X-Github-Event": {"push"}, "X-Two": {"1", ""}}}
 	b := encodeRecord(r)
 	got, err := decodeRecord(b)
 	if err != nil {
@@ -228,8 +230,14 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(encodeMessage(&gm), mb) || !gm.ReceivedAt.Equal(m.ReceivedAt) {
+	if !bytes.Equal(encodeMessage(&gm), mb) || !gm.ReceivedAt.Equal(m.ReceivedAt) || gm.Headers.Get("X-Github-Event") != "push" {
 		t.Fatalf("round trip changed the message: %+v", gm)
+	}
+	// A message of an earlier release, without headers, still decodes.
+	old := encoder{b: []byte{messageV1}}
+	old.message(m)
+	if gm, err := decodeMessage(old.b); err != nil || gm.Headers != nil || string(gm.Body) != string(m.Body) {
+		t.Fatalf("decoding a version 1 message = %+v, %v", gm, err)
 	}
 	for _, dec := range []func([]byte) error{
 		func(b []byte) error { _, err := decodeRecord(b); return err },

@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
+	"slices"
 	"time"
 
 	"github.com/hookrelay/hookrelay/relay"
@@ -24,10 +27,12 @@ type record struct {
 }
 
 // Record layouts: version 1 (earlier releases) carried the message; version 2 names it by ID.
+// Message layouts: version 1 had no headers; version 2 ends with the forwarded headers.
 const (
 	recordV1       = 1
 	recordVersion  = 2
-	messageVersion = 1
+	messageV1      = 1
+	messageVersion = 2
 )
 
 // The encodings are a version byte then the fields in a fixed order: varints for numbers,
@@ -57,7 +62,44 @@ func encodeMessage(m *relay.Message) []byte {
 	e := encoder{b: make([]byte, 0, 96+len(m.ID)+len(m.JobID)+len(m.Body)+16*len(m.Targets))}
 	e.b = append(e.b, messageVersion)
 	e.message(m)
+	e.headers(m.Headers)
 	return e.b
+}
+
+func (e *encoder) headers(h http.Header) {
+	e.uint(uint64(len(h)))
+	for _, name := range slices.Sorted(maps.Keys(h)) {
+		e.str(name)
+		e.uint(uint64(len(h[name])))
+		for _, v := range h[name] {
+			e.str(v)
+		}
+	}
+}
+
+func (d *decoder) headers() http.Header {
+	n := d.uint()
+	if n == 0 || n > uint64(len(d.b)) { // each header takes at least two bytes
+		if n != 0 {
+			d.fail()
+		}
+		return nil
+	}
+	h := make(http.Header, n)
+	for range n {
+		name := d.str()
+		k := d.uint()
+		if k > uint64(len(d.b)) {
+			d.fail()
+			return nil
+		}
+		v := make([]string, k)
+		for i := range v {
+			v[i] = d.str()
+		}
+		h[name] = v
+	}
+	return h
 }
 
 func (e *encoder) message(m *relay.Message) {
@@ -108,11 +150,14 @@ func decodeRecord(b []byte) (*record, error) {
 // decodeMessage decodes what encodeMessage wrote, copying out of b.
 func decodeMessage(b []byte) (relay.Message, error) {
 	var m relay.Message
-	if len(b) == 0 || b[0] != messageVersion {
+	if len(b) == 0 || (b[0] != messageVersion && b[0] != messageV1) {
 		return m, errors.New("decode message: unknown version")
 	}
 	d := decoder{b: b[1:]}
 	d.message(&m)
+	if b[0] == messageVersion {
+		m.Headers = d.headers()
+	}
 	if err := d.end(); err != nil {
 		return m, fmt.Errorf("decode message: %w", err)
 	}

@@ -4,14 +4,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// messageVersion leads every encoded message so that the layout can change later.
-const messageVersion = 1
+// messageVersion leads every encoded message so that the layout can change later. Version 1 (earlier
+// releases) had no headers; version 2 ends with the forwarded headers.
+const (
+	messageV1      = 1
+	messageVersion = 2
+)
 
 // encodeMessage encodes the immutable part of a delivery once, in Go: Lua only copies the bytes.
 // Length-prefixed fields, varints for numbers, seconds and nanoseconds for ReceivedAt (exact,
@@ -34,6 +41,16 @@ func encodeMessage(m *relay.Message) []byte {
 		b = binary.AppendUvarint(b, uint64(len(t)))
 		b = append(b, t...)
 	}
+	b = binary.AppendUvarint(b, uint64(len(m.Headers)))
+	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
+		b = binary.AppendUvarint(b, uint64(len(name)))
+		b = append(b, name...)
+		b = binary.AppendUvarint(b, uint64(len(m.Headers[name])))
+		for _, v := range m.Headers[name] {
+			b = binary.AppendUvarint(b, uint64(len(v)))
+			b = append(b, v...)
+		}
+	}
 	return b
 }
 
@@ -42,9 +59,10 @@ var errCorrupt = errors.New("corrupt message encoding")
 // decodeMessage decodes what encodeMessage wrote. The result shares nothing with s.
 func decodeMessage(s string) (relay.Message, error) {
 	var m relay.Message
-	if len(s) == 0 || s[0] != messageVersion {
+	if len(s) == 0 || (s[0] != messageVersion && s[0] != messageV1) {
 		return m, errors.New("unknown message encoding version")
 	}
+	version := s[0]
 	d := decoder{s: s[1:]}
 	for _, p := range []*string{&m.ID, &m.Route, &m.Provider, &m.JobID, &m.JobStatus, &m.ContentType, &m.SourceAddr} {
 		*p = d.str()
@@ -65,6 +83,9 @@ func decodeMessage(s string) (relay.Message, error) {
 		for i := range m.Targets {
 			m.Targets[i] = d.str()
 		}
+	}
+	if version == messageVersion {
+		m.Headers = d.headers()
 	}
 	if d.err == nil && len(d.s) != 0 {
 		d.err = errCorrupt
@@ -163,4 +184,31 @@ func pxMillis(ttl time.Duration) int64 {
 		ms++
 	}
 	return ms
+}
+
+// headers reads what encodeMessage wrote after the targets; nil when there are none.
+func (d *decoder) headers() http.Header {
+	n := d.uvarint()
+	if d.err != nil || n == 0 {
+		return nil
+	}
+	if n > uint64(len(d.s)) { // each header takes at least two bytes: no huge allocation
+		d.err = errCorrupt
+		return nil
+	}
+	h := make(http.Header, n)
+	for range n {
+		name := d.str()
+		k := d.uvarint()
+		if d.err != nil || k > uint64(len(d.s)) {
+			d.err = errCorrupt
+			return nil
+		}
+		v := make([]string, k)
+		for i := range v {
+			v[i] = d.str()
+		}
+		h[name] = v
+	}
+	return h
 }

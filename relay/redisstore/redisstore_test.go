@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -405,7 +407,8 @@ func TestListDeadScansInRuns(t *testing.T) {
 func TestMessageCodec(t *testing.T) {
 	m := &relay.Message{ID: "i", Route: "r", Provider: "p", JobID: "j", JobStatus: "s", ContentType: "c",
 		SourceAddr: "a", ReceivedAt: time.Date(1969, 12, 31, 23, 59, 59, 999999999, time.UTC),
-		Body: []byte("\x00\xff\r\n"), Targets: []string{"t1", "t2"}}
+		Body: []byte("\x00\xff\r\n"), Targets: []string{"t1", "t2"},
+		Headers: http.Header{"X-Github-Event": {"push"}, "X-Two": {"1", ""}}}
 	b := encodeMessage(m)
 	got, err := decodeMessage(string(b))
 	if err != nil {
@@ -413,8 +416,17 @@ func TestMessageCodec(t *testing.T) {
 	}
 	if got.ID != m.ID || got.Route != m.Route || got.Provider != m.Provider || got.JobID != m.JobID ||
 		got.JobStatus != m.JobStatus || got.ContentType != m.ContentType || got.SourceAddr != m.SourceAddr ||
-		!got.ReceivedAt.Equal(m.ReceivedAt) || !bytes.Equal(got.Body, m.Body) || !slices.Equal(got.Targets, m.Targets) {
+		!got.ReceivedAt.Equal(m.ReceivedAt) || !bytes.Equal(got.Body, m.Body) || !slices.Equal(got.Targets, m.Targets) ||
+		!maps.EqualFunc(got.Headers, m.Headers, slices.Equal) {
 		t.Fatalf("round trip = %+v, want %+v", got, m)
+	}
+	// A message of an earlier release: version 1, nothing after the targets.
+	plain := *m
+	plain.Headers = nil
+	v1 := encodeMessage(&plain)
+	v1 = append([]byte{messageV1}, v1[1:len(v1)-1]...) // no header count
+	if got, err := decodeMessage(string(v1)); err != nil || got.Headers != nil || !slices.Equal(got.Targets, m.Targets) {
+		t.Fatalf("decoding a version 1 message = %+v, %v", got, err)
 	}
 	for i := range len(b) { // every truncation is an error, never a panic
 		if _, err := decodeMessage(string(b[:i])); err == nil {

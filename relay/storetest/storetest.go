@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -116,6 +118,7 @@ func msg(id string, received time.Time, targets ...string) *relay.Message {
 		ReceivedAt:  received,
 		Body:        []byte(`{"id":"` + id + `"}`),
 		Targets:     targets,
+		Headers:     http.Header{"X-Github-Event": {"push"}, "X-Multi": {"a", "b"}},
 	}
 }
 
@@ -289,6 +292,9 @@ func checkMessage(t *testing.T, got, want *relay.Message) {
 	}
 	if !slices.Equal(got.Targets, want.Targets) {
 		t.Errorf("Targets = %q, want %q", got.Targets, want.Targets)
+	}
+	if !maps.EqualFunc(got.Headers, want.Headers, slices.Equal) {
+		t.Errorf("Headers = %q, want %q", got.Headers, want.Headers)
 	}
 }
 
@@ -1008,7 +1014,7 @@ func testEnqueueLeased(t *testing.T, f *fixture) {
 	checkMessage(t, &c.Message, m)
 	f.ack(c)
 	f.ack(b)
-	if f.enqueue(msg("m2", at(50), "a"), "k1", hour) != true {
+	if !f.enqueue(msg("m2", at(50), "a"), "k1", hour) {
 		t.Error("the dedupe key of an EnqueueLeased message was not held")
 	}
 }

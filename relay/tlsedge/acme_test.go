@@ -158,16 +158,29 @@ func TestACMEIssuance(t *testing.T) {
 				t.Error("a TLS 1.1 handshake succeeded")
 			}
 			if tc.http {
-				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept.
+				// Everything but a challenge on the port-80 listener goes to HTTPS, method kept, for
+				// the configured domain only: any other Host gets no redirect.
 				noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-				resp, err := noFollow.Post("http://"+e.httpAddr+"/hooks/x?a=1", "application/json", strings.NewReader("{}"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				want := "https://" + e.addr + "/hooks/x?a=1"
-				if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
-					t.Errorf("port 80 answered %d %q, want 308 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
+				_, tlsPort, _ := net.SplitHostPort(e.addr)
+				for host, want := range map[string]string{
+					domain + ":80":      "https://" + domain + ":" + tlsPort + "/hooks/x?a=1",
+					"HOOKS.Relay.Test.": "https://" + domain + ":" + tlsPort + "/hooks/x?a=1",
+					"127.0.0.1":         "",
+					"evil.example":      "",
+				} {
+					req, _ := http.NewRequest(http.MethodPost, "http://"+e.httpAddr+"/hooks/x?a=1", strings.NewReader("{}"))
+					req.Host = host
+					resp, err := noFollow.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					resp.Body.Close()
+					switch {
+					case want != "" && (resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want):
+						t.Errorf("port 80, Host %s: %d %q, want 308 to %s", host, resp.StatusCode, resp.Header.Get("Location"), want)
+					case want == "" && (resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get("Location") != ""):
+						t.Errorf("port 80, Host %s: %d %q, want 421 and no redirect", host, resp.StatusCode, resp.Header.Get("Location"))
+					}
 				}
 			}
 			if ca.Orders() != 1 {

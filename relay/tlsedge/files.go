@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hookrelay/hookrelay/relay/filewatch"
 )
 
 // filePair serves a certificate and key from two PEM files and reloads them when either file
@@ -18,31 +18,8 @@ import (
 type filePair struct {
 	certFile, keyFile string
 	log               *slog.Logger
-
-	cur atomic.Pointer[tls.Certificate] // Leaf always set
-
-	mu     sync.Mutex   // serialises reloads
-	seen   fileStamp    // the stamp of the files cur came from
-	failed fileStamp    // the stamp of the last pair that failed to load, so it is logged once
-	looks  atomic.Int64 // reloads done, for tests that need several looks to have happened
-}
-
-// fileStamp identifies a version of the pair cheaply, without reading it.
-type fileStamp struct {
-	certMod, keyMod   time.Time
-	certSize, keySize int64
-}
-
-func stampOf(certFile, keyFile string) (fileStamp, error) {
-	c, err := os.Stat(certFile)
-	if err != nil {
-		return fileStamp{}, err
-	}
-	k, err := os.Stat(keyFile)
-	if err != nil {
-		return fileStamp{}, err
-	}
-	return fileStamp{certMod: c.ModTime(), keyMod: k.ModTime(), certSize: c.Size(), keySize: k.Size()}, nil
+	pair              *filewatch.Value[*tls.Certificate] // Leaf always set
+	looks             atomic.Int64                       // reloads done, for tests that need several looks to have happened
 }
 
 // LoadPair reads and checks a certificate and key: both parse, they belong together, and the
@@ -64,57 +41,36 @@ func newFilePair(certFile, keyFile string, log *slog.Logger) (*filePair, error) 
 	if certFile == "" || keyFile == "" {
 		return nil, errors.New("tlsedge: files mode needs a certificate file and a key file")
 	}
-	f := &filePair{certFile: certFile, keyFile: keyFile, log: log}
-	st, err := stampOf(certFile, keyFile)
+	pair, err := filewatch.New(func() (*tls.Certificate, error) { return LoadPair(certFile, keyFile) }, certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tlsedge: %w", err)
 	}
-	pair, err := LoadPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tlsedge: %w", err)
-	}
-	f.cur.Store(pair)
-	f.seen = st
-	return f, nil
+	return &filePair{certFile: certFile, keyFile: keyFile, log: log, pair: pair}, nil
 }
 
 // reload loads the pair again when the files changed since the last look.
 func (f *filePair) reload() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	defer f.looks.Add(1)
-	st, err := stampOf(f.certFile, f.keyFile)
-	if err != nil {
-		if st != f.failed {
-			f.log.Error("tls: cannot read the certificate files; keeping the current certificate", "error", err)
-			f.failed = st
-		}
-		return
-	}
-	if st == f.seen || st == f.failed {
-		return
-	}
-	pair, err := LoadPair(f.certFile, f.keyFile)
-	if err != nil {
+	reloaded, err := f.pair.Reload()
+	switch {
+	case err != nil:
 		// Often a pair caught between writing the certificate and the key: the next change
 		// (the key written) is tried again.
 		f.log.Error("tls: the changed certificate and key do not load; keeping the current certificate",
 			"cert_file", f.certFile, "key_file", f.keyFile, "error", err)
-		f.failed = st
-		return
+	case reloaded:
+		leaf := f.pair.Get().Leaf
+		f.log.Info("tls: certificate reloaded", "names", leaf.DNSNames, "not_after", leaf.NotAfter)
 	}
-	f.cur.Store(pair)
-	f.seen, f.failed = st, fileStamp{}
-	f.log.Info("tls: certificate reloaded", "names", pair.Leaf.DNSNames, "not_after", pair.Leaf.NotAfter)
 }
 
 func (f *filePair) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return f.cur.Load(), nil
+	return f.pair.Get(), nil
 }
 
 // notAfter gives each name of the certificate its expiry.
 func (f *filePair) notAfter() map[string]time.Time {
-	leaf := f.cur.Load().Leaf
+	leaf := f.pair.Get().Leaf
 	names := slices.Clone(leaf.DNSNames)
 	for _, ip := range leaf.IPAddresses {
 		names = append(names, ip.String())
@@ -130,7 +86,7 @@ func (f *filePair) notAfter() map[string]time.Time {
 }
 
 func (f *filePair) ready(now time.Time) error {
-	if leaf := f.cur.Load().Leaf; now.After(leaf.NotAfter) {
+	if leaf := f.pair.Get().Leaf; now.After(leaf.NotAfter) {
 		return fmt.Errorf("tls: the certificate from %s expired at %s", f.certFile, leaf.NotAfter.Format(time.RFC3339))
 	}
 	return nil

@@ -229,13 +229,20 @@ func (e *Edge) TLSConfig() *tls.Config {
 }
 
 // HTTPHandler serves the port-80 listener: ACME HTTP-01 challenges (also those another replica
-// started, through the shared storage), and a redirect to HTTPS for everything else.
+// started, through the shared storage), and a redirect to HTTPS for requests to a configured
+// domain. Any other Host is refused (421): the relay would otherwise send a browser wherever the
+// request's Host said, an open redirect under our name.
 func (e *Edge) HTTPHandler() http.Handler {
 	_, tlsPort, _ := portOf(e.cfg.ListenAddr)
 	redirect := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := r.Host
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
+		}
+		host = strings.ToLower(strings.TrimSuffix(host, "."))
+		if !slices.Contains(e.cfg.Domains, host) {
+			http.Error(w, "no such domain here", http.StatusMisdirectedRequest)
+			return
 		}
 		if tlsPort != 443 && tlsPort != 0 {
 			host = net.JoinHostPort(host, strconv.Itoa(tlsPort))

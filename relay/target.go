@@ -1,0 +1,354 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay/filewatch"
+)
+
+// Header is a static header sent with every delivery to a target, such as the credential the
+// service requires. Its value may be a secret: it prints and logs as "(not shown)".
+type Header struct {
+	Name, Value string
+}
+
+func (h Header) String() string { return h.Name + ": (not shown)" }
+
+// LogValue keeps the value out of structured logs.
+func (h Header) LogValue() slog.Value { return slog.StringValue(h.String()) }
+
+// TargetTLS is how the relay speaks TLS to a target: which roots it trusts, which client
+// certificate it presents. The files are reread when they change.
+type TargetTLS struct {
+	CAFile string // PEM roots, added to the system roots
+	CAOnly bool   // trust CAFile's roots alone, not the system's
+	// CertFile and KeyFile are the client certificate and key for mutual TLS; both or neither.
+	CertFile, KeyFile string
+	ServerName        string // to verify instead of the URL's host
+	MinVersion        uint16 // tls.VersionTLS12 (the default when 0) or tls.VersionTLS13
+}
+
+// FieldError is a problem with one field of a Target, named as the configuration file spells it
+// ("tls.ca_file", "headers[1].name"), so that a config layer can report the whole key path.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// CheckForwardHeaders validates a route's ForwardHeaders as New and Reload do, and returns every
+// problem as a FieldError (forward_headers[i], joined). relay check uses it.
+func CheckForwardHeaders(names []string) error {
+	var errs []error
+	for i, name := range names {
+		at := fmt.Sprintf("forward_headers[%d]", i)
+		canon := http.CanonicalHeaderKey(name)
+		switch {
+		case !validHeaderName(name):
+			errs = append(errs, fieldErr(at, "%q is not a valid header name", name))
+		case containsFold(hopByHop, canon):
+			errs = append(errs, fieldErr(at, "%s is a hop-by-hop header; it describes a connection, not a webhook", canon))
+		case containsFold(relayOwned, canon) || strings.HasPrefix(canon, "X-Relay-"):
+			errs = append(errs, fieldErr(at, "%s is set by the relay itself", canon))
+		case slices.ContainsFunc(names[:i], func(s string) bool { return strings.EqualFold(s, name) }):
+			errs = append(errs, fieldErr(at, "%s is named twice", canon))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckTarget validates t as New and Reload do, reading its TLS files, and returns every problem
+// as a FieldError (joined). relay check uses it.
+func CheckTarget(t Target, lease time.Duration) error {
+	if err := validateTarget(&t, lease); err != nil {
+		return err
+	}
+	c, err := newTargetClient(&t, sharedTransport(), nil)
+	if err != nil {
+		return err
+	}
+	c.CloseIdleConnections()
+	return nil
+}
+
+// endpoint is where a target's requests go: the URL to request and, for a unix socket target,
+// the socket to dial instead of the URL's host.
+type endpoint struct {
+	url    string
+	socket string
+}
+
+// unixScheme starts a unix socket target's URL: unix://<socket path>:<HTTP path>, e.g.
+// unix:///run/app.sock:/hooks/relay. The socket path ends at the first ':', so it cannot hold one.
+const unixScheme = "unix://"
+
+// parseEndpoint reads a target URL: an absolute http(s) URL or the unix socket form.
+func parseEndpoint(raw string) (endpoint, error) {
+	if rest, ok := strings.CutPrefix(raw, unixScheme); ok {
+		socket, path, _ := strings.Cut(rest, ":")
+		if !strings.HasPrefix(socket, "/") || strings.HasSuffix(socket, "/") {
+			return endpoint{}, fmt.Errorf("%q: a unix socket target is unix://<absolute socket path>[:<HTTP path>], e.g. unix:///run/app.sock:/hooks", raw)
+		}
+		if path == "" {
+			path = "/"
+		}
+		// The host only fills the Host header; the connection goes to the socket.
+		u, err := url.Parse("http://localhost" + path)
+		if err != nil || !strings.HasPrefix(path, "/") || u.Host != "localhost" {
+			return endpoint{}, fmt.Errorf("%q: the HTTP path after the socket must start with /, e.g. unix:///run/app.sock:/hooks", raw)
+		}
+		return endpoint{url: u.String(), socket: socket}, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return endpoint{}, fmt.Errorf("%q is not an absolute http:// or https:// URL, nor unix:///path/to.sock:/path", raw)
+	}
+	return endpoint{url: raw}, nil
+}
+
+// Headers the relay sets itself, or that describe the connection rather than the message: a
+// target's static headers may not name them.
+var (
+	hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+	relayOwned = []string{"Host", "Content-Length", "Content-Type", "User-Agent", "X-Forwarded-For"}
+)
+
+func validateHeaders(t *Target) []error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, h := range t.Headers {
+		at := fmt.Sprintf("headers[%d]", i)
+		name := http.CanonicalHeaderKey(h.Name)
+		switch {
+		case !validHeaderName(h.Name):
+			errs = append(errs, fieldErr(at+".name", "%q is not a valid header name", h.Name))
+			continue
+		case containsFold(hopByHop, name):
+			errs = append(errs, fieldErr(at+".name", "%s is a hop-by-hop header; it describes a connection, not a delivery", name))
+		case containsFold(relayOwned, name) || strings.HasPrefix(name, "X-Relay-"):
+			errs = append(errs, fieldErr(at+".name", "%s is set by the relay itself", name))
+		case strings.HasPrefix(name, "Webhook-") && len(t.SigningKey) > 0:
+			errs = append(errs, fieldErr(at+".name", "%s is set by the relay when it signs (the target has a signing secret)", name))
+		case seen[name]:
+			errs = append(errs, fieldErr(at+".name", "%s is set twice", name))
+		}
+		seen[name] = true
+		if h.Value == "" || !validHeaderValue(h.Value) {
+			// The value itself is never quoted: it may be a secret.
+			errs = append(errs, fieldErr(at, "the value of %s is empty or holds a control character", name))
+		}
+	}
+	return errs
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// validHeaderName reports whether s is an RFC 9110 token.
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func validHeaderValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func validateTLS(c *TargetTLS, ep endpoint) []error {
+	var errs []error
+	if ep.socket != "" {
+		errs = append(errs, fieldErr("tls", "set for a unix socket target; the relay speaks plain HTTP over the socket"))
+	} else if !strings.HasPrefix(ep.url, "https://") {
+		errs = append(errs, fieldErr("tls", "set, but the url is not https://"))
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		if c.CertFile == "" {
+			errs = append(errs, fieldErr("tls.cert_file", "key_file is set without cert_file; mutual TLS needs both"))
+		} else {
+			errs = append(errs, fieldErr("tls.key_file", "cert_file is set without key_file; mutual TLS needs both"))
+		}
+	}
+	if c.CAOnly && c.CAFile == "" {
+		errs = append(errs, fieldErr("tls.ca_only", "set without ca_file: nothing would be trusted"))
+	}
+	switch c.MinVersion {
+	case 0, tls.VersionTLS12, tls.VersionTLS13:
+	default:
+		errs = append(errs, fieldErr("tls.min_version", "must be TLS 1.2 or 1.3"))
+	}
+	return errs
+}
+
+// loadClientTLS reads c's files into a client TLS configuration; errors name the file's field.
+func loadClientTLS(c *TargetTLS) (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: c.ServerName, MinVersion: max(c.MinVersion, tls.VersionTLS12)}
+	if c.CAFile != "" {
+		pool := x509.NewCertPool()
+		if !c.CAOnly {
+			sys, err := x509.SystemCertPool()
+			if err != nil {
+				return nil, fieldErr("tls.ca_file", "cannot load the system roots to add to (set ca_only: true to trust ca_file alone): %w", err)
+			}
+			pool = sys
+		}
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fieldErr("tls.ca_file", "cannot read: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fieldErr("tls.ca_file", "%s holds no PEM certificate", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			field := "tls.cert_file"
+			if _, kerr := os.Stat(c.KeyFile); kerr != nil || strings.Contains(err.Error(), "private key") {
+				field = "tls.key_file"
+			}
+			return nil, fieldErr(field, "the client certificate and key do not load: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+func (c *TargetTLS) files() []string {
+	var out []string
+	for _, f := range []string{c.CAFile, c.CertFile, c.KeyFile} {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// sharedTransport is the transport of every target without TLS settings or a socket.
+func sharedTransport() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// Targets are private services: a proxy from the environment is not wanted in the way.
+	tr.Proxy = nil
+	tr.MaxIdleConnsPerHost = 256
+	return tr
+}
+
+// tlsReloadInterval is how often a target's TLS files are looked at (stat only), as the
+// listener's are.
+const tlsReloadInterval = 2 * time.Second
+
+// newTargetClient returns the client for t: one on the shared transport, or, for a target with
+// TLS settings or a unix socket, one with a transport of its own.
+func newTargetClient(t *Target, shared *http.Transport, log *slog.Logger) (*http.Client, error) {
+	c := &http.Client{
+		Transport: shared,
+		// A redirect from a private service is a misconfiguration; it is reported, not followed.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	if t.TLS == nil && t.endpoint.socket == "" {
+		return c, nil
+	}
+	base := shared.Clone()
+	if sock := t.endpoint.socket; sock != "" {
+		var d net.Dialer
+		base.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", sock)
+		}
+	}
+	if t.TLS == nil {
+		c.Transport = base
+		return c, nil
+	}
+	cfg := *t.TLS
+	build := func() (*http.Transport, error) {
+		tc, err := loadClientTLS(&cfg)
+		if err != nil {
+			return nil, err
+		}
+		tr := base.Clone()
+		tr.TLSClientConfig = tc
+		return tr, nil
+	}
+	// Built once outside the watch too: its errors name the field of the file at fault.
+	tr, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.files()) == 0 {
+		c.Transport = tr
+		return c, nil
+	}
+	v, err := filewatch.New(build, cfg.files()...)
+	if err != nil {
+		return nil, fieldErr("tls", "%w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c.Transport = &reloadingTransport{files: v, log: log.With("target", t.Name)}
+	return c, nil
+}
+
+// reloadingTransport is a target's TLS transport, built again when its CA or client certificate
+// files change. Connections already open keep the old settings until they close.
+type reloadingTransport struct {
+	files *filewatch.Value[*http.Transport]
+	log   *slog.Logger
+	next  atomic.Int64 // unix nanoseconds of the next look at the files
+}
+
+func (r *reloadingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if now := time.Now(); now.UnixNano() >= r.next.Load() {
+		r.next.Store(now.Add(tlsReloadInterval).UnixNano())
+		old := r.files.Get()
+		switch reloaded, err := r.files.Reload(); {
+		case err != nil:
+			r.log.Error("target tls: the changed files do not load; keeping the current settings", "error", err)
+		case reloaded:
+			old.CloseIdleConnections()
+			r.log.Info("target tls: CA or client certificate reloaded")
+		}
+	}
+	return r.files.Get().RoundTrip(req)
+}
+
+func (r *reloadingTransport) CloseIdleConnections() { r.files.Get().CloseIdleConnections() }

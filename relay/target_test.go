@@ -1,0 +1,233 @@
+package relay_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
+)
+
+const secretValue = "Bearer s3cr3t-t0ken-never-printed"
+
+// baseTarget is a valid target to vary.
+func baseTarget(url string) relay.Target {
+	return relay.Target{Name: "app", URL: url, Timeout: 5 * time.Second, Concurrency: 2,
+		Retry: relay.RetryPolicy{Initial: 10 * time.Millisecond, Multiplier: 2, Max: 50 * time.Millisecond,
+			MaxAttempts: 10000, MaxAge: time.Hour, MaxRetryAfter: time.Second}}
+}
+
+func TestCheckTargetNamesTheField(t *testing.T) {
+	dir := t.TempDir()
+	ca := acmetest.NewPrivateCA(t, "test root")
+	caFile := filepath.Join(dir, "ca.pem")
+	certPEM, keyPEM := ca.Issue(t, true, "relay")
+	certFile, keyFile := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	garbage := filepath.Join(dir, "garbage.pem")
+	for f, b := range map[string][]byte{caFile: ca.PEM, certFile: certPEM, keyFile: keyPEM, garbage: []byte("not pem\n")} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, otherKey := ca.Issue(t, true, "other")
+	otherKeyFile := filepath.Join(dir, "other.key")
+	if err := os.WriteFile(otherKeyFile, otherKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*relay.Target)
+		field  string // "" for a valid target
+		want   string
+	}{
+		{"plain https", func(*relay.Target) {}, "", ""},
+		{"unix socket", func(x *relay.Target) { x.URL = "unix:///run/app.sock:/hooks?x=1" }, "", ""},
+		{"unix socket without path", func(x *relay.Target) { x.URL = "unix:///run/app.sock" }, "", ""},
+		{"unix socket relative", func(x *relay.Target) { x.URL = "unix://run/app.sock:/h" }, "url", "absolute socket path"},
+		{"unix socket bad path", func(x *relay.Target) { x.URL = "unix:///run/app.sock:hooks" }, "url", "must start with /"},
+		{"ftp", func(x *relay.Target) { x.URL = "ftp://x/y" }, "url", "not an absolute http"},
+		{"header", func(x *relay.Target) { x.Headers = []relay.Header{{"Authorization", secretValue}} }, "", ""},
+		{"hop-by-hop header", func(x *relay.Target) { x.Headers = []relay.Header{{"connection", "close"}} }, "headers[0].name", "hop-by-hop"},
+		{"host header", func(x *relay.Target) { x.Headers = []relay.Header{{"X-A", "1"}, {"Host", "x"}} }, "headers[1].name", "set by the relay"},
+		{"content-length", func(x *relay.Target) { x.Headers = []relay.Header{{"Content-Length", "1"}} }, "headers[0].name", "set by the relay"},
+		{"x-relay-", func(x *relay.Target) { x.Headers = []relay.Header{{"X-Relay-Route", "x"}} }, "headers[0].name", "set by the relay"},
+		{"webhook- without signing", func(x *relay.Target) { x.Headers = []relay.Header{{"Webhook-Id", "x"}} }, "", ""},
+		{"webhook- when signing", func(x *relay.Target) {
+			x.SigningKey = []byte("k")
+			x.Headers = []relay.Header{{"webhook-signature", "x"}}
+		}, "headers[0].name", "when it signs"},
+		{"bad header name", func(x *relay.Target) { x.Headers = []relay.Header{{"X Bad", "1"}} }, "headers[0].name", "not a valid header name"},
+		{"header twice", func(x *relay.Target) { x.Headers = []relay.Header{{"X-Key", "1"}, {"x-key", "2"}} }, "headers[1].name", "set twice"},
+		{"header value with newline", func(x *relay.Target) { x.Headers = []relay.Header{{"X-Key", "a\nb"}} }, "headers[0]", "control character"},
+		{"tls", func(x *relay.Target) {
+			x.TLS = &relay.TargetTLS{CAFile: caFile, CAOnly: true, CertFile: certFile, KeyFile: keyFile, MinVersion: tls.VersionTLS13}
+		}, "", ""},
+		{"tls on http", func(x *relay.Target) { x.URL = "http://x/"; x.TLS = &relay.TargetTLS{} }, "tls", "not https"},
+		{"tls on a socket", func(x *relay.Target) { x.URL = "unix:///s:/"; x.TLS = &relay.TargetTLS{} }, "tls", "unix socket"},
+		{"unreadable CA", func(x *relay.Target) { x.TLS = &relay.TargetTLS{CAFile: filepath.Join(dir, "none.pem")} }, "tls.ca_file", "no such file"},
+		{"CA not PEM", func(x *relay.Target) { x.TLS = &relay.TargetTLS{CAFile: garbage} }, "tls.ca_file", "no PEM certificate"},
+		{"cert without key", func(x *relay.Target) { x.TLS = &relay.TargetTLS{CertFile: certFile} }, "tls.key_file", "without key_file"},
+		{"key without cert", func(x *relay.Target) { x.TLS = &relay.TargetTLS{KeyFile: keyFile} }, "tls.cert_file", "without cert_file"},
+		{"key of another cert", func(x *relay.Target) { x.TLS = &relay.TargetTLS{CertFile: certFile, KeyFile: otherKeyFile} }, "tls.key_file", "do not load"},
+		{"ca_only without ca", func(x *relay.Target) { x.TLS = &relay.TargetTLS{CAOnly: true} }, "tls.ca_only", "without ca_file"},
+		{"tls 1.1", func(x *relay.Target) { x.TLS = &relay.TargetTLS{MinVersion: tls.VersionTLS11} }, "tls.min_version", "1.2 or 1.3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := baseTarget("https://app.internal/hooks")
+			tc.change(&target)
+			err := relay.CheckTarget(target, time.Minute)
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("valid target refused: %v", err)
+				}
+				return
+			}
+			fe, ok := errors.AsType[*relay.FieldError](err)
+			if !ok || fe.Field != tc.field || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want field %s with %q", err, tc.field, tc.want)
+			}
+			if strings.Contains(err.Error(), secretValue) {
+				t.Fatalf("the error shows a header value: %v", err)
+			}
+		})
+	}
+}
+
+// A target's static header values never print, however the target is formatted.
+func TestHeaderValuesDoNotPrint(t *testing.T) {
+	target := baseTarget("http://x/")
+	target.Headers = []relay.Header{{"Authorization", secretValue}}
+	for _, s := range []string{fmt.Sprint(target), fmt.Sprintf("%+v", target), fmt.Sprintf("%v", target.Headers)} {
+		if strings.Contains(s, "s3cr3t") || !strings.Contains(s, "Authorization") {
+			t.Fatalf("formatted target: %s", s)
+		}
+	}
+}
+
+// A unix socket target gets its deliveries on the socket, at the path after the socket, with
+// its static headers.
+func TestUnixSocketTargetWithHeaders(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *http.Request, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		got <- r
+	}))
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+
+	target := baseTarget("unix://" + sock + ":/hooks/in?src=relay")
+	target.Headers = []relay.Header{{"Authorization", secretValue}, {"x-api-key", "k1"}}
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, target)
+	if a := h.post("/hooks/fashn", []byte(fashnDone)); a.status != http.StatusAccepted {
+		t.Fatalf("post: %d %v", a.status, a.body)
+	}
+	select {
+	case r := <-got:
+		if r.URL.RequestURI() != "/hooks/in?src=relay" || r.Header.Get("Authorization") != secretValue ||
+			r.Header.Get("X-Api-Key") != "k1" || r.Header.Get("X-Relay-Job-Status") != "succeeded" {
+			t.Fatalf("delivery: %s %v", r.URL.RequestURI(), r.Header)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery on the socket")
+	}
+}
+
+// A target behind TLS with a private CA that requires a client certificate gets its deliveries
+// from a relay with the certificate, refuses one without, and a rotated client certificate is
+// picked up without a reload.
+func TestMutualTLSTargetAndRotation(t *testing.T) {
+	dir := t.TempDir()
+	ca := acmetest.NewPrivateCA(t, "internal root")
+	srvCert, srvKey := ca.Issue(t, false, "127.0.0.1")
+	pair, err := tls.X509KeyPair(srvCert, srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantClient atomic.Value // the client certificate's common name the service accepts
+	wantClient.Store("relay-1")
+	var mu sync.Mutex
+	byClient := map[string]int{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		cn := r.TLS.PeerCertificates[0].Subject.CommonName
+		mu.Lock()
+		byClient[cn]++
+		mu.Unlock()
+		if cn != wantClient.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are expected
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.StartTLS()
+	defer srv.Close()
+	count := func(cn string) int { mu.Lock(); defer mu.Unlock(); return byClient[cn] }
+
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
+	writeFile := func(path string, b []byte, mod time.Time) {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, k1 := ca.Issue(t, true, "relay-1")
+	then := time.Now().Add(-time.Hour)
+	writeFile(caFile, ca.PEM, then)
+	writeFile(certFile, c1, then)
+	writeFile(keyFile, k1, then)
+
+	withCert := baseTarget(srv.URL + "/in")
+	withCert.TLS = &relay.TargetTLS{CAFile: caFile, CAOnly: true, CertFile: certFile, KeyFile: keyFile}
+	withoutCert := baseTarget(srv.URL + "/in")
+	withoutCert.Name = "nocert"
+	withoutCert.TLS = &relay.TargetTLS{CAFile: caFile, CAOnly: true}
+	shared := baseTarget(srv.URL + "/in") // the system roots only: the private CA is not trusted
+	shared.Name = "shared"
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app", "nocert", "shared")}, withCert, withoutCert, shared)
+
+	if a := h.post("/hooks/fashn", []byte(`{"id":"j1","status":"completed"}`)); a.status != http.StatusAccepted {
+		t.Fatalf("post: %d", a.status)
+	}
+	eventually(t, "the delivery with the client certificate", func() bool { return count("relay-1") == 1 })
+	// The others are retried: wait until each has failed twice, then check none reached the service.
+	eventually(t, "failed attempts without the certificate", func() bool {
+		return sample(t, h.relay, "hookrelay_delivery_attempts_total", "target", "nocert", "outcome", "retry") >= 2 &&
+			sample(t, h.relay, "hookrelay_delivery_attempts_total", "target", "shared", "outcome", "retry") >= 2
+	})
+	mu.Lock()
+	if len(byClient) != 1 {
+		t.Fatalf("requests reached the service from %v; only relay-1 presents a certificate", byClient)
+	}
+	mu.Unlock()
+
+	// Rotate: the service now wants relay-2, and the files hold it.
+	wantClient.Store("relay-2")
+	c2, k2 := ca.Issue(t, true, "relay-2")
+	writeFile(certFile, c2, then.Add(time.Minute))
+	writeFile(keyFile, k2, then.Add(time.Minute))
+	if a := h.post("/hooks/fashn", []byte(`{"id":"j2","status":"completed"}`)); a.status != http.StatusAccepted {
+		t.Fatalf("post: %d", a.status)
+	}
+	eventually(t, "the delivery with the rotated certificate", func() bool { return count("relay-2") == 1 })
+}
