@@ -18,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hookrelay/hookrelay/relay"
@@ -96,6 +97,7 @@ type Fal struct {
 	lastTry  time.Time     // start of the last fetch, successful or not
 	lastErr  error         // why the last fetch failed; nil after a success
 	inflight chan struct{} // closed when the running fetch ends; nil when none runs
+	waiting  atomic.Int64  // callers waiting for the running fetch (tests look at it)
 }
 
 // falKeys is one fetched key set. Its address identifies the fetch, so a caller can tell whether
@@ -356,10 +358,13 @@ func (f *Fal) refresh(ctx context.Context, seen *falKeys) (*falKeys, error) {
 	f.mu.Lock()
 	for f.inflight != nil {
 		ch := f.inflight
+		f.waiting.Add(1)
 		f.mu.Unlock()
 		select {
 		case <-ch:
+			f.waiting.Add(-1)
 		case <-ctx.Done():
+			f.waiting.Add(-1)
 			return nil, fmt.Errorf("waiting for the JWKS: %w", context.Cause(ctx))
 		}
 		f.mu.Lock()

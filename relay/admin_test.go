@@ -311,7 +311,7 @@ func TestAdminReplayOne(t *testing.T) {
 	if n := len(e.dead()); n != 3 {
 		t.Errorf("%d dead letters left, want 3", n)
 	}
-	settle()
+	drained(t, e.store, "app", "billing")
 	if n := len(e.app.got()); n != before+1 {
 		t.Errorf("app got %d more requests, want 1", n-before)
 	}
@@ -368,7 +368,7 @@ func TestAdminBulkReplay(t *testing.T) {
 		dead := e.dead()
 		return len(dead) == 1 && dead[0].Target == "billing" && len(e.billing.got()) == 2
 	})
-	settle()
+	drained(t, e.store, "app", "billing")
 	if n := len(e.billing.got()); n != 2 {
 		t.Errorf("billing got %d requests, want 2 (the first and the replay)", n)
 	}
@@ -398,7 +398,7 @@ func TestAdminDrop(t *testing.T) {
 	if n := len(e.dead()); n != 3 {
 		t.Errorf("%d dead letters left, want 3", n)
 	}
-	settle()
+	drained(t, e.store, "app", "billing")
 	if n := len(e.app.got()) + len(e.billing.got()); n != before {
 		t.Errorf("targets got %d requests after the drop, want none", n-before)
 	}

@@ -168,8 +168,24 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// settle gives the relay time to do something it should not do (a second delivery).
-func settle() { time.Sleep(300 * time.Millisecond) }
+// drained waits until store holds no delivery for any of targets, leased ones included: every
+// attempt has ended (acknowledged or dead-lettered) and none is due, so what the targets have
+// received is final. A target records a request before the relay acknowledges it.
+func drained(t *testing.T, store relay.Queue, targets ...string) {
+	t.Helper()
+	eventually(t, "the queues of "+strings.Join(targets, ", ")+" to empty", func() bool {
+		for _, target := range targets {
+			n, err := store.Depth(context.Background(), target)
+			if err != nil {
+				t.Fatalf("depth of %s: %v", target, err)
+			}
+			if n != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
 
 const fashnDone = `{"id":"123a87r9-4129-4bb3-be18-9c9fb5bd7fc1-u1","status":"completed","output":["https://cdn.example/o.png"],"error":null}`
 
@@ -186,7 +202,7 @@ func TestNewThenDuplicate(t *testing.T) {
 		t.Fatalf("duplicate: %d %v, want 200 {duplicate: true}", dup.status, dup.body)
 	}
 	eventually(t, "delivery", func() bool { return len(rec.got()) == 1 })
-	settle()
+	drained(t, h.store, "app")
 	got := rec.got()
 	if len(got) != 1 {
 		t.Fatalf("target got %d requests, want 1", len(got))
@@ -232,7 +248,7 @@ func TestFotorStatusesDedupedSeparately(t *testing.T) {
 		t.Fatalf("completed again: %d %v, want a duplicate", a.status, a.body)
 	}
 	eventually(t, "two deliveries", func() bool { return len(rec.got()) == 2 })
-	settle()
+	drained(t, h.store, "app")
 	statuses := map[string]int{}
 	for _, r := range rec.got() {
 		statuses[r.header.Get("X-Relay-Job-Status")]++
@@ -256,7 +272,7 @@ func TestFanOutToTwoTargets(t *testing.T) {
 		t.Fatalf("status %d, want 202", res.status)
 	}
 	eventually(t, "both targets", func() bool { return len(a.got()) == 1 && len(b.got()) == 2 })
-	settle()
+	drained(t, h.store, "a", "b")
 	if len(a.got()) != 1 || len(b.got()) != 2 {
 		t.Fatalf("a got %d, b got %d; want 1 and 2 (one failure, one success)", len(a.got()), len(b.got()))
 	}
@@ -283,7 +299,7 @@ func TestRetryThenSuccess(t *testing.T) {
 	eventually(t, "ack", func() bool {
 		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
 	})
-	settle()
+	drained(t, h.store, "app")
 	got := rec.got()
 	if len(got) != 3 {
 		t.Fatalf("attempts = %d, want 3", len(got))
@@ -316,7 +332,7 @@ func TestPermanentFailureDeadLettersAtOnce(t *testing.T) {
 		dead, _ = h.store.ListDead(context.Background(), relay.DeadFilter{})
 		return len(dead) == 1
 	})
-	settle()
+	drained(t, h.store, "app")
 	if len(rec.got()) != 1 {
 		t.Fatalf("attempts = %d, want exactly 1 for a 400", len(rec.got()))
 	}
@@ -338,7 +354,7 @@ func TestMaxAttemptsDeadLetters(t *testing.T) {
 	eventually(t, "dead letter", func() bool {
 		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "dead_letter")) == 1
 	})
-	settle()
+	drained(t, h.store, "app")
 	if n := len(rec.got()); n != 3 {
 		t.Fatalf("attempts = %d, want 3", n)
 	}
@@ -422,7 +438,14 @@ func TestGracefulShutdownFinishesDeliveriesInFlight(t *testing.T) {
 	eventually(t, "delivery in flight", func() bool { return len(rec.got()) == 1 })
 	stopped := make(chan struct{})
 	go func() { h.stop(); close(stopped) }()
-	time.Sleep(100 * time.Millisecond)
+	// The shutdown is under way (the listener is closed) while the delivery is in flight.
+	eventually(t, "the listener to close", func() bool {
+		c, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
 	close(release) // the target answers within the grace period
 	<-stopped
 	if n := int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")); n != 1 {
@@ -515,9 +538,14 @@ func TestRejections(t *testing.T) {
 			}
 		})
 	}
-	settle()
+	// Rejected before the store: nothing is queued (an enqueued one would be queued still, or
+	// recorded by the target already), and no dead letter.
+	drained(t, h.store, "app")
 	if n := len(rec.got()); n != 0 {
 		t.Fatalf("rejected webhooks reached the target %d times", n)
+	}
+	if dead, err := h.store.ListDead(context.Background(), relay.DeadFilter{}); err != nil || len(dead) != 0 {
+		t.Fatalf("dead letters after rejected webhooks: %d %v", len(dead), err)
 	}
 }
 
@@ -595,7 +623,7 @@ func TestSeedPayloadsDeliveredOnce(t *testing.T) {
 		sent[string(body)] = true
 	}
 	eventually(t, "all delivered", func() bool { return len(rec.got()) == len(sent) })
-	settle()
+	drained(t, h.store, "app")
 	for _, r := range rec.got() {
 		if !sent[string(r.body)] {
 			t.Errorf("unexpected or repeated delivery %s", r.body)
@@ -612,12 +640,14 @@ type sweepCounter struct {
 	*boltstore.Store
 	mu    sync.Mutex
 	swept int
+	calls int // sweeps finished
 }
 
 func (s *sweepCounter) Sweep(ctx context.Context, now time.Time) (int, error) {
 	n, err := s.Store.Sweep(ctx, now)
 	s.mu.Lock()
 	s.swept += n
+	s.calls++
 	s.mu.Unlock()
 	return n, err
 }
@@ -647,7 +677,11 @@ func TestExpiredDedupeKeysAreSweptInTheBackground(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	settle()
+	// Sweeps that began after the keys were stored, with the clock before their expiry.
+	store.mu.Lock()
+	after := store.calls
+	store.mu.Unlock()
+	eventually(t, "two more sweeps", func() bool { store.mu.Lock(); defer store.mu.Unlock(); return store.calls >= after+2 })
 	store.mu.Lock()
 	early := store.swept
 	store.mu.Unlock()

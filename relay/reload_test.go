@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
@@ -26,6 +25,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	var (
 		acked   sync.Map // job ID -> true
+		nAcked  atomic.Int64
 		bad     atomic.Int64
 		stop    atomic.Bool
 		senders sync.WaitGroup
@@ -47,6 +47,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				switch {
 				case resp.StatusCode == http.StatusAccepted:
 					acked.Store(id, true)
+					nAcked.Add(1)
 				case resp.StatusCode == http.StatusUnauthorized && tok != token.Load().(string):
 					// sent with the token the reload just retired: the sender's problem, not a loss
 				default:
@@ -56,7 +57,14 @@ func TestReloadUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Each phase runs until the senders have had more webhooks acknowledged: load across every
+	// reload, however fast the machine.
+	ackedMore := func(n int64) {
+		t.Helper()
+		want := nAcked.Load() + n
+		eventually(t, strconv.FormatInt(n, 10)+" more acknowledgements", func() bool { return nAcked.Load() >= want })
+	}
+	ackedMore(20)
 
 	// An invalid routing is refused and changes nothing.
 	broken := tokenRoute("new-token-0123456789")
@@ -65,7 +73,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		Targets: []relay.Target{oldApp.target("app")}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("reload with an unknown target: %v, want an error naming it", err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	ackedMore(10)
 
 	// The new routing: the token rotates, app moves to the new server, a route appears and the
 	// target "other" goes.
@@ -86,7 +94,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		Targets: []relay.Target{newApp.target("app")}}); err != nil || len(res.Restarted)+len(res.Removed) != 0 {
 		t.Errorf("identical reload: %+v, %v; want nothing restarted", res, err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	ackedMore(30) // with the new token: these go to the new URL
 	stop.Store(true)
 	senders.Wait()
 
@@ -121,6 +129,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		return true
 	})
+	drained(t, h.store, "app") // no delivery left to come: the counts are final
 	for id, n := range delivered() {
 		if n > 1 {
 			t.Errorf("job %s delivered %d times", id, n)

@@ -108,7 +108,7 @@ func randomNonce() string {
 func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp string, progress io.Writer) (res result, err error) {
 	res.Name = "relay"
 	nonce := randomNonce()
-	snk, err := startSink(o.sinkListen, shapes, o.pause)
+	snk, err := startSink(o.sinkListen, o.sinkLn, shapes, o.pause)
 	if err != nil {
 		return res, fmt.Errorf("target: %w", err)
 	}
@@ -126,15 +126,8 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 		dataDir := filepath.Join(tmp, "data")
 		prefix := "relaybench-" + nonce
 		cfg := filepath.Join(tmp, fileConfig)
-		listen, err := freePort()
-		if err != nil {
-			return res, err
-		}
-		admin, err := freePort()
-		if err != nil {
-			return res, err
-		}
-		if err := os.WriteFile(cfg, []byte(relayConfig(k, o, listen, admin, snk.url, dataDir, prefix)), 0o600); err != nil {
+		// Port 0: the relay's ready file says what it bound.
+		if err := os.WriteFile(cfg, []byte(relayConfig(k, o, "127.0.0.1:0", "127.0.0.1:0", snk.url, dataDir, prefix)), 0o600); err != nil {
 			return res, err
 		}
 		if o.store == "redis" {
@@ -148,7 +141,7 @@ func benchRelay(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 			st = &boltProbe{path: filepath.Join(dataDir, "relay.db")}
 		}
 		st.before(ctx)
-		p, err := startRelay(ctx, bin, cfg, listen, admin, filepath.Join(tmp, "relay.log"))
+		p, err := startRelay(ctx, bin, cfg, filepath.Join(tmp, "relay.log"))
 		if err != nil {
 			return res, err
 		}
@@ -189,7 +182,7 @@ func benchNginx(ctx context.Context, o *options, k *kit, shapes []*shape, tmp st
 	res := result{Name: "nginx"}
 	po := *o
 	po.pause, po.dup = false, o.dup
-	snk, err := startSink("127.0.0.1:0", shapes, false)
+	snk, err := startSink("127.0.0.1:0", nil, shapes, false)
 	if err != nil {
 		return res, err
 	}
@@ -276,7 +269,7 @@ func drive(ctx context.Context, o *options, k *kit, shapes []*shape, base, nonce
 	return nil
 }
 
-// watch prints a progress line and samples memory once a second until stopped.
+// watch prints a progress line and samples memory once a second until stopped, and at the stop.
 func watch(o *options, l *load, snk *sink, w io.Writer, sample func()) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -301,7 +294,8 @@ func watch(o *options, l *load, snk *sink, w io.Writer, sample func()) (stop fun
 			last = acks
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	// One more sample at the stop: a run shorter than the first tick still has a peak.
+	return func() { close(done); wg.Wait(); sample() }
 }
 
 func loadAvg() string {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -106,29 +107,45 @@ func TestWriteConfigThenURL(t *testing.T) {
 		!strings.Contains(stderr.String(), "fixed address") {
 		t.Fatalf("-sink-listen :0 with -write-config: exit %d, %q", code, stderr.String())
 	}
-	sinkAddr, listen, admin := freeAddr(t), freeAddr(t), freeAddr(t)
-	if code := run(t.Context(), []string{"-write-config", dir, "-sink-listen", sinkAddr, "-relay-listen", listen, "-relay-admin", admin}, &stdout, &stderr); code != 0 {
+	// The config names the sink's address: the test holds that port from here to the run.
+	sinkLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sinkLn.Close()
+	sinkAddr := sinkLn.Addr().String()
+	if code := run(t.Context(), []string{"-write-config", dir, "-sink-listen", sinkAddr, "-relay-listen", "127.0.0.1:0", "-relay-admin", "127.0.0.1:0"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("-write-config: exit %d, %s", code, stderr.String())
 	}
-	p, err := startRelay(t.Context(), relayBin, filepath.Join(dir, fileConfig), listen, admin, filepath.Join(t.TempDir(), "relay.log"))
+	p, err := startRelay(t.Context(), relayBin, filepath.Join(dir, fileConfig), filepath.Join(t.TempDir(), "relay.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.stop()
-	o, err := parseFlags([]string{"-url", "http://" + listen, "-config-dir", dir, "-sink-listen", sinkAddr,
+	o, err := parseFlags([]string{"-url", "http://" + p.addr, "-config-dir", dir, "-sink-listen", sinkAddr,
 		"-relay-pid", strconv.Itoa(p.pid()), "-duration", "1s", "-senders", "4", "-drain", "30s", "-progress=false"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	o.sinkLn = sinkLn
 	checkRun(t, o)
 }
 
-func freeAddr(t *testing.T) string {
-	a, err := freePort()
+// The bench builds the relay with the Dockerfile's flags (so that it measures what ships, and the
+// Go build cache serves cmd/relay's test build and this one alike).
+func TestBuildFlagsMatchDockerfile(t *testing.T) {
+	raw, err := os.ReadFile("../../Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	want := `CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/relay ./cmd/relay`
+	if !strings.Contains(string(raw), want) {
+		t.Fatalf("the Dockerfile no longer builds with %s: update relayBuildFlags and this test", want)
+	}
+	got := strings.Join(relayBuildFlags, " ")
+	if got != `-trimpath -ldflags -s -w -X main.version=bench` {
+		t.Errorf("relayBuildFlags = %q, not the Dockerfile's", got)
+	}
 }
 
 // relayBin is the relay binary, built once for the package as the bench builds it.

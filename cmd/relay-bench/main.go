@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -36,6 +37,7 @@ type options struct {
 	configDir  string
 	writeDir   string
 	sinkListen string
+	sinkLn     net.Listener // not a flag: a listener on sinkListen already held (tests)
 	listen     string
 	admin      string
 	relayPID   int

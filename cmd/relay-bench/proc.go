@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,14 +14,29 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hookrelay/hookrelay/cmd/internal/buildlock"
+	"github.com/hookrelay/hookrelay/relay/portpick"
 )
 
-// buildRelay compiles the relay binary into dir, as the Dockerfile does.
+// relayBuildFlags are the Dockerfile's go build flags but for the version (a test keeps them in
+// step): built the same way as cmd/relay's tests build it, the second build is served from the
+// Go build cache.
+var relayBuildFlags = []string{"-trimpath", "-ldflags", "-s -w -X main.version=bench"}
+
+// buildRelay compiles the relay binary into dir, as the Dockerfile does (CGO_ENABLED=0, static).
 func buildRelay(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "relay")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/hookrelay/hookrelay/cmd/relay")
+	args := append(append([]string{"build"}, relayBuildFlags...), "-o", bin, "github.com/hookrelay/hookrelay/cmd/relay")
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	release, err := buildlock.Hold() // another build of the relay (cmd/relay's tests) finishes first
+	if err != nil {
+		return "", err
+	}
+	out, err := cmd.CombinedOutput()
+	release()
+	if err != nil {
 		return "", fmt.Errorf("go build ./cmd/relay (run relay-bench inside the repository, or give -relay-bin): %v\n%s", err, out)
 	}
 	return bin, nil
@@ -30,22 +45,29 @@ func buildRelay(ctx context.Context, dir string) (string, error) {
 // relayProc is a relay started by the bench; its logs go to a file.
 type relayProc struct {
 	cmd   *exec.Cmd
-	addr  string // listener host:port
-	admin string // admin host:port
+	addr  string // listener host:port, from the ready file
+	admin string // admin host:port, from the ready file
 	done  chan error
 	log   string
 	once  sync.Once
 }
 
-// startRelay runs bin serve -config cfg, whose listen and admin addresses are given, and waits
-// until /readyz answers 200. Its logs go to logPath, whatever their level.
-func startRelay(ctx context.Context, bin, cfg, listen, admin, logPath string) (*relayProc, error) {
+// readyAddrs is what relay serve -ready-file writes.
+type readyAddrs struct {
+	Listen string `json:"listen"`
+	Admin  string `json:"admin"`
+}
+
+// startRelay runs bin serve -config cfg (whose listeners may bind port 0), learns the bound
+// addresses from its ready file, and waits until /readyz answers 200. Its logs go to logPath,
+// whatever their level; the ready file goes beside it.
+func startRelay(ctx context.Context, bin, cfg, logPath string) (*relayProc, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	p := &relayProc{cmd: exec.Command(bin, "serve", "-config", cfg), done: make(chan error, 1), log: logPath,
-		addr: listen, admin: admin}
+	readyFile := logPath + ".ready.json"
+	p := &relayProc{cmd: exec.Command(bin, "serve", "-config", cfg, "-ready-file", readyFile), done: make(chan error, 1), log: logPath}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
@@ -57,11 +79,23 @@ func startRelay(ctx context.Context, bin, cfg, listen, admin, logPath string) (*
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + p.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
+		if p.admin == "" {
+			if b, err := os.ReadFile(readyFile); err == nil {
+				var a readyAddrs
+				if err := json.Unmarshal(b, &a); err != nil || a.Admin == "" {
+					p.stop()
+					return nil, fmt.Errorf("relay ready file %s: %q (%v); the bench needs the admin listener", readyFile, b, err)
+				}
+				p.addr, p.admin = a.Listen, a.Admin
+			}
+		}
+		if p.admin != "" {
+			resp, err := http.Get("http://" + p.admin + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return p, nil
+				}
 			}
 		}
 		select {
@@ -71,23 +105,13 @@ func startRelay(ctx context.Context, bin, cfg, listen, admin, logPath string) (*
 		case <-ctx.Done():
 			p.stop()
 			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			p.stop()
 			return nil, fmt.Errorf("relay not ready within 30s; log: %s\n%s", logPath, tail(logPath))
 		}
 	}
-}
-
-// freePort returns a loopback address that was free a moment ago.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 func (p *relayProc) pid() int { return p.cmd.Process.Pid }
@@ -216,13 +240,25 @@ func startNginx(ctx context.Context, dir string, k *kit, sinkAddr string, withTL
 			return nil, errors.New("-baseline nginx: nginx not found (Debian: apt-get install -y nginx)")
 		}
 	}
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
+	// nginx cannot tell which port 0 gave it: pick a port and, when nginx reports it taken, pick
+	// another (see portpick).
+	for attempt := 1; ; attempt++ {
+		addr := "127.0.0.1:" + strconv.Itoa(portpick.Pick())
+		p, err := startNginxOn(ctx, bin, dir, k, sinkAddr, addr, withTLS)
+		if errors.Is(err, errPortTaken) && attempt < portpick.Attempts {
+			continue
+		}
+		return p, err
+	}
+}
+
+// errPortTaken is nginx failing to bind its port: another process holds it.
+var errPortTaken = errors.New("port taken")
+
+func startNginxOn(ctx context.Context, bin, dir string, k *kit, sinkAddr, addr string, withTLS bool) (*nginxProc, error) {
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;" // the workers read files in the bench's private temp dir
@@ -266,22 +302,29 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	p := &nginxProc{cmd: exec.Command(bin, "-e", filepath.Join(dir, "nginx-error.log"), "-p", dir, "-c", confPath, "-g", "daemon off;"),
+	errLog, pidFile := filepath.Join(dir, "nginx-error.log"), filepath.Join(dir, "nginx.pid")
+	_ = os.Remove(errLog) // only this start's errors count
+	_ = os.Remove(pidFile)
+	p := &nginxProc{cmd: exec.Command(bin, "-e", errLog, "-p", dir, "-c", confPath, "-g", "daemon off;"),
 		done: make(chan error, 1), url: scheme + "://" + addr}
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
 	}
 	go func() { p.done <- p.cmd.Wait() }()
+	// nginx writes its pid file after binding its listeners: the file with our pid means nginx
+	// holds the port (dialling could reach whoever else holds it).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
+		if b, err := os.ReadFile(pidFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(p.cmd.Process.Pid) {
+			return p, nil
 		}
 		select {
 		case err := <-p.done:
-			return nil, fmt.Errorf("nginx exited: %v\n%s", err, tail(filepath.Join(dir, "nginx-error.log")))
+			log, _ := os.ReadFile(errLog)
+			if strings.Contains(string(log), "Address already in use") {
+				return nil, fmt.Errorf("nginx on %s: %w", addr, errPortTaken)
+			}
+			return nil, fmt.Errorf("nginx exited: %v\n%s", err, tail(errLog))
 		case <-ctx.Done():
 			p.stop()
 			return nil, ctx.Err()
@@ -289,10 +332,9 @@ http {
 		}
 		if time.Now().After(deadline) {
 			p.stop()
-			return nil, fmt.Errorf("nginx did not listen within 10s\n%s", tail(filepath.Join(dir, "nginx-error.log")))
+			return nil, fmt.Errorf("nginx did not listen within 10s\n%s", tail(errLog))
 		}
 	}
-	return p, nil
 }
 
 func (p *nginxProc) stop() {

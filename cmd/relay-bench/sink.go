@@ -33,15 +33,18 @@ type sink struct {
 	release chan struct{} // closed to let held answers go
 }
 
-func startSink(addr string, shapes []*shape, paused bool) (*sink, error) {
+// startSink serves on ln, or when ln is nil on a new listener on addr.
+func startSink(addr string, ln net.Listener, shapes []*shape, paused bool) (*sink, error) {
 	s := &sink{shapes: map[string]*shape{}, seen: map[string]int32{}, release: make(chan struct{})}
 	for _, sh := range shapes {
 		s.shapes[sh.route] = sh
 	}
 	s.held.Store(paused)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, err
+		}
 	}
 	s.url = "http://" + ln.Addr().String()
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}

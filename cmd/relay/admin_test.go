@@ -15,13 +15,12 @@ import (
 	"testing"
 )
 
-var adminRe = regexp.MustCompile(`"msg":"admin listening","addr":"([^"]+)"`)
-
 func (p *proc) adminURL(t *testing.T) string {
 	t.Helper()
-	var m []string
-	waitUntil(t, "the admin listener", func() bool { m = adminRe.FindStringSubmatch(p.logs()); return m != nil })
-	return "http://" + m[1]
+	if p.bound.Admin == "" {
+		t.Fatalf("the relay has no admin listener:\n%s", p.logs())
+	}
+	return "http://" + p.bound.Admin
 }
 
 // relayCmd runs the binary to completion and returns its output and exit code.

@@ -13,11 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/hookrelay/cmd/internal/buildlock"
 )
 
 // These tests run the real binary, built once for the package.
@@ -41,7 +44,14 @@ func TestMain(m *testing.M) {
 	cmd := exec.Command("sh", "-c", build)
 	cmd.Dir = "../.."
 	cmd.Env = append(os.Environ(), "VERSION="+dockerVersion)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	release, err := buildlock.Hold() // relay-bench's tests build the same packages
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	out, err := cmd.CombinedOutput()
+	release()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "building relay with the Dockerfile's command %q: %v\n%s", build, err, out)
 		os.Exit(1)
 	}
@@ -74,8 +84,10 @@ type proc struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	stderr bytes.Buffer
-	addr   chan string
+	bound  boundAddrs // what relay serve wrote to its ready file; for sink, Listen from its log
 	done   chan error
+
+	readyFile string
 }
 
 func (p *proc) logs() string {
@@ -84,12 +96,22 @@ func (p *proc) logs() string {
 	return p.stderr.String()
 }
 
-var listenRe = regexp.MustCompile(`"msg":"(?:relay|sink) listening","addr":"([^"]+)"|sink listening on http://(\S+)`)
+var sinkListenRe = regexp.MustCompile(`sink listening on http://(\S+)`)
 
-// startProc runs the binary and waits for its listening line.
+// startProc runs the binary and waits until it serves: relay serve gets a -ready-file and is
+// waited for until it writes it (its config binds port 0, so the addresses come from there); the
+// sink is waited for until it logs its address.
 func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(relayBin, args...), addr: make(chan string, 1), done: make(chan error, 1)}
+	serve := len(args) > 0 && args[0] == "serve"
+	var readyFile string
+	if i := slices.Index(args, "-ready-file"); i >= 0 {
+		readyFile = args[i+1]
+	} else if serve {
+		readyFile = filepath.Join(t.TempDir(), "ready.json")
+		args = append(args, "-ready-file", readyFile)
+	}
+	p := &proc{cmd: exec.Command(relayBin, args...), done: make(chan error, 1), readyFile: readyFile}
 	p.cmd.Env = append(os.Environ(), env...)
 	pipe, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -102,29 +124,42 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
-			line := sc.Text()
 			p.mu.Lock()
-			p.stderr.WriteString(line + "\n")
+			p.stderr.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
-			if m := listenRe.FindStringSubmatch(line); m != nil {
-				p.addr <- m[1] + m[2]
-			}
 		}
 		p.done <- p.cmd.Wait()
 	}()
 	t.Cleanup(func() { _ = p.cmd.Process.Kill() })
-	select {
-	case a := <-p.addr:
-		p.addr <- a
-	case err := <-p.done:
-		t.Fatalf("relay exited before listening: %v\n%s", err, p.logs())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("relay did not start\n%s", p.logs())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if serve {
+			if b, err := os.ReadFile(readyFile); err == nil && !bytes.Contains(b, []byte(staleReady)) {
+				if err := json.Unmarshal(b, &p.bound); err != nil {
+					t.Fatalf("ready file %s: %v\n%s", readyFile, err, b)
+				}
+				return p
+			}
+		} else if m := sinkListenRe.FindStringSubmatch(p.logs()); m != nil {
+			p.bound.Listen = m[1]
+			return p
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("%s exited before serving: %v\n%s", args[0], err, p.logs())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not start within 30s\n%s", args[0], p.logs())
+		}
 	}
-	return p
 }
 
-func (p *proc) url() string { a := <-p.addr; p.addr <- a; return "http://" + a }
+// staleReady marks a ready file left by an earlier run (TestBinaryReadyFile).
+const staleReady = "stale-ready-file"
+
+func (p *proc) url() string { return "http://" + p.bound.Listen }
 
 type lockedWriter struct {
 	mu *sync.Mutex
@@ -262,6 +297,65 @@ func TestBinaryKill9RedeliversAfterRestart(t *testing.T) {
 	}
 	if !strings.Contains(p2.logs(), "relay stopped") {
 		t.Errorf("no clean stop in the logs:\n%s", p2.logs())
+	}
+}
+
+// relay serve on port 0 writes the addresses it bound to its ready file (replacing an earlier
+// run's), the same as it logs, only once it serves, and removes the file at a clean stop.
+func TestBinaryReadyFile(t *testing.T) {
+	jt := newJobTarget(t)
+	for _, tc := range []struct {
+		name      string
+		admin     string
+		wantAdmin bool
+	}{
+		{"admin on", "", true},
+		{"admin off", "admin: {listen: 'off'}\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := writeConfig(t, dir, jt.srv.URL, "")
+			if tc.admin != "" {
+				writeFile(t, cfg, strings.Replace(mustRead(t, cfg), "admin: {listen: 127.0.0.1:0}\n", tc.admin, 1))
+			}
+			ready := filepath.Join(dir, "run", "ready.json")
+			if err := os.MkdirAll(filepath.Dir(ready), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, ready, `{"listen":"`+staleReady+`"}`)
+			p := startProc(t, nil, "serve", "-config", cfg, "-ready-file", ready)
+			// Logged after the rename.
+			waitUntil(t, "the ready file's log line", func() bool {
+				return strings.Contains(p.logs(), `"msg":"ready file written","path":"`+ready+`"`)
+			})
+			logs := p.logs()
+			if want := `"msg":"relay listening","addr":"` + p.bound.Listen + `"`; !strings.Contains(logs, want) {
+				t.Errorf("the log lacks %s:\n%s", want, logs)
+			}
+			if strings.HasSuffix(p.bound.Listen, ":0") || p.bound.HTTPListen != "" {
+				t.Errorf("ready file: %+v", p.bound)
+			}
+			if got := p.bound.Admin != ""; got != tc.wantAdmin {
+				t.Errorf("ready file admin %q, want an address: %v", p.bound.Admin, tc.wantAdmin)
+			} else if got && !strings.Contains(logs, `"msg":"admin listening","addr":"`+p.bound.Admin+`"`) {
+				t.Errorf("the log lacks the admin address %s:\n%s", p.bound.Admin, logs)
+			}
+			if entries, _ := os.ReadDir(filepath.Dir(ready)); len(entries) != 1 {
+				t.Errorf("beside the ready file: %v (a temporary file left?)", entries)
+			}
+			if status, _ := postJSON(t, p.url()+"/hooks/fashn", `{"id":"ready-`+tc.name+`","status":"completed"}`); status != http.StatusAccepted {
+				t.Fatalf("webhook to the ready file's address: %d", status)
+			}
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-p.done; err != nil {
+				t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs())
+			}
+			if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the ready file outlived a clean stop: %v", err)
+			}
+		})
 	}
 }
 

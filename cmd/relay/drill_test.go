@@ -132,16 +132,6 @@ routes:
 	return path
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // memory reads a process's memory in MiB: resident now and at its peak, and the anonymous part
 // (heap and stacks; the rest of RSS is file pages, such as the bbolt file's mmap, which the kernel
 // reclaims as it needs).
@@ -274,16 +264,19 @@ func waitDelivered(t *testing.T, dt *drillTarget, ids []string, within time.Dura
 	}
 }
 
-// Drill: kill -9 under load, restart on the same data and port. Senders behave like providers and
-// retry whatever was not acknowledged; every acknowledged webhook must reach the target.
+// Drill: kill -9 under load, restart on the same data (on a new port, which the senders switch to,
+// as a load balancer would). Senders behave like providers and retry whatever was not
+// acknowledged; every acknowledged webhook must reach the target.
 func TestDrillKill9UnderLoad(t *testing.T) {
 	n := drillScale(400, 20000)
 	dt := newDrillTarget(t, nil)
 	dir := t.TempDir()
-	addr := freeAddr(t)
-	cfg := drillConfig(t, dir, addr, dt.srv.URL, "", "")
+	cfg := drillConfig(t, dir, "127.0.0.1:0", dt.srv.URL, "", "")
 	p := startProc(t, nil, "serve", "-config", cfg)
-	s := newSender(func() string { return "http://" + addr })
+	var url atomic.Pointer[string]
+	u := p.url()
+	url.Store(&u)
+	s := newSender(func() string { return *url.Load() })
 	done := make(chan struct{})
 	go func() { s.run("k", n, 16); close(done) }()
 
@@ -294,6 +287,8 @@ func TestDrillKill9UnderLoad(t *testing.T) {
 	<-p.done
 	ackedAtKill := s.n.Load()
 	p2 := startProc(t, nil, "serve", "-config", cfg)
+	u2 := p2.url()
+	url.Store(&u2)
 	select {
 	case <-done:
 	case <-time.After(drillDuration(2*time.Minute, 30*time.Minute)):

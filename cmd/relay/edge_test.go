@@ -26,6 +26,7 @@ import (
 
 	"github.com/hookrelay/hookrelay/relay"
 	"github.com/hookrelay/hookrelay/relay/redistest"
+	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
 )
 
 // Tests of the edge's defences (issue 14) against the real binary.
@@ -720,22 +721,16 @@ func TestBinaryStoreDownAnswersAtOnce(t *testing.T) {
 // The port-80 listener redirects to HTTPS only the configured domains; any other Host gets 421,
 // not a redirect to wherever it names.
 func TestBinaryACMERedirectOnlyConfiguredDomains(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	httpAddr := freeAddr(t)
+	deadAddr := acmetest.ClosingAddr(t)
 	cfg := edgeConfig(t, "http://127.0.0.1:1", "tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n"+
-		"    ca: https://"+deadAddr+"/directory\n    http_listen: "+httpAddr, `  - name: fashn
+		"    ca: https://"+deadAddr+"/directory\n    http_listen: 127.0.0.1:0", `  - name: fashn
     path: /hooks/fashn
     provider: fashn
     targets: [app]
     insecure: true
 `)
 	p := startProc(t, nil, "serve", "-config", cfg)
-	waitUntil(t, "the port-80 listener", func() bool { return strings.Contains(p.logs(), "tls: HTTP-01 and redirect listening") })
+	httpAddr := p.bound.HTTPListen // the ready file comes after the port-80 listener is up
 	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	for host, want := range map[string]int{
 		"hooks.relay.test": http.StatusPermanentRedirect, "Hooks.Relay.Test:80": http.StatusPermanentRedirect,

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -33,7 +35,8 @@ var version = "dev"
 const usage = `usage: relay <command> [flags]
 
 commands:
-  serve   -config FILE             run the relay
+  serve   -config FILE [-ready-file PATH]
+                                   run the relay; -ready-file writes the bound addresses as JSON once it serves
   check   -config FILE             validate the config and print it with defaults filled (no secrets)
   sink    -listen ADDR [flags]     a small target that prints each request and answers 200
   dlq     list|show|replay|drop    inspect and replay dead letters through the admin API
@@ -94,10 +97,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func configFlag(name string, stderr io.Writer, args []string) (*flag.FlagSet, *string, error) {
+// configFlag parses -config and the command's own flags, which more adds to the set.
+func configFlag(name string, stderr io.Writer, args []string, more ...func(*flag.FlagSet)) (*flag.FlagSet, *string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "config.yaml", "path to the YAML configuration")
+	for _, m := range more {
+		m(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -118,9 +125,20 @@ func newLogger(c logConfig, w io.Writer) *slog.Logger {
 }
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	_, path, err := configFlag("serve", stderr, args)
+	var readyFile string
+	_, path, err := configFlag("serve", stderr, args, func(fs *flag.FlagSet) {
+		fs.StringVar(&readyFile, "ready-file", "", "once every listener is bound and the store answers, write the bound addresses "+
+			`as JSON ({"listen":..., "admin":..., "http_listen":...}) to this file, atomically; removed at start and at a clean stop. `+
+			"With port 0 in the config, this is how a supervisor or a test learns the ports")
+	})
 	if err != nil {
 		return err
+	}
+	if readyFile != "" {
+		// A file left by an earlier run must not pass for this one's.
+		if err := os.Remove(readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("-ready-file: %w", err)
+		}
 	}
 	cfg, log, err := loadConfig(*path, stderr)
 	if err != nil {
@@ -135,7 +153,20 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	edge, err := newEdge(cfg, log)
+	// Bind before the TLS edge is built: with port 0 the edge must know the ports really bound.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	hln, err := listenHTTP01(cfg)
+	if err != nil {
+		return err
+	}
+	if hln != nil {
+		defer hln.Close()
+	}
+	edge, err := newEdge(cfg, log, ln.Addr().String(), addrOf(hln))
 	if err != nil {
 		return err
 	}
@@ -155,13 +186,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if ln, err = serveEdge(ctx, edge, cfg, ln, log); err != nil {
+	bound := boundAddrs{Listen: ln.Addr().String(), HTTPListen: addrOf(hln)}
+	if ln, err = serveEdge(ctx, edge, cfg, ln, hln, log); err != nil {
 		return err
 	}
 	hup := make(chan os.Signal, 1)
@@ -185,19 +213,93 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Log(ctx, level, "route", "route", r.Name, "path", r.Path, "checks", r.posture())
 	}
-	log.Info("relay listening", "addr", ln.Addr().String(), "store", cfg.Store.Type,
+	log.Info("relay listening", "addr", bound.Listen, "store", cfg.Store.Type,
 		"routes", len(routes), "targets", len(targets), "version", version)
 	if cfg.Admin.Listen != "off" {
-		stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
+		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
 			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof, HistoryRetention: *cfg.History.Retention}), log)
 		if err != nil {
 			return err
 		}
 		defer stopAdmin()
+		bound.Admin = adminAddr
+	}
+	if readyFile != "" {
+		actx, cancelAnnounce := context.WithCancel(ctx)
+		announced := make(chan struct{})
+		go func() { defer close(announced); announceReady(actx, readyFile, bound, store, log) }()
+		// Removed only once nothing can write it any more.
+		defer func() { cancelAnnounce(); <-announced; _ = os.Remove(readyFile) }()
 	}
 	err = r.Run(ctx, ln)
 	log.Info("relay stopped")
 	return err
+}
+
+// boundAddrs are the addresses the listeners really bound (port 0 in the config is resolved).
+type boundAddrs struct {
+	Listen     string `json:"listen"`
+	Admin      string `json:"admin,omitempty"`       // absent with admin.listen off
+	HTTPListen string `json:"http_listen,omitempty"` // the ACME HTTP-01 listener; absent when off
+}
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// announceReady writes the ready file once the store answers a ping (the listeners are bound
+// already), so that whoever waits for the file can send at once.
+func announceReady(ctx context.Context, path string, bound boundAddrs, store relay.Store, log *slog.Logger) {
+	for warned := false; ; {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := store.Ping(pctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if !warned {
+			log.Warn("ready file: waiting for the store to answer", "path", path, "error", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if ctx.Err() != nil {
+		return // stopping: the file would outlive the relay
+	}
+	if err := writeReadyFile(path, bound); err != nil {
+		log.Error("ready file: cannot write it", "path", path, "error", err)
+		return
+	}
+	log.Info("ready file written", "path", path)
+}
+
+// writeReadyFile writes bound as JSON to path through a temporary file in the same directory and
+// a rename, so a reader sees no file or the whole file.
+func writeReadyFile(path string, bound boundAddrs) error {
+	b, err := json.Marshal(bound)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after the rename there is nothing left to remove
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // newRegistry holds the relay's metrics beside the Go runtime's, the process's, the build's and,
@@ -229,11 +331,12 @@ func (c certExpiry) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// serveAdmin runs the admin API on addr until ctx is done; stop waits for it to close.
-func serveAdmin(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
+// serveAdmin runs the admin API on addr until ctx is done and returns the address it bound; stop
+// waits for it to close.
+func serveAdmin(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (bound string, stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("admin listener: %w", err)
+		return "", nil, fmt.Errorf("admin listener: %w", err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 60 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
@@ -257,7 +360,7 @@ func serveAdmin(ctx context.Context, addr string, h http.Handler, log *slog.Logg
 		}
 	}()
 	log.Info("admin listening", "addr", ln.Addr().String())
-	return func() { shutdown(); <-done }, nil
+	return ln.Addr().String(), func() { shutdown(); <-done }, nil
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {

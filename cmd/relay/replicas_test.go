@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay/redisstore"
 	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
@@ -55,6 +59,21 @@ func (jt *jobTarget) snapshot() map[string][]int {
 		out[k] = append([]int(nil), v...)
 	}
 	return out
+}
+
+// redisDrained waits until the relays' Redis store (writeRedisConfig's prefix) holds no delivery
+// for target, leased ones included: every attempt has ended, so what the target received is final.
+func redisDrained(t *testing.T, redisAddr, target string) {
+	t.Helper()
+	s, err := redisstore.New(redis.NewClient(&redis.Options{Addr: redisAddr}), redisstore.Options{Prefix: "replicas"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitUntil(t, "the queue of "+target+" to empty", func() bool {
+		n, err := s.Depth(context.Background(), target)
+		return err == nil && n == 0
+	})
 }
 
 // delivered counts jobs whose last request was answered 200 (not held).
@@ -144,7 +163,7 @@ func TestReplicasDedupeThroughRedis(t *testing.T) {
 		t.Fatalf("accepted %d, duplicates %d; want %d and %d", accepted.Load(), duplicates.Load(), jobs, jobs*(copies-1))
 	}
 	waitUntil(t, "100 deliveries", func() bool { return jt.requests() >= jobs })
-	time.Sleep(500 * time.Millisecond) // room for a wrong second delivery
+	redisDrained(t, rs.Addr, "app") // a wrong second delivery would be queued or recorded by now
 	got := jt.snapshot()
 	if len(got) != jobs {
 		t.Fatalf("%d distinct jobs delivered, want %d", len(got), jobs)
@@ -213,6 +232,7 @@ func TestRedisRestartMidLoad(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	statuses := map[int]int{}
+	answered := map[int64]bool{} // job number -> answered (or failed)
 	var seq atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -225,15 +245,20 @@ func TestRedisRestartMidLoad(t *testing.T) {
 					return
 				default:
 				}
-				job := fmt.Sprintf("job-%d", seq.Add(1))
+				n := seq.Add(1)
+				job := fmt.Sprintf("job-%d", n)
 				resp, err := client.Post(p.url()+"/hooks/fashn", "application/json", strings.NewReader(`{"id":"`+job+`","status":"completed"}`))
 				if err != nil {
 					t.Error(err)
+					mu.Lock()
+					answered[n] = true
+					mu.Unlock()
 					return
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				mu.Lock()
+				answered[n] = true
 				statuses[resp.StatusCode]++
 				if resp.StatusCode == http.StatusAccepted {
 					acked[job] = true
@@ -242,12 +267,32 @@ func TestRedisRestartMidLoad(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	answeredWith := func(status, n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return statuses[status] >= n }
+	}
+	waitUntil(t, "webhooks stored before the outage", answeredWith(http.StatusAccepted, 20))
 	rs.Kill()
-	// Longer than go-redis' own retries (about a second), so that some webhooks get a 503.
-	time.Sleep(3 * time.Second)
+	// Down until a webhook is refused (after go-redis' own retries, about a second) and every
+	// webhook sent before the kill is answered: a store write in flight at the kill may have been
+	// done with its reply lost, and a retry of it on the restarted Redis would find its own dedupe
+	// key. Webhooks sent later cannot have reached the killed server.
+	killSeq := seq.Load()
+	waitUntil(t, "a 503 while Redis is down", answeredWith(http.StatusServiceUnavailable, 1))
+	waitUntil(t, "every webhook sent before the kill answered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for n := int64(1); n <= killSeq; n++ {
+			if !answered[n] {
+				return false
+			}
+		}
+		return true
+	})
 	rs.Restart()
-	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	before := statuses[http.StatusAccepted]
+	mu.Unlock()
+	waitUntil(t, "webhooks stored after the restart", answeredWith(http.StatusAccepted, before+20))
 	close(stop)
 	wg.Wait()
 

@@ -183,8 +183,8 @@ func (a *acmeConfig) validate(p *problems) {
 	if a.HTTPListen != "off" {
 		if _, port, err := net.SplitHostPort(a.HTTPListen); err != nil {
 			p.add("tls.acme.http_listen", "%q is not host:port (default :80, where the CA connects for HTTP-01), or off", a.HTTPListen)
-		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			p.add("tls.acme.http_listen", "%q has no port between 1 and 65535", a.HTTPListen)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			p.add("tls.acme.http_listen", "%q has no port between 0 (any free port) and 65535", a.HTTPListen)
 		}
 	}
 }
@@ -217,8 +217,9 @@ func checkDomain(d string) error {
 	return nil
 }
 
-// newEdge builds the TLS edge of the tls section; nil when mode is off.
-func newEdge(cfg *fileConfig, log *slog.Logger) (*tlsedge.Edge, error) {
+// newEdge builds the TLS edge of the tls section; nil when mode is off. listenAddr and httpAddr
+// are the bound main and HTTP-01 listeners ("" when off), where the edge answers challenges.
+func newEdge(cfg *fileConfig, log *slog.Logger, listenAddr, httpAddr string) (*tlsedge.Edge, error) {
 	t := cfg.TLS
 	switch t.Mode {
 	case "files":
@@ -234,12 +235,8 @@ func newEdge(cfg *fileConfig, log *slog.Logger) (*tlsedge.Edge, error) {
 		} else {
 			storage = &certmagic.FileStorage{Path: filepath.Join(cfg.DataDir, "certs")}
 		}
-		httpAddr := t.ACME.HTTPListen
-		if httpAddr == "off" {
-			httpAddr = ""
-		}
 		return tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeACME, Domains: t.ACME.Domains, Email: t.ACME.Email,
-			CA: t.ACME.CA, TrustedRoots: t.ACME.roots, ListenAddr: cfg.Listen, HTTPAddr: httpAddr,
+			CA: t.ACME.CA, TrustedRoots: t.ACME.roots, ListenAddr: listenAddr, HTTPAddr: httpAddr,
 			Storage: storage, Logger: log})
 	}
 	return nil, nil
@@ -253,18 +250,26 @@ func edgeReadyChecks(edge *tlsedge.Edge) []func(context.Context) error {
 	return []func(context.Context) error{edge.Ready}
 }
 
+// listenHTTP01 binds tls.acme.http_listen when ACME uses it; nil otherwise.
+func listenHTTP01(cfg *fileConfig) (net.Listener, error) {
+	if cfg.TLS.Mode != "acme" || cfg.TLS.ACME.HTTPListen == "off" {
+		return nil, nil
+	}
+	hln, err := net.Listen("tcp", cfg.TLS.ACME.HTTPListen)
+	if err != nil {
+		return nil, fmt.Errorf("tls.acme.http_listen: %w (on Linux, ports below 1024 need CAP_NET_BIND_SERVICE; see the README)", err)
+	}
+	return hln, nil
+}
+
 // serveEdge starts the edge until ctx is done and returns ln wrapped in TLS; with ACME and
-// http_listen it also serves the port-80 listener (HTTP-01, redirect to HTTPS). With TLS off it
-// returns ln as it is.
-func serveEdge(ctx context.Context, edge *tlsedge.Edge, cfg *fileConfig, ln net.Listener, log *slog.Logger) (net.Listener, error) {
+// http_listen it also serves hln, the port-80 listener (HTTP-01, redirect to HTTPS). With TLS off
+// it returns ln as it is.
+func serveEdge(ctx context.Context, edge *tlsedge.Edge, cfg *fileConfig, ln, hln net.Listener, log *slog.Logger) (net.Listener, error) {
 	if edge == nil {
 		return ln, nil
 	}
-	if cfg.TLS.Mode == "acme" && cfg.TLS.ACME.HTTPListen != "off" {
-		hln, err := net.Listen("tcp", cfg.TLS.ACME.HTTPListen)
-		if err != nil {
-			return nil, fmt.Errorf("tls.acme.http_listen: %w (on Linux, ports below 1024 need CAP_NET_BIND_SERVICE; see the README)", err)
-		}
+	if hln != nil {
 		srv := &http.Server{Handler: edge.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
 			WriteTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		go func() {

@@ -112,6 +112,7 @@ func TestTLSConfigErrorsNameThePath(t *testing.T) {
 		files(good, goodKey),
 		acme("    domains: [hooks.example.com, xn--bcher-kva.example.com]\n    email: ops@example.com\n" +
 			"    ca: https://acme-staging-v02.api.letsencrypt.org/directory\n    http_listen: 'off'\n"),
+		acme("    domains: [hooks.example.com]\n    http_listen: 127.0.0.1:0\n"), // any free port: the ready file tells
 	} {
 		if _, _, err := parseConfig([]byte(y+minimal), "test.yaml", io.Discard); err != nil {
 			t.Errorf("valid tls section refused: %v\n%s", err, y)
@@ -141,15 +142,17 @@ func TestBinaryACME(t *testing.T) {
 			dir := t.TempDir()
 			httpListen := "'off'"
 			if challenge == "http-01" {
-				httpListen = "127.0.0.1:" + strconv.Itoa(ca.HTTPPort)
+				httpListen = "127.0.0.1:0"
 			}
 			path := writeConfig(t, dir, jt.srv.URL, "")
-			cfg := strings.Replace(mustRead(t, path), "listen: 127.0.0.1:0", "listen: 127.0.0.1:"+strconv.Itoa(ca.TLSPort), 1)
-			cfg += fmt.Sprintf("tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n    email: ops@relay.test\n"+
-				"    ca: %s\n    trusted_roots_file: %s\n    http_listen: %s\n", ca.Directory, ca.ServerRootsFile, httpListen)
-			writeFile(t, path, cfg)
+			writeFile(t, path, mustRead(t, path)+fmt.Sprintf("tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n    email: ops@relay.test\n"+
+				"    ca: %s\n    trusted_roots_file: %s\n    http_listen: %s\n", ca.Directory, ca.ServerRootsFile, httpListen))
 
 			p := startProc(t, nil, "serve", "-config", path)
+			if (p.bound.HTTPListen != "") != (challenge == "http-01") {
+				t.Fatalf("ready file: http_listen %q with %s", p.bound.HTTPListen, challenge)
+			}
+			ca.Route(p.bound.HTTPListen, p.bound.Listen)
 			admin := p.adminURL(t)
 			waitUntil(t, "/readyz to report ready", func() bool {
 				resp, err := http.Get(admin + "/readyz")
@@ -159,7 +162,7 @@ func TestBinaryACME(t *testing.T) {
 				resp.Body.Close()
 				return resp.StatusCode == http.StatusOK
 			})
-			client := httpsTo("127.0.0.1:"+strconv.Itoa(ca.TLSPort), "hooks.relay.test", &tls.Config{RootCAs: ca.IssuerRoots})
+			client := httpsTo(p.bound.Listen, "hooks.relay.test", &tls.Config{RootCAs: ca.IssuerRoots})
 			resp, err := client.Post("https://hooks.relay.test/hooks/fashn", "application/json",
 				strings.NewReader(`{"id":"job-tls-1","status":"completed","output":["x"]}`))
 			if err != nil {
@@ -180,12 +183,7 @@ func TestBinaryACME(t *testing.T) {
 
 // A CA that cannot be reached: the relay runs, says so clearly, and is not ready.
 func TestBinaryACMEUnreachableCA(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := acmetest.ClosingAddr(t)
 	dir := t.TempDir()
 	path := writeConfig(t, dir, "http://127.0.0.1:1/", "")
 	writeFile(t, path, mustRead(t, path)+"tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n"+
@@ -268,27 +266,25 @@ func TestBinaryTLSFiles(t *testing.T) {
 }
 
 // Two relay processes on one Redis with ACME: one order reaches the CA, both serve the same
-// certificate. Only the second listens where the CA validates; when the first wins the lock, the
-// second answers its challenge from the shared storage.
+// certificate. Only the second is where the CA validates; when the first wins the lock, the second
+// answers its challenge from the shared storage. The CA's validations wait until both have written
+// their ready files (all listeners up), so none fails because a replica is still starting.
 func TestBinaryACMEReplicasShareCertificate(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
 	ca := acmetest.Start(t, acmetest.Options{})
 	var replicas []*proc
-	var tlsAddrs []string
-	for i, ports := range [][2]int{{acmetest.FreePort(t), acmetest.FreePort(t)}, {ca.TLSPort, ca.HTTPPort}} {
+	for i := range 2 {
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		tlsAddr := "127.0.0.1:" + strconv.Itoa(ports[0])
 		// Separate data directories: what they share is Redis.
 		path := writeRedisConfig(t, dir, rs.Addr, "http://127.0.0.1:1/", fmt.Sprintf("data_dir: %s\n", dir)+fmt.Sprintf(
-			"tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n    ca: %s\n    trusted_roots_file: %s\n    http_listen: 127.0.0.1:%d\n",
-			ca.Directory, ca.ServerRootsFile, ports[1]))
-		writeFile(t, path, strings.Replace(mustRead(t, path), "listen: 127.0.0.1:0", "listen: "+tlsAddr, 1))
+			"tls:\n  mode: acme\n  acme:\n    domains: [hooks.relay.test]\n    ca: %s\n    trusted_roots_file: %s\n    http_listen: 127.0.0.1:0\n",
+			ca.Directory, ca.ServerRootsFile))
 		replicas = append(replicas, startProc(t, nil, "serve", "-config", path))
-		tlsAddrs = append(tlsAddrs, tlsAddr)
 	}
+	ca.Route(replicas[1].bound.HTTPListen, replicas[1].bound.Listen)
 	var serials []string
 	for i, p := range replicas {
 		admin := p.adminURL(t)
@@ -300,7 +296,7 @@ func TestBinaryACMEReplicasShareCertificate(t *testing.T) {
 			resp.Body.Close()
 			return resp.StatusCode == http.StatusOK
 		})
-		conn, err := tls.Dial("tcp", tlsAddrs[i], &tls.Config{RootCAs: ca.IssuerRoots, ServerName: "hooks.relay.test"})
+		conn, err := tls.Dial("tcp", p.bound.Listen, &tls.Config{RootCAs: ca.IssuerRoots, ServerName: "hooks.relay.test"})
 		if err != nil {
 			t.Fatalf("replica %d: %v\n%s", i, err, p.logs())
 		}

@@ -40,21 +40,36 @@ func TestCertStorageLockLease(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx := context.Background()
 	prefix := uniquePrefix("lease")
-	opt := CertStorageOptions{LockLease: 300 * time.Millisecond, LockPoll: 20 * time.Millisecond}
+	// A lease long enough that a renewal (every third of it, each with a third as its timeout)
+	// does not miss it on a loaded machine.
+	opt := CertStorageOptions{LockLease: 2 * time.Second, LockPoll: 20 * time.Millisecond}
 	a := newCertStorage(t, srv.Addr, prefix, opt)
 	b := newCertStorage(t, srv.Addr, prefix, opt)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer raw.Close()
 
 	if err := a.Lock(ctx, "n"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // more than three leases
+	// Watch the key's remaining lease: it rises at each renewal. Wait past the first lease, and
+	// for at least two renewals.
+	locked, renewals, last := time.Now(), 0, time.Duration(0)
+	for renewals < 2 || time.Since(locked) <= opt.LockLease {
+		ttl, err := raw.PTTL(ctx, a.lockKey("n")).Result()
+		if err != nil || ttl <= 0 {
+			t.Fatalf("after %d renewals the lock's lease is %v (%v): renewal failed", renewals, ttl, err)
+		}
+		if ttl > last && last != 0 {
+			renewals++
+		}
+		last = ttl
+		time.Sleep(10 * time.Millisecond)
+	}
 	if ok, err := b.TryLock(ctx, "n"); err != nil || ok {
 		t.Fatalf("a held lock was taken after its first lease (renewal failed): %v, %v", ok, err)
 	}
 
 	// A holder that died: its token without anyone renewing it.
-	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer raw.Close()
 	if err := raw.Set(ctx, b.lockKey("dead"), "someone-else", 300*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,16 @@
-// Package redistest runs real redis-server processes for tests: one per test, on a free loopback
-// port, so that a test can kill and restart it. A missing redis-server fails the test: the
-// README's test command installs it, and a silent skip would hide the Redis suite in CI.
+// Package redistest runs real redis-server processes for tests: one per test, on a loopback port
+// of its own, so that a test can kill and restart it. redis-server cannot bind port 0 and say
+// which port it got, so Start picks a port and, when redis-server reports it taken, picks another
+// (relay/portpick); a server counts as up only when the process answering on the port is the
+// one started. A missing redis-server fails the test: the README's test command installs it, and
+// a silent skip would hide the Redis suite in CI.
 package redistest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hookrelay/hookrelay/relay/portpick"
 )
 
 // Server is one redis-server process.
@@ -35,7 +42,10 @@ type Options struct {
 	AOF bool
 }
 
-// Start runs a redis-server on a free port until the test ends.
+// errPortTaken is redis-server failing to bind its port: another process holds it.
+var errPortTaken = errors.New("port taken")
+
+// Start runs a redis-server until the test ends.
 func Start(t testing.TB, opt Options) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
@@ -43,26 +53,18 @@ func Start(t testing.TB, opt Options) *Server {
 		t.Fatalf("redis-server not found: install it (apt-get install -y redis-server), as the README's test command does")
 	}
 	s := &Server{t: t, dir: t.TempDir(), aof: opt.AOF}
-	var lastErr error
-	for range 5 {
-		s.port = freePort(t)
-		if lastErr = s.start(bin); lastErr == nil {
+	for attempt := 1; ; attempt++ {
+		s.port = portpick.Pick()
+		err := s.start(bin)
+		if err == nil {
 			s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
 			t.Cleanup(s.Kill)
 			return s
 		}
+		if !errors.Is(err, errPortTaken) || attempt == portpick.Attempts {
+			t.Fatalf("redis-server did not start: %v", err)
+		}
 	}
-	t.Fatalf("redis-server did not start: %v", lastErr)
-	return nil
-}
-
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func (s *Server) start(bin string) error {
@@ -86,10 +88,16 @@ func (s *Server) start(bin string) error {
 		case err := <-s.done:
 			s.stopped = true
 			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			if strings.Contains(string(log), "Address already in use") {
+				return fmt.Errorf("port %d: %w", s.port, errPortTaken)
+			}
 			return fmt.Errorf("exited: %v\n%s", err, tail(string(log)))
 		default:
 		}
-		if ping(s.port) == nil {
+		// Another redis-server may answer on the port (it took it first, and ours is about to
+		// report the bind failure): only ours counts, and only once it has loaded its data (INFO
+		// answers while loading, PING does not).
+		if pid, err := processID(s.port); err == nil && pid == s.cmd.Process.Pid && ping(s.port) == nil {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -118,6 +126,38 @@ func ping(port int) error {
 	return nil
 }
 
+// processID asks the server on port for its process ID (INFO server).
+func processID(port int) (int, error) {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("INFO server\r\n")); err != nil {
+		return 0, err
+	}
+	r := bufio.NewReader(c)
+	head, err := r.ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(head, "$")))
+	if !strings.HasPrefix(head, "$") || err != nil {
+		return 0, fmt.Errorf("answer %q", head)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("INFO server has no process_id")
+}
+
 // Kill stops the server at once (SIGKILL): what a crash looks like to clients.
 func (s *Server) Kill() {
 	if s.cmd == nil || s.stopped {
@@ -128,20 +168,16 @@ func (s *Server) Kill() {
 	s.stopped = true
 }
 
-// Restart kills the server and starts it again on the same port and directory, so that with AOF
-// the data written before comes back.
+// Restart kills the server and starts it again on the same port (its clients know the address)
+// and directory, so that with AOF the data written before comes back. The port is outside the
+// ephemeral range, so nothing but an explicit bind can take it in between.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
 	bin, _ := exec.LookPath("redis-server")
-	var err error
-	for range 50 { // the port may linger briefly
-		if err = s.start(bin); err == nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := s.start(bin); err != nil {
+		s.t.Fatalf("redis-server did not restart: %v", err)
 	}
-	s.t.Fatalf("redis-server did not restart: %v", err)
 }
 
 func tail(s string) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hookrelay/hookrelay/relay/filewatch"
@@ -18,6 +19,7 @@ type filePair struct {
 	certFile, keyFile string
 	log               *slog.Logger
 	pair              *filewatch.Value[*tls.Certificate] // Leaf always set
+	looks             atomic.Int64                       // reloads done, for tests that need several looks to have happened
 }
 
 // LoadPair reads and checks a certificate and key: both parse, they belong together, and the
@@ -48,6 +50,7 @@ func newFilePair(certFile, keyFile string, log *slog.Logger) (*filePair, error) 
 
 // reload loads the pair again when the files changed since the last look.
 func (f *filePair) reload() {
+	defer f.looks.Add(1)
 	reloaded, err := f.pair.Reload()
 	switch {
 	case err != nil:

@@ -102,7 +102,8 @@ func TestFilesReloadReplacedPair(t *testing.T) {
 	if got := served(t, ln.Addr().String(), roots); !got.NotAfter.Equal(expB) {
 		t.Errorf("after a broken replacement the served certificate expires %v, want the previous one (%v)", got.NotAfter, expB)
 	}
-	time.Sleep(100 * time.Millisecond) // several more looks at the unchanged broken pair
+	looks := edge.FileLooks()
+	waitFor(t, "three more looks at the unchanged broken pair", func() bool { return edge.FileLooks() >= looks+3 })
 	if n := strings.Count(logs.String(), "do not load") - before; n != 1 {
 		t.Errorf("the broken pair was logged %d times, want once", n)
 	}

@@ -12,8 +12,9 @@ import (
 )
 
 // Two replicas on one Redis start together: one order reaches the CA and both serve the same
-// certificate. Only one replica listens where the CA validates, so when the other one wins the
-// lock (about half the runs) its challenge is answered through the shared storage.
+// certificate. The CA validates only at the second replica, so when the first wins the lock
+// (about half the runs) its challenge is answered through the shared storage. Validations wait
+// until both replicas listen (Route), so none fails because a replica is not up yet.
 func TestTwoReplicasShareOneCertificate(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ca := acmetest.Start(t, acmetest.Options{})
@@ -27,8 +28,8 @@ func TestTwoReplicasShareOneCertificate(t *testing.T) {
 		return s
 	}
 	// Start only starts the background work: the two race for the lock.
-	away := startEdge(t, ca, acmetest.FreePort(t), acmetest.FreePort(t), storage())
-	edges := []*edgeServer{away, startEdge(t, ca, ca.TLSPort, ca.HTTPPort, storage())}
+	edges := []*edgeServer{startEdge(t, ca, true, storage()), startEdge(t, ca, true, storage())}
+	ca.Route(edges[1].httpAddr, edges[1].addr)
 	var serials [2]string
 	for i, e := range edges {
 		waitReady(t, e)

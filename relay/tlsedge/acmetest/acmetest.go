@@ -1,6 +1,8 @@
 // Package acmetest runs a real ACME CA in the test process: Pebble's own packages (ca, va, wfe,
-// db) behind an httptest TLS server, with challtestsrv as the DNS server its validation authority
-// asks, answering 127.0.0.1 for every name. A whole issuance takes about a second.
+// db) behind an httptest TLS server, with a DNS server for its validation authority that answers
+// 127.0.0.1 for every name. The validation authority connects to two listeners of this package,
+// which forward each connection to the server under test (see Route), so that server can bind
+// port 0 and every port is held by whoever uses it. A whole issuance takes about a second.
 package acmetest
 
 import (
@@ -18,16 +20,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/letsencrypt/challtestsrv"
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/db"
 	"github.com/letsencrypt/pebble/v2/va"
 	"github.com/letsencrypt/pebble/v2/wfe"
+	"github.com/miekg/dns"
 )
 
 // CA is a running Pebble.
@@ -41,18 +43,32 @@ type CA struct {
 	// IssuerRoots trusts the certificates the CA issues.
 	IssuerRoots *x509.CertPool
 	// HTTPPort and TLSPort are where the validation authority connects for HTTP-01 and
-	// TLS-ALPN-01 on 127.0.0.1: the relay under test listens there.
+	// TLS-ALPN-01 on 127.0.0.1: listeners of this package that forward to the addresses Route set.
 	HTTPPort, TLSPort int
 
 	orders atomic.Int64
+	routed chan struct{} // closed by the first Route
+	once   sync.Once
+	mu     sync.Mutex
+	route  [2]string // HTTP-01 and TLS-ALPN-01 destinations
+}
+
+// Route sends the validation authority's HTTP-01 connections to httpAddr and its TLS-ALPN-01
+// connections to tlsAddr ("": refused). Until the first call, validations wait: a test can start
+// its servers on port 0 in any order and route once they are all listening, so no validation
+// meets a server that is not up yet.
+func (c *CA) Route(httpAddr, tlsAddr string) {
+	c.mu.Lock()
+	c.route = [2]string{httpAddr, tlsAddr}
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.routed) })
 }
 
 // Orders counts the new-order requests the CA received.
 func (c *CA) Orders() int { return int(c.orders.Load()) }
 
-// Options for Start. Zero ports are replaced by free ones.
+// Options for Start.
 type Options struct {
-	HTTPPort, TLSPort int
 	// Log receives Pebble's log; nil discards it.
 	Log io.Writer
 }
@@ -63,34 +79,21 @@ func Start(t testing.TB, opt Options) *CA {
 	t.Helper()
 	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // validate at once instead of after up to 5 s
 	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no deliberate bad-nonce rejections
-	if opt.HTTPPort == 0 {
-		opt.HTTPPort = FreePort(t)
-	}
-	if opt.TLSPort == 0 {
-		opt.TLSPort = FreePort(t)
-	}
 	if opt.Log == nil {
 		opt.Log = io.Discard
 	}
 	logger := log.New(opt.Log, "pebble ", log.LstdFlags)
-
-	dnsAddr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
-	dns, err := challtestsrv.New(challtestsrv.Config{DNSAddrs: []string{dnsAddr}, Log: logger})
-	if err != nil {
-		t.Fatalf("challtestsrv: %v", err)
-	}
-	dns.SetDefaultDNSIPv4("127.0.0.1")
-	dns.SetDefaultDNSIPv6("") // the relay listens on 127.0.0.1 only
-	dns.Run()
-	t.Cleanup(dns.Shutdown)
+	c := &CA{routed: make(chan struct{})}
+	dnsAddr := serveDNS(t)
+	c.HTTPPort = c.forward(t, 0)
+	c.TLSPort = c.forward(t, 1)
 
 	store := db.NewMemoryStore()
 	profiles := map[string]ca.Profile{"default": {Description: "default"}}
 	authority := ca.New(logger, store, "", "ecdsa", 0, 1, profiles)
-	validator := va.New(logger, opt.HTTPPort, opt.TLSPort, false, dnsAddr, store)
+	validator := va.New(logger, c.HTTPPort, c.TLSPort, false, dnsAddr, store)
 	front := wfe.New(logger, store, validator, authority, nil, false, false, 0, 0)
 
-	c := &CA{HTTPPort: opt.HTTPPort, TLSPort: opt.TLSPort}
 	h := front.Handler()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/order-plz" && r.Method == http.MethodPost {
@@ -115,15 +118,110 @@ func Start(t testing.TB, opt Options) *CA {
 	return c
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
+// serveDNS answers A 127.0.0.1 for every name, and nothing for other types (no IPv6: servers
+// under test listen on 127.0.0.1), over TCP (as Pebble's validation authority asks) on a port it
+// holds until the test ends.
+func serveDNS(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	srv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		for _, q := range r.Question {
+			if q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{A: net.IPv4(127, 0, 0, 1),
+					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET}})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})}
+	go func() { _ = srv.ActivateAndServe() }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return ln.Addr().String()
+}
+
+// forward listens on a port of 127.0.0.1 until the test ends and pipes each connection to
+// route[which], waiting for Route first.
+func (c *CA) forward(t testing.TB, which int) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(done); ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { c.pipe(conn, which, done) })
+		}
+	})
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func (c *CA) pipe(conn net.Conn, which int, done chan struct{}) {
+	defer conn.Close()
+	select {
+	case <-c.routed:
+	case <-done:
+		return
+	}
+	c.mu.Lock()
+	to := c.route[which]
+	c.mu.Unlock()
+	if to == "" {
+		return
+	}
+	up, err := net.Dial("tcp", to)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	copied := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		copied <- struct{}{}
+	}
+	go cp(up, conn)
+	go cp(conn, up)
+	for range 2 {
+		select {
+		case <-copied:
+		case <-done:
+			return // the deferred closes end the copies
+		}
+	}
+}
+
+// ClosingAddr is a loopback address that accepts TCP connections and closes them at once until
+// the test ends: a server that cannot be reached, whose port nobody else can take meanwhile.
+func ClosingAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // SelfSigned makes a certificate for names valid until notAfter and its key, both PEM, for tests
