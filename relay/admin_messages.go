@@ -15,8 +15,9 @@ import (
 // The message history API (docs/DESIGN.md section 2.5): GET /v1/messages, GET /v1/messages/{id},
 // POST /v1/messages/{id}/redeliver. Same token rules as the rest of the admin API.
 
-// messageJSON is a message as the API shows it; the body only in the detail, on request.
-type messageJSON struct {
+// MessageJSON is a message as the history API shows it (and relay messages reads it); the body
+// only in the detail, on request.
+type MessageJSON struct {
 	ID              string         `json:"id"`
 	Route           string         `json:"route"`
 	Provider        string         `json:"provider"`
@@ -30,12 +31,13 @@ type messageJSON struct {
 	LastDuplicateAt *time.Time     `json:"last_duplicate_at"`
 	Headers         http.Header    `json:"headers,omitempty"`
 	Targets         []string       `json:"targets"`
-	Deliveries      []deliveryJSON `json:"deliveries"`
+	Deliveries      []DeliveryJSON `json:"deliveries"`
 	Body            *string        `json:"body,omitempty"`
 	BodyBase64      *string        `json:"body_base64,omitempty"`
 }
 
-type deliveryJSON struct {
+// DeliveryJSON is one target's delivery of a message in the history API.
+type DeliveryJSON struct {
 	ID          string        `json:"id"`
 	Target      string        `json:"target"`
 	State       string        `json:"state"`
@@ -45,10 +47,11 @@ type deliveryJSON struct {
 	LastError   string        `json:"last_error"`
 	DeliveredAt *time.Time    `json:"delivered_at"`
 	DeadAt      *time.Time    `json:"dead_at"`
-	Attempts    []attemptJSON `json:"attempts,omitempty"`
+	Attempts    []AttemptJSON `json:"attempts,omitempty"`
 }
 
-type attemptJSON struct {
+// AttemptJSON is one attempt of a delivery in the history API.
+type AttemptJSON struct {
 	Number     int       `json:"number"`
 	Start      time.Time `json:"start"`
 	DurationMS float64   `json:"duration_ms"`
@@ -76,22 +79,22 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func messageOf(rec *MessageRecord, detail bool) messageJSON {
+func messageOf(rec *MessageRecord, detail bool) MessageJSON {
 	m := &rec.Message
-	out := messageJSON{ID: m.ID, Route: m.Route, Provider: m.Provider, JobID: m.JobID, JobStatus: m.JobStatus,
+	out := MessageJSON{ID: m.ID, Route: m.Route, Provider: m.Provider, JobID: m.JobID, JobStatus: m.JobStatus,
 		ContentType: m.ContentType, SourceAddr: m.SourceAddr, ReceivedAt: m.ReceivedAt, Size: rec.Size,
 		Duplicates: rec.Duplicates, LastDuplicateAt: timePtr(rec.LastDuplicateAt), Targets: nonNil(m.Targets),
-		Deliveries: make([]deliveryJSON, 0, len(rec.Deliveries))}
+		Deliveries: make([]DeliveryJSON, 0, len(rec.Deliveries))}
 	if detail {
 		out.Headers = m.Headers
 	}
 	for _, d := range rec.Deliveries {
-		dj := deliveryJSON{ID: d.ID, Target: d.Target, State: d.State, Attempt: d.Attempt, NextDue: timePtr(d.DueAt),
+		dj := DeliveryJSON{ID: d.ID, Target: d.Target, State: d.State, Attempt: d.Attempt, NextDue: timePtr(d.DueAt),
 			LastStatus: d.LastStatus, LastError: d.LastError, DeliveredAt: timePtr(d.DeliveredAt), DeadAt: timePtr(d.DeadAt)}
 		if detail {
-			dj.Attempts = make([]attemptJSON, 0, len(d.Attempts))
+			dj.Attempts = make([]AttemptJSON, 0, len(d.Attempts))
 			for _, a := range d.Attempts {
-				aj := attemptJSON{Number: a.Number, Start: a.Start, DurationMS: float64(a.Duration.Microseconds()) / 1000,
+				aj := AttemptJSON{Number: a.Number, Start: a.Start, DurationMS: float64(a.Duration.Microseconds()) / 1000,
 					Status: a.Status, Error: a.Error}
 				if len(a.Response) > 0 {
 					aj.Response, aj.ResponseBase64 = textOrBase64(a.Response)
@@ -162,7 +165,7 @@ func (a *adminAPI) listMessages(w http.ResponseWriter, req *http.Request) {
 		a.storeFailed(w, "list messages", err, nil)
 		return
 	}
-	out := make([]messageJSON, 0, len(page))
+	out := make([]MessageJSON, 0, len(page))
 	for _, rec := range page {
 		out = append(out, messageOf(rec, false))
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // relay messages: the message history through the admin API (GET /v1/messages and friends).
@@ -27,45 +29,6 @@ state is queued, in_flight, retrying, delivered or dead. "Did the relay get job 
 relay messages list -job-id X. Every subcommand takes -admin URL (default
 http://127.0.0.1:9090) and -token-env NAME (default HOOKRELAY_ADMIN_TOKEN).
 `
-
-// messageView is what the CLI reads of the API's message.
-type messageView struct {
-	ID              string         `json:"id"`
-	Route           string         `json:"route"`
-	Provider        string         `json:"provider"`
-	JobID           string         `json:"job_id"`
-	JobStatus       string         `json:"job_status"`
-	ContentType     string         `json:"content_type"`
-	SourceAddr      string         `json:"source_addr"`
-	ReceivedAt      time.Time      `json:"received_at"`
-	Size            int            `json:"size"`
-	Duplicates      int            `json:"duplicates"`
-	LastDuplicateAt *time.Time     `json:"last_duplicate_at"`
-	Deliveries      []deliveryView `json:"deliveries"`
-	Body            *string        `json:"body"`
-	BodyBase64      *string        `json:"body_base64"`
-}
-
-type deliveryView struct {
-	ID          string     `json:"id"`
-	Target      string     `json:"target"`
-	State       string     `json:"state"`
-	Attempt     int        `json:"attempt"`
-	NextDue     *time.Time `json:"next_due"`
-	LastStatus  int        `json:"last_status"`
-	LastError   string     `json:"last_error"`
-	DeliveredAt *time.Time `json:"delivered_at"`
-	DeadAt      *time.Time `json:"dead_at"`
-	Attempts    []struct {
-		Number         int       `json:"number"`
-		Start          time.Time `json:"start"`
-		DurationMS     float64   `json:"duration_ms"`
-		Status         int       `json:"status"`
-		Error          string    `json:"error"`
-		Response       *string   `json:"response"`
-		ResponseBase64 *string   `json:"response_base64"`
-	} `json:"attempts"`
-}
 
 // parseInterspersed parses flags before and after the positional arguments (relay messages show
 // ID -body), which flag.Parse alone stops at.
@@ -171,7 +134,7 @@ func cmdMessages(args []string, stdout, stderr io.Writer) error {
 			_, err := fmt.Fprintln(stdout, out.String())
 			return err
 		}
-		var m messageView
+		var m relay.MessageJSON
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return err
 		}
@@ -212,7 +175,7 @@ func printMessageList(stdout, stderr io.Writer, raws []json.RawMessage, next str
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRECEIVED\tROUTE\tJOB\tJOB STATUS\tDUPLICATES\tDELIVERIES")
 	for _, raw := range raws {
-		var m messageView
+		var m relay.MessageJSON
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return err
 		}
@@ -232,7 +195,7 @@ func printMessageList(stdout, stderr io.Writer, raws []json.RawMessage, next str
 	return nil
 }
 
-func printMessage(w io.Writer, m *messageView) error {
+func printMessage(w io.Writer, m *relay.MessageJSON) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, kv := range [][2]string{
 		{"id", m.ID}, {"received", m.ReceivedAt.UTC().Format(time.RFC3339Nano)}, {"route", m.Route},
@@ -291,7 +254,7 @@ func printMessage(w io.Writer, m *messageView) error {
 	return nil
 }
 
-func duplicates(m *messageView) string {
+func duplicates(m *relay.MessageJSON) string {
 	if m.Duplicates == 0 || m.LastDuplicateAt == nil {
 		return "0"
 	}
