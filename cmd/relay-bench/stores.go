@@ -115,8 +115,11 @@ func (r *redisProbe) after(ctx context.Context, stopRelay func(), res *result) {
 	if ks, _, err := r.rdb.Scan(ctx, 0, "{"+r.prefix+"}:k:*", 100).Result(); err == nil && len(ks) > 0 {
 		sample = fmt.Sprintf("; MEMORY USAGE of one dedupe key %d B (%d-byte name)", r.rdb.MemoryUsage(ctx, ks[0]).Val(), len(ks[0]))
 	}
-	res.Store = append(res.Store, fmt.Sprintf("Redis used_memory after the drain: +%.1f MiB for %d dedupe keys, %.0f B per key (key, TTL and expiry-index entry)%s",
-		float64(used-r.used0)/(1<<20), keys, float64(used-r.used0)/float64(max(keys, 1)), sample))
+	// With history (on by default) the delivered messages stay too, so this is per webhook kept,
+	// not per dedupe key alone.
+	hist := r.rdb.ZCard(ctx, "{"+r.prefix+"}:h").Val()
+	res.Store = append(res.Store, fmt.Sprintf("Redis used_memory after the drain: +%.1f MiB for %d dedupe keys and %d messages of history, %.0f B per dedupe key%s",
+		float64(used-r.used0)/(1<<20), keys, hist, float64(used-r.used0)/float64(max(keys, 1)), sample))
 }
 
 // cleanup deletes the run's keys, so runs against a shared Redis do not pile up 72 h of keys.
