@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"log/slog"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -283,17 +281,22 @@ func nonNil(s []string) []string {
 func (a *adminAPI) filter(w http.ResponseWriter, req *http.Request) (DeadFilter, bool) {
 	q := req.URL.Query()
 	f := DeadFilter{Route: q.Get("route"), Target: q.Get("target")}
-	if s := q.Get("since"); s != "" {
-		if t, err := time.Parse(time.RFC3339, s); err == nil {
-			f.Since = t
-		} else if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-			f.Since = a.r.cfg.Now().Add(-d)
-		} else {
-			badRequest(w, "since: "+strconv.Quote(s)+" is neither an RFC 3339 time nor a non-negative duration such as 24h")
-			return f, false
-		}
+	var ok bool
+	f.Since, ok = a.timeParam(w, "since", q.Get("since"))
+	return f, ok
+}
+
+// limitParam parses a page size; it answers 400 itself and reports false on a bad value.
+func limitParam(w http.ResponseWriter, s string, def int) (int, bool) {
+	if s == "" {
+		return def, true
 	}
-	return f, true
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > adminMaxLimit {
+		badRequest(w, "limit: "+strconv.Quote(s)+" is not a number from 1 to "+strconv.Itoa(adminMaxLimit))
+		return 0, false
+	}
+	return n, true
 }
 
 func (a *adminAPI) list(w http.ResponseWriter, req *http.Request) {
@@ -302,14 +305,8 @@ func (a *adminAPI) list(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	q := req.URL.Query()
-	f.Limit = adminDefaultLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > adminMaxLimit {
-			badRequest(w, "limit: "+strconv.Quote(s)+" is not a number from 1 to "+strconv.Itoa(adminMaxLimit))
-			return
-		}
-		f.Limit = n
+	if f.Limit, ok = limitParam(w, q.Get("limit"), adminDefaultLimit); !ok {
+		return
 	}
 	f.After = q.Get("after")
 	ctx, cancel := a.storeCtx(req)
@@ -348,13 +345,7 @@ func (a *adminAPI) show(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	out := deadLetterDetail{deadLetterJSON: deadLetterOf(d)}
-	if body := d.Message.Body; utf8.Valid(body) {
-		s := string(body)
-		out.Body = &s
-	} else {
-		s := base64.StdEncoding.EncodeToString(body)
-		out.BodyBase64 = &s
-	}
+	out.Body, out.BodyBase64 = textOrBase64(d.Message.Body)
 	writeJSON(w, http.StatusOK, out)
 }
 

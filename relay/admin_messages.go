@@ -150,13 +150,8 @@ func (a *adminAPI) listMessages(w http.ResponseWriter, req *http.Request) {
 		badRequest(w, "until: must be after since")
 		return
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > adminMaxLimit {
-			badRequest(w, "limit: "+strconv.Quote(s)+" is not a number from 1 to "+strconv.Itoa(adminMaxLimit))
-			return
-		}
-		f.Limit = n
+	if f.Limit, ok = limitParam(w, q.Get("limit"), f.Limit); !ok {
+		return
 	}
 	ctx, cancel := a.storeCtx(req)
 	defer cancel()

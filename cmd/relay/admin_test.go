@@ -81,6 +81,10 @@ func TestBinaryDeadLetterWorkflow(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `job-a`) || !strings.Contains(out, `"last_status": 400`) {
 		t.Fatalf("show (exit %d):\n%s", code, out)
 	}
+	// Flags may follow the ID (before this, -admin after it was ignored and the default address used).
+	if out, code := relayCmd(t, nil, "dlq", "show", byJob["job-a"], "-admin", admin); code != 0 || !strings.Contains(out, `job-a`) {
+		t.Fatalf("show with the flags after the ID (exit %d):\n%s", code, out)
+	}
 	if out, code := relayCmd(t, nil, "dlq", "show", "-admin", admin, "nope"); code == 0 || !strings.Contains(out, "404") {
 		t.Fatalf("show of an unknown ID (exit %d):\n%s", code, out)
 	}

@@ -113,7 +113,8 @@ func cmdDLQ(args []string, stdout, stderr io.Writer) error {
 	limit := fs.Int("limit", 100, "list at most this many")
 	asJSON := fs.Bool("json", false, "print the API's JSON")
 	all := fs.Bool("all", false, "replay: every dead letter")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args) // flags may follow the ID, as in relay messages
+	if err != nil {
 		return err
 	}
 	c, err := client()
@@ -126,9 +127,12 @@ func cmdDLQ(args []string, stdout, stderr io.Writer) error {
 			filter.Set(k, v)
 		}
 	}
-	id := fs.Arg(0)
+	id := ""
+	if len(pos) > 0 {
+		id = pos[0]
+	}
 	needID := func() error {
-		if id == "" || fs.NArg() > 1 {
+		if id == "" || len(pos) > 1 {
 			return fmt.Errorf("dlq %s: give exactly one dead letter ID", sub)
 		}
 		return nil
