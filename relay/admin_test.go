@@ -534,6 +534,8 @@ func TestAdminPprof(t *testing.T) {
 		{"index", true, token, "/debug/pprof/", http.StatusOK, "goroutine"},
 		{"goroutines", true, token, "/debug/pprof/goroutine?debug=1", http.StatusOK, "goroutine profile:"},
 		{"cmdline", true, token, "/debug/pprof/cmdline", http.StatusOK, ""},
+		{"symbol", true, token, "/debug/pprof/symbol", http.StatusOK, "num_symbols"},
+		{"trace", true, token, "/debug/pprof/trace?seconds=0", http.StatusOK, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(h.relay.AdminHandler(relay.AdminOptions{Token: []byte(token), Pprof: tc.pprof}))

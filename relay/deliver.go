@@ -28,7 +28,11 @@ type dispatcher struct {
 	wake  chan struct{} // new work in the store: look there at once
 	freed chan struct{} // a slot came free
 	slots chan struct{} // one token per delivery in flight
-	wg    sync.WaitGroup
+	// settling bounds the deliveries whose target has answered but whose store update (an ack in
+	// the next group commit) has not landed, so that a slow store holds back new attempts rather
+	// than piling up goroutines and bodies.
+	settling chan struct{}
+	wg       sync.WaitGroup
 
 	// Hand-offs: deliveries that ingress stored already leased to this dispatcher (docs/DESIGN.md
 	// section 2.2). Ingress reserves room before the store write, so handOff never blocks, and
@@ -62,6 +66,7 @@ func newDispatcher(t *Target, client *http.Client, q Queue, fwd *forwarder, log 
 		wake:            make(chan struct{}, 1),
 		freed:           make(chan struct{}, 1),
 		slots:           make(chan struct{}, t.Concurrency),
+		settling:        make(chan struct{}, t.Concurrency),
 		handoffs:        make(chan *Delivery, t.Concurrency),
 	}
 	if t.RateLimit > 0 {
@@ -78,12 +83,14 @@ func notify(c chan struct{}) {
 	}
 }
 
-// reserve makes room for one hand-off, if the claim loop runs and has room; ingress then stores
-// the delivery leased and calls handOff, or cancelReservation if nothing was stored.
+// reserve makes room for one hand-off, if the claim loop runs and a slot is free for it (slots in
+// use plus reservations never pass the concurrency, so a hand-off does not wait and cannot crowd
+// out what waits in the store); ingress then stores the delivery leased and calls handOff, or
+// cancelReservation if nothing was stored.
 func (d *dispatcher) reserve() bool {
 	d.hmu.Lock()
 	defer d.hmu.Unlock()
-	if !d.open || d.reserved == cap(d.handoffs) {
+	if !d.open || len(d.slots)+d.reserved >= cap(d.slots) {
 		return false
 	}
 	d.reserved++
@@ -94,6 +101,7 @@ func (d *dispatcher) cancelReservation() {
 	d.hmu.Lock()
 	d.reserved--
 	d.hmu.Unlock()
+	notify(d.freed) // the slot may be claimed again
 }
 
 // handOff passes a delivery leased at enqueue to the claim loop. If the loop stopped meanwhile,
@@ -110,9 +118,9 @@ func (d *dispatcher) handOff(dl *Delivery) {
 	d.release(dl)
 }
 
-// take starts a handed-off delivery. One whose lease could run out before its attempt ends is
-// left to expire in the store instead, where a claim finds it: delivering it now could race that
-// claim.
+// take starts a handed-off delivery. One whose lease could run out before its attempt ends (it
+// can wait only when a claim took its slot between reserve and take) is left to expire in the
+// store instead, where a claim finds it: delivering it now could race that claim.
 func (d *dispatcher) take(work context.Context, dl *Delivery) {
 	d.hmu.Lock()
 	d.reserved--
@@ -140,9 +148,25 @@ func (d *dispatcher) start(work context.Context, dl *Delivery) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		var once sync.Once
-		free := func() { once.Do(func() { <-d.slots; notify(d.freed) }) }
-		defer free()
+		// free trades the slot for a settling token once the target has answered; the token goes
+		// when the store update is done. Paths that never call it give the slot back at the end.
+		settling := false
+		free := func() {
+			if !settling {
+				settling = true
+				d.settling <- struct{}{}
+				<-d.slots
+				notify(d.freed)
+			}
+		}
+		defer func() {
+			if settling {
+				<-d.settling
+			} else {
+				<-d.slots
+				notify(d.freed)
+			}
+		}()
 		d.deliver(work, dl, free)
 	}()
 }
@@ -158,8 +182,11 @@ func (d *dispatcher) run(ctx, work context.Context) {
 	d.dueMu.Unlock()
 	const storeErrorPause = time.Second
 	for ctx.Err() == nil {
-		free := cap(d.slots) - len(d.slots)
-		if free == 0 {
+		d.hmu.Lock()
+		slotsFree := cap(d.slots) - len(d.slots)
+		free := slotsFree - d.reserved // what claims may take: reserved slots are for hand-offs
+		d.hmu.Unlock()
+		if slotsFree <= 0 {
 			d.sleep(ctx, 0, d.freed, false)
 			continue
 		}
@@ -168,6 +195,12 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			d.take(work, dl)
 			continue
 		default:
+		}
+		if free <= 0 {
+			if dl := d.sleep(ctx, 0, d.freed, true); dl != nil {
+				d.take(work, dl)
+			}
+			continue
 		}
 		now := d.now()
 		d.dueMu.Lock()

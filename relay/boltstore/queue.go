@@ -57,11 +57,11 @@ func (s *Store) EnqueueLeased(ctx context.Context, m *relay.Message, dedupeKey s
 	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		duplicate = false
 		if dedupeKey != "" {
-			claimed, holder, err := claimKey(tx, []byte(dedupeKey), holderID, m.ReceivedAt, expires)
+			took, holder, err := claimKey(tx, []byte(dedupeKey), holderID, m.ReceivedAt, expires)
 			if err != nil {
 				return err
 			}
-			if !claimed {
+			if !took {
 				duplicate = true
 				if s.history > 0 {
 					return countDuplicate(tx, holder, m.ReceivedAt)
