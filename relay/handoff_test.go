@@ -244,3 +244,35 @@ func TestHandoffReservationGivenBackOnFailureAndDuplicate(t *testing.T) {
 		t.Errorf("Claim returned %d deliveries, want 0: a reservation leaked and webhooks went through the store", c)
 	}
 }
+
+// Forwarded sender headers come first: a target's own header of the same name wins, so a sender
+// cannot replace the target's credential; the relay refuses bad forward_headers in New.
+func TestForwardedHeadersYieldToTargetHeaders(t *testing.T) {
+	rec := newRecorder(t, nil)
+	target := rec.target("app")
+	target.Headers = []relay.Header{{Name: "Authorization", Value: "Bearer target"}}
+	rt := route(t, "fashn", "fashn", "app")
+	rt.ForwardHeaders = []string{"Authorization", "X-Request-Id"}
+	h := startRelay(t, []relay.Route{rt}, target)
+	req, _ := http.NewRequest(http.MethodPost, h.url+"/hooks/fashn", strings.NewReader(`{"id":"j1","status":"completed"}`))
+	req.Header.Set("Authorization", "Bearer sender")
+	req.Header.Set("X-Request-Id", "r-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	eventually(t, "the delivery", func() bool { return len(rec.got()) == 1 })
+	got := rec.got()[0].header
+	if got.Get("Authorization") != "Bearer target" || got.Get("X-Request-Id") != "r-1" {
+		t.Errorf("target got Authorization %q, X-Request-Id %q; want the target's own and r-1",
+			got.Get("Authorization"), got.Get("X-Request-Id"))
+	}
+
+	bad := route(t, "fashn", "fashn", "app")
+	bad.ForwardHeaders = []string{"Connection"}
+	if _, err := relay.New(relay.Config{Routes: []relay.Route{bad}, Targets: []relay.Target{rec.target("app")},
+		Store: h.store}); err == nil || !strings.Contains(err.Error(), "hop-by-hop") {
+		t.Errorf("New with forward_headers [Connection] = %v, want a hop-by-hop error", err)
+	}
+}

@@ -1139,4 +1139,16 @@ func testMessageOutlivesFirstAck(t *testing.T, f *fixture) {
 	checkMessage(t, &b.Message, m)
 	f.ack(b)
 	f.wantEmpty("b")
+
+	// Dropping a dead letter keeps the message while another delivery still needs it.
+	m2 := msg("m2", at(10), "a", "b")
+	f.mustEnqueue(m2, "", 0)
+	f.bury(f.claimOne("a", at(11), "m2.a"), at(12), relay.Failure{Status: 400, Error: "no"})
+	if err := f.s.DropDead(f.ctx, "m2.a"); err != nil {
+		t.Fatalf("DropDead: %v", err)
+	}
+	b2 := f.claimOne("b", at(13), "m2.b")
+	checkMessage(t, &b2.Message, m2)
+	f.ack(b2)
+	f.wantEmpty("b")
 }
