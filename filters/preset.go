@@ -19,8 +19,8 @@ import (
 // delivery headers, so a sender must not be able to make them arbitrarily large.
 const MaxValueLen = 512
 
-// presetNames lists the valid preset names for error messages.
-const presetNames = "fashn, fal, fotor, abstrakt, generic"
+// Providers lists the presets NewPreset knows.
+func Providers() []string { return []string{"fashn", "fal", "fotor", "abstrakt", "generic"} }
 
 // Generic configures the generic preset.
 //
@@ -85,7 +85,7 @@ func NewPreset(name string, g *Generic) (*Preset, error) {
 		}
 		return newGeneric(g)
 	default:
-		return nil, fmt.Errorf("unknown preset %q: want one of %s", name, presetNames)
+		return nil, fmt.Errorf("unknown preset %q: want one of %s", name, strings.Join(Providers(), ", "))
 	}
 	if g != nil {
 		return nil, fmt.Errorf("preset %q: paths and status map are only for the generic preset", name)

@@ -265,8 +265,7 @@ func (a *adminAPI) reloadConfig(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "routes": res.Routes,
-		"targets_restarted": nonNil(res.Restarted), "targets_removed": nonNil(res.Removed)})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "result": res, "lines": res.Lines()})
 }
 
 // nonNil makes an empty list encode as [] rather than null.

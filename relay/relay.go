@@ -69,6 +69,16 @@ type Relay struct {
 	endLife context.CancelFunc
 }
 
+// Validate checks cfg exactly as New does (routes, targets, their TLS files), without a store:
+// relay check runs it, so that a file it passes is one serve starts with.
+func Validate(cfg Config) error {
+	if cfg.Store == nil {
+		cfg.Store = struct{ Store }{} // New calls no store method
+	}
+	_, err := New(cfg)
+	return err
+}
+
 // New validates cfg and builds a Relay. It starts nothing; call Run.
 func New(cfg Config) (*Relay, error) {
 	if cfg.Store == nil {
@@ -173,13 +183,21 @@ type Routing struct {
 	Clients ClientResolver // nil: the TCP peer
 }
 
-// ReloadResult says what a reload changed.
+// ReloadResult says what a reload changed. Reload fills Targets; the configuration layer, which
+// knows the file, fills Routes and Restart.
 type ReloadResult struct {
-	Routes int
-	// Restarted names the targets whose dispatchers were replaced (new or changed); Removed those
-	// no longer configured, whose queued deliveries stay in the store until a target of that
-	// name is configured again.
-	Restarted, Removed []string
+	Routes  Changes `json:"routes"`
+	Targets Changes `json:"targets"` // Changed: dispatchers replaced; Removed: queued deliveries stay in the store
+	// Restart names the settings that changed in the file but keep their running value until a
+	// restart.
+	Restart []string `json:"restart_needed"`
+}
+
+// Changes names what was added, removed and changed, each sorted.
+type Changes struct {
+	Added   []string `json:"added"`
+	Removed []string `json:"removed"`
+	Changed []string `json:"changed"`
 }
 
 // Reload swaps in new routes, targets and client resolution without dropping a webhook: requests
@@ -194,10 +212,14 @@ func (r *Relay) Reload(rt Routing) (ReloadResult, error) {
 	if err != nil {
 		return ReloadResult{}, err
 	}
-	res := ReloadResult{Routes: len(rt.Routes)}
+	var res ReloadResult
 	for name, d := range targets {
 		if old[name] != d {
-			res.Restarted = append(res.Restarted, name)
+			if old[name] == nil {
+				res.Targets.Added = append(res.Targets.Added, name)
+			} else {
+				res.Targets.Changed = append(res.Targets.Changed, name)
+			}
 			if r.workers != nil {
 				r.workers.start(d)
 			}
@@ -206,18 +228,49 @@ func (r *Relay) Reload(rt Routing) (ReloadResult, error) {
 	for name, d := range old {
 		if targets[name] != d {
 			if targets[name] == nil {
-				res.Removed = append(res.Removed, name)
+				res.Targets.Removed = append(res.Targets.Removed, name)
 			}
 			if r.workers != nil {
 				r.workers.retire(d)
 			}
 		}
 	}
-	slices.Sort(res.Restarted)
-	slices.Sort(res.Removed)
+	res.Targets.sort()
 	r.targets.Store(&targets)
 	r.ingress.Store(in)
 	return res, nil
+}
+
+func (c *Changes) sort() {
+	slices.Sort(c.Added)
+	slices.Sort(c.Removed)
+	slices.Sort(c.Changed)
+}
+
+// Lines describes the changes of a reload, one line per kind of change, as the log and
+// relay reload print them.
+func (res ReloadResult) Lines() []string {
+	var out []string
+	for _, c := range []struct {
+		kind string
+		c    Changes
+	}{{"routes", res.Routes}, {"targets", res.Targets}} {
+		for _, l := range []struct {
+			verb  string
+			names []string
+		}{{"added", c.c.Added}, {"removed", c.c.Removed}, {"changed", c.c.Changed}} {
+			if len(l.names) > 0 {
+				out = append(out, fmt.Sprintf("%s %s: %s", c.kind, l.verb, strings.Join(l.names, ", ")))
+			}
+		}
+	}
+	if len(res.Restart) > 0 {
+		out = append(out, "NOT APPLIED, needs a restart: "+strings.Join(res.Restart, ", "))
+	}
+	if len(out) == 0 {
+		out = append(out, "nothing changed")
+	}
+	return out
 }
 
 // Metrics gathers the relay's Prometheus series (and whatever else is registered on
@@ -243,14 +296,30 @@ func validateTarget(t *Target, lease time.Duration) error {
 	}
 	t.endpoint = ep
 	if t.Timeout <= 0 || t.Timeout >= lease {
-		errs = append(errs, fieldErr("timeout", "%v must be positive and below the lease %v", t.Timeout, lease))
+		errs = append(errs, fieldErr("timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, lease))
 	}
 	if t.Concurrency < 1 {
-		errs = append(errs, fieldErr("concurrency", "must be at least 1"))
+		errs = append(errs, fieldErr("concurrency", "must be at least 1, got %d", t.Concurrency))
+	}
+	if t.RateLimit < 0 || t.RateBurst < 0 {
+		errs = append(errs, fieldErr("rate", "rate and burst must not be negative"))
 	}
 	p := t.Retry
-	if p.Initial <= 0 || p.Multiplier < 1 || p.Max < p.Initial || p.MaxAttempts < 1 || p.MaxAge <= 0 || p.MaxRetryAfter < 0 {
-		errs = append(errs, fieldErr("retry", "policy %+v is not sane", p))
+	for _, c := range []struct {
+		bad         bool
+		field, want string
+		got         any
+	}{
+		{p.Initial <= 0, "initial", "must be positive", p.Initial},
+		{p.Multiplier < 1, "multiplier", "must be at least 1", p.Multiplier},
+		{p.Max < p.Initial, "max_backoff", fmt.Sprintf("must be at least retry.initial (%v)", p.Initial), p.Max},
+		{p.MaxAttempts < 1, "max_attempts", "must be at least 1", p.MaxAttempts},
+		{p.MaxAge <= 0, "max_age", "must be positive", p.MaxAge},
+		{p.MaxRetryAfter < 0, "max_retry_after", "must not be negative", p.MaxRetryAfter},
+	} {
+		if c.bad {
+			errs = append(errs, fieldErr("retry."+c.field, "%s, got %v", c.want, c.got))
+		}
 	}
 	errs = append(errs, validateHeaders(t)...)
 	if t.TLS != nil && err == nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"gopkg.in/yaml.v3"
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
@@ -217,24 +215,10 @@ type whenConfig struct {
 	Body   map[string]string `yaml:"body,omitempty"`   // dot path -> value it must equal
 }
 
-func (rt *routeTarget) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode {
-		rt.Name = n.Value
-		return nil
-	}
-	// Node.Decode does not refuse unknown keys as the file's decoder does; check them here.
-	if err := knownKeys(n, "name", "when"); err != nil {
-		return err
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == "when" {
-			if err := knownKeys(n.Content[i+1], "status", "body"); err != nil {
-				return err
-			}
-		}
-	}
-	type plain routeTarget
-	return n.Decode((*plain)(rt))
+// parseScalar reads the short form: the target's name alone.
+func (rt *routeTarget) parseScalar(s string) error {
+	rt.Name = s
+	return nil
 }
 
 // MarshalYAML writes a target without a filter as its name, as it is usually written.
@@ -244,19 +228,6 @@ func (rt routeTarget) MarshalYAML() (any, error) {
 	}
 	type plain routeTarget
 	return plain(rt), nil
-}
-
-// knownKeys refuses a mapping key not in keys, with its line.
-func knownKeys(n *yaml.Node, keys ...string) error {
-	if n.Kind != yaml.MappingNode {
-		return nil // the decoder reports the wrong kind
-	}
-	for i := 0; i < len(n.Content); i += 2 {
-		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
-			return fmt.Errorf("line %d: unknown key %q (want %s)", k.Line, k.Value, strings.Join(keys, ", "))
-		}
-	}
-	return nil
 }
 
 // targetNames lists the route's target names.
@@ -315,28 +286,19 @@ var sizeUnits = []struct {
 	mult   int64
 }{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
 
-func parseByteSize(s string) (byteSize, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
+func (b *byteSize) parseScalar(s string) error {
+	num, mult := strings.TrimSpace(s), int64(1)
 	for _, u := range sizeUnits {
-		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = strings.TrimSpace(rest), u.mult
+		if rest, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(rest), u.mult
 			break
 		}
 	}
-	n, err := strconv.ParseInt(s, 10, 64)
+	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n < 0 || n > (1<<40)/mult {
-		return 0, fmt.Errorf("%q is not a size like 1MiB, 512KiB or 65536", s)
+		return fmt.Errorf("%q is not a size such as 1MiB, 512KiB or 65536 (bytes, up to 1TiB)", s)
 	}
-	return byteSize(n * mult), nil
-}
-
-func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
-	v, err := parseByteSize(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
-	}
-	*b = v
+	*b = byteSize(n * mult)
 	return nil
 }
 
@@ -367,7 +329,6 @@ var (
 	namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	// hostnamePattern is a DNS name: dot-separated labels of letters, digits and hyphens.
 	hostnamePattern = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
-	unknownKeyErr   = regexp.MustCompile(`field (\S+) not found in type \S+`)
 )
 
 // loadConfig reads, decodes strictly, fills defaults and validates. The error lists every problem
@@ -390,11 +351,9 @@ func parseConfig(raw []byte, name string, logs io.Writer) (*fileConfig, *slog.Lo
 // running logger, and the running Redis client is reused rather than a second one dialled.
 func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.Logger) (*fileConfig, *slog.Logger, error) {
 	var c fileConfig
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		msg := unknownKeyErr.ReplaceAllString(err.Error(), `unknown key "$1" (check its spelling against config.example.yaml)`)
-		return nil, nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(msg, "yaml: "))
+	root, bad := decodeFile(raw, &c)
+	if root == nil {
+		return nil, nil, bad.report(name, nil)
 	}
 	c.applyDefaults()
 	if log == nil {
@@ -403,8 +362,15 @@ func parse(raw []byte, name string, logs io.Writer, prev *fileConfig, log *slog.
 	if prev != nil && c.Store.Type == "redis" {
 		c.redis = prev.redis
 	}
-	if err := c.validate(log, prev); err != nil {
-		return nil, nil, fmt.Errorf("%s: invalid configuration:\n%w", name, err)
+	// A key that did not decode was left at its default; what validation says about it or
+	// below it would only repeat the problem.
+	for _, q := range c.validate(log, prev) {
+		if !slices.ContainsFunc(bad, func(d problem) bool { return d.repeats(q) }) {
+			bad = append(bad, q)
+		}
+	}
+	if err := bad.report(name, root); err != nil {
+		return nil, nil, err
 	}
 	c.warnSecretFiles(log)
 	return &c, log, nil
@@ -507,13 +473,6 @@ func (r *routeConfig) generic() *filters.Generic {
 	return &filters.Generic{JobIDPath: r.Generic.JobID, JobIDHeader: r.Generic.JobIDHeader, StatusPath: r.Generic.Status, StatusMap: r.Generic.StatusMap}
 }
 
-// problems collects validation errors, each with its key path.
-type problems []error
-
-func (p *problems) add(path, format string, args ...any) {
-	*p = append(*p, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
-}
-
 // validate checks the admin listener: off loopback it must require a bearer token.
 func (a *adminConfig) validate(p *problems) {
 	if a.Listen == "off" {
@@ -563,6 +522,7 @@ func isLoopback(host string) bool {
 func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
 	if !namePattern.MatchString(name) {
 		p.add(at+".name", "%q must be 1-63 lower-case letters, digits, - or _", name)
+		seen[strings.ToLower(name)] = true
 	} else if seen[name] {
 		p.add(at+".name", "%q is used by another %s; names must be unique", name, kind)
 	}
@@ -572,7 +532,7 @@ func (p *problems) checkName(at, kind, name string, seen map[string]bool) {
 // validate checks c and builds its checks. On a reload prev is the running configuration: a
 // route's stateful checks (rate limiters, fal's JWKS cache) whose settings did not change are
 // kept rather than built anew, so a reload neither refills buckets nor empties the cache.
-func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
+func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 	var p problems
 	clients, err := filters.NewClientIPHeader(c.TrustedProxies, c.ClientIPHeader)
 	if err != nil {
@@ -643,43 +603,11 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		at := fmt.Sprintf("targets[%d]", i)
-		first := len(p) // this target's problems start here
 		p.checkName(at, "target", t.Name, targets)
-		if t.Timeout <= 0 || t.Timeout >= c.Delivery.Lease {
-			p.add(at+".timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, c.Delivery.Lease)
-		}
-		if t.Concurrency < 1 {
-			p.add(at+".concurrency", "must be at least 1, got %d", t.Concurrency)
-		}
-		if t.Rate < 0 || t.Burst < 0 {
-			p.add(at+".rate", "rate and burst must not be negative")
-		}
 		if t.SigningSecretEnv != "" && t.SigningSecretFile != "" {
 			p.add(at, "set signing_secret_env or signing_secret_file, not both")
 		}
-		if _, err := readSecret(t.SigningSecretEnv, t.SigningSecretFile); err != nil {
-			p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
-		}
-		r := &t.Retry
-		if r.Initial <= 0 {
-			p.add(at+".retry.initial", "must be positive, got %v", r.Initial)
-		}
-		if r.Multiplier < 1 {
-			p.add(at+".retry.multiplier", "must be at least 1, got %v", r.Multiplier)
-		}
-		if r.MaxBackoff < r.Initial {
-			p.add(at+".retry.max_backoff", "%v is below retry.initial (%v)", r.MaxBackoff, r.Initial)
-		}
-		if r.MaxAttempts < 1 {
-			p.add(at+".retry.max_attempts", "must be at least 1, got %d", r.MaxAttempts)
-		}
-		if r.MaxAge <= 0 {
-			p.add(at+".retry.max_age", "must be positive, got %v", r.MaxAge)
-		}
-		if r.MaxRetryAfter < 0 {
-			p.add(at+".retry.max_retry_after", "must not be negative, got %v", r.MaxRetryAfter)
-		}
-		t.build(at, &p, c.Delivery.Lease, first)
+		t.build(at, &p, c.Delivery.Lease)
 	}
 
 	names, paths := map[string]bool{}, map[string]string{}
@@ -697,7 +625,11 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		}
 		paths[r.Path] = at
 		preset, err := filters.NewPreset(r.Provider, r.generic())
-		if err != nil {
+		switch {
+		case !slices.Contains(filters.Providers(), r.Provider):
+			p.add(at+".provider", "%q is not a provider%s", r.Provider,
+				suggest(r.Provider, filters.Providers(), "; use one of "+strings.Join(filters.Providers(), ", ")))
+		case err != nil:
 			p.add(at+".provider", "%v", err)
 		}
 		r.built = builtRoute{preset: preset}
@@ -707,8 +639,8 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		}
 		for j, rt := range r.Targets {
 			tat := fmt.Sprintf("%s.targets[%d]", at, j)
-			if !targets[rt.Name] {
-				p.add(tat, "unknown target %q; define it under targets", rt.Name)
+			if !targets[rt.Name] && !targets[strings.ToLower(rt.Name)] { // an invalid name is reported at its target
+				p.add(tat, "unknown target %q%s", rt.Name, suggest(rt.Name, slices.Collect(maps.Keys(targets)), "; define it under targets"))
 			} else if slices.ContainsFunc(r.Targets[:j], func(o routeTarget) bool { return o.Name == rt.Name }) {
 				p.add(tat, "target %q is listed twice; give it once (with one when)", rt.Name)
 			}
@@ -744,17 +676,17 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) error {
 		if r.DedupeTTL <= 0 {
 			p.add(at+".dedupe_ttl", "must be positive, got %v", r.DedupeTTL)
 		}
-		if r.AckStatus != 200 && r.AckStatus != 202 {
+		if preset != nil && r.AckStatus != 200 && r.AckStatus != 202 { // without a preset, no default was set
 			p.add(at+".ack_status", "%d must be 200 or 202", r.AckStatus)
 		}
 	}
-	return errors.Join(p...)
+	return p
 }
 
 // build makes the engine's target, reading its secrets, and has the engine check it (relay.CheckTarget:
-// headers, TLS files, the URL), reporting each problem under the target's key path at. The engine
-// is asked only when the target's problems (from index first) are none yet, so none is repeated.
-func (t *targetConfig) build(at string, p *problems, lease time.Duration, first int) {
+// headers, TLS files, the URL, retry policy), reporting each problem under the target's key path at,
+// each once.
+func (t *targetConfig) build(at string, p *problems, lease time.Duration) {
 	key, err := t.signingKey()
 	if err != nil {
 		p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
@@ -802,12 +734,15 @@ func (t *targetConfig) build(at string, p *problems, lease time.Duration, first 
 		}
 	}
 	t.built = rt
-	if len(*p) > first {
-		return // the engine would repeat what is reported already, or see values not read
-	}
 	for _, err := range unjoin(relay.CheckTarget(rt, lease)) {
 		// The engine quotes a bad URL whole: its user information is cut out here.
 		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+			if slices.ContainsFunc(*p, func(q problem) bool {
+				// Reported already from the file's side; and a header left out shifts the indexes.
+				return q.path == at+"."+fe.Field || strings.HasPrefix(fe.Field, "headers[") && len(rt.Headers) < len(t.Headers)
+			}) {
+				continue
+			}
 			p.add(at+"."+fe.Field, "%s", redactUserinfo(fe.Err.Error(), t.URL))
 		} else {
 			p.add(at, "%s", redactUserinfo(err.Error(), t.URL))
@@ -918,8 +853,11 @@ func readSecret(env, file string) (string, error) {
 	switch {
 	case env != "":
 		v, ok := os.LookupEnv(env)
-		if !ok || strings.TrimSpace(v) == "" {
+		if !ok {
 			return "", fmt.Errorf("environment variable %s is not set; export it or remove the key", env)
+		}
+		if strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("environment variable %s is set but empty; give it the secret's value", env)
 		}
 		return strings.TrimSpace(v), nil
 	case file != "":
@@ -952,15 +890,17 @@ func (t *targetConfig) signingKey() ([]byte, error) {
 // under the route's key path, and refuses a route that anyone could post to unless it says so.
 func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string, prev *routeConfig) {
 	entries := append([]string(nil), r.Allowlist...)
+	fileErrs := 0
 	for i, f := range r.AllowlistFiles {
 		more, err := filters.ReadAllowlistFile(f)
 		if err != nil {
 			p.add(fmt.Sprintf("%s.allowlist_files[%d]", at, i), "%v", err)
+			fileErrs++
 		}
 		entries = append(entries, more...)
 	}
 	// Built whenever a source is named: an emptied file must fail, not turn the allowlist off.
-	if len(r.Allowlist)+len(r.AllowlistFiles) > 0 {
+	if len(r.Allowlist)+len(r.AllowlistFiles) > 0 && fileErrs == 0 {
 		if al, err := filters.NewAllowlist(entries); err != nil {
 			p.add(at+".allowlist", "%v", err)
 		} else {
@@ -999,11 +939,7 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 		// Its JWKS cache is state; a jwks_file is reread, so that a reload picks up new keys.
 		r.built.verifier = prev.built.verifier
 	default:
-		ver, err := v.build(at+".verify", log)
-		if err != nil {
-			*p = append(*p, err)
-		}
-		r.built.verifier = ver
+		r.built.verifier = v.build(at+".verify", log, p)
 	}
 	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure {
 		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+
@@ -1075,36 +1011,40 @@ func (r *routeConfig) posture() string {
 	return strings.Join(parts, "; ")
 }
 
-// verifyTypes lists the schemes for messages.
-const verifyTypes = "standard_webhooks, stripe, github, hmac, fal, url_token"
+// verifyTypes lists the verification schemes.
+func verifyTypes() []string {
+	return []string{"standard_webhooks", "stripe", "github", "hmac", "fal", "url_token"}
+}
 
-// build constructs the verifier; the error carries the key path.
-func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error) {
+// build constructs the verifier, reporting problems under at; nil when there are any.
+func (v *verifyConfig) build(at string, log *slog.Logger, p *problems) relay.Verifier {
+	first := len(*p)
 	var secrets []string
-	var bad []error
 	for i, env := range v.SecretsEnv {
 		s, err := readSecret(env, "")
 		if err != nil {
-			bad = append(bad, fmt.Errorf("%s.secrets_env[%d]: %w", at, i, err))
+			p.add(fmt.Sprintf("%s.secrets_env[%d]", at, i), "%v", err)
 		}
 		secrets = append(secrets, s)
 	}
 	for i, f := range v.SecretsFiles {
 		s, err := readSecret("", f)
 		if err != nil {
-			bad = append(bad, fmt.Errorf("%s.secrets_files[%d]: %w", at, i, err))
+			p.add(fmt.Sprintf("%s.secrets_files[%d]", at, i), "%v", err)
 		}
 		secrets = append(secrets, s)
 	}
-	if len(bad) > 0 {
-		return nil, errors.Join(bad...)
-	}
 	needSecrets := v.Type != "fal"
-	if needSecrets && len(secrets) == 0 {
-		return nil, fmt.Errorf("%s: type %s needs secrets_env or secrets_files (several for rotation)", at, v.Type)
+	switch {
+	case !slices.Contains(verifyTypes(), v.Type):
+		p.add(at+".type", "%q is not a verify type%s", v.Type, suggest(v.Type, verifyTypes(), "; use one of "+strings.Join(verifyTypes(), ", ")))
+	case needSecrets && len(secrets) == 0:
+		p.add(at, "type %s needs secrets_env or secrets_files (several for rotation)", v.Type)
+	case !needSecrets && len(secrets) > 0:
+		p.add(at, "type fal verifies with fal's public keys (jwks_url or jwks_file), not secrets; remove secrets_env and secrets_files")
 	}
-	if !needSecrets && len(secrets) > 0 {
-		return nil, fmt.Errorf("%s: type fal verifies with fal's public keys (jwks_url or jwks_file), not secrets", at)
+	if len(*p) > first {
+		return nil
 	}
 	var (
 		ver relay.Verifier
@@ -1125,13 +1065,11 @@ func (v *verifyConfig) build(at string, log *slog.Logger) (relay.Verifier, error
 			Now: time.Now, Logger: log})
 	case "url_token":
 		ver, err = filters.NewURLToken(secrets, v.Query)
-	default:
-		return nil, fmt.Errorf("%s.type: %q is not one of %s", at, v.Type, verifyTypes)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", at, err)
+	for _, err := range unjoin(err) {
+		p.add(at, "%v", err)
 	}
-	return ver, nil
+	return ver
 }
 
 // defaultForwardHeaders are the sender headers a verify type passes on unless the route names
@@ -1153,15 +1091,20 @@ func (r *routeConfig) forwardHeaders() []string {
 	return out
 }
 
-// engineConfig turns the validated file config into the engine's structs.
-func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
-	targets := make([]relay.Target, 0, len(c.Targets))
-	for _, t := range c.Targets {
-		targets = append(targets, t.built)
+// relayConfig turns the validated file config into the engine's, without what only serve has
+// (store, logger, metrics, readiness checks): serve completes it, check validates it as it is.
+func (c *fileConfig) relayConfig() relay.Config {
+	rc := relay.Config{Clients: c.clients, UserAgent: "hookrelay/" + version,
+		Lease: c.Delivery.Lease, PollInterval: c.Delivery.PollInterval,
+		SweepInterval: c.Delivery.SweepInterval, ShutdownGrace: c.Delivery.ShutdownGrace,
+		ReadHeaderTimeout: c.Timeouts.ReadHeader, ReadTimeout: c.Timeouts.Read,
+		WriteTimeout: c.Timeouts.Write, IdleTimeout: c.Timeouts.Idle,
 	}
-	routes := make([]relay.Route, 0, len(c.Routes))
+	for _, t := range c.Targets {
+		rc.Targets = append(rc.Targets, t.built)
+	}
 	for _, r := range c.Routes {
-		routes = append(routes, relay.Route{
+		rc.Routes = append(rc.Routes, relay.Route{
 			Name: r.Name, Path: r.Path, Provider: r.Provider, Extractor: r.built.preset, Targets: r.targetNames(), When: r.built.when,
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
 			Guards: r.built.guards, Verifier: r.built.verifier, VerifiedGuards: r.built.verifiedGuards,
@@ -1169,5 +1112,5 @@ func (c *fileConfig) engineConfig() ([]relay.Route, []relay.Target, error) {
 			ForwardHeaders: r.forwardHeaders(),
 		})
 	}
-	return routes, targets, nil
+	return rc
 }

@@ -35,7 +35,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.engineConfig(); err != nil {
+	if err := relay.Validate(c.relayConfig()); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Routes) != 5 || c.Routes[2].AckStatus != 200 || c.Routes[0].AckStatus != 202 {
@@ -84,47 +84,6 @@ func TestHistoryRetention(t *testing.T) {
 	}
 }
 
-func TestConfigErrorsNameThePath(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		yaml string
-		want []string
-	}{
-		{"unknown key with line", minimal + "  - name: x\n    pth: /x\n", []string{`line 12`, `unknown key "pth"`}},
-		{"unknown top-level key", "listn: x\n" + minimal, []string{`line 1`, `unknown key "listn"`}},
-		{"unknown target", strings.Replace(minimal, "targets: [app]", "targets: [nope]", 1), []string{`routes[0].targets[0]: unknown target "nope"`}},
-		{"bad provider", strings.Replace(minimal, "provider: fashn", "provider: fashion", 1), []string{"routes[0].provider:", "fashion"}},
-		{"bad url", strings.Replace(minimal, "http://127.0.0.1:9000/hooks", "127.0.0.1:9000", 1), []string{"targets[0].url:"}},
-		{"bad size", minimal + "    max_body: lots\n", []string{`"lots" is not a size`}},
-		{"bad duration", minimal + "    dedupe_ttl: forever\n", []string{"forever"}},
-		{"secret env unset", strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    signing_secret_env: HOOKRELAY_TEST_UNSET", 1),
-			[]string{"targets[0].signing_secret_env:", "HOOKRELAY_TEST_UNSET is not set"}},
-		{"timeout above lease", strings.Replace(minimal, "url: http://127.0.0.1:9000/hooks", "url: http://127.0.0.1:9000/hooks\n    timeout: 5m", 1),
-			[]string{"targets[0].timeout:", "below delivery.lease"}},
-		{"duplicate path", minimal + "  - name: other\n    path: /hooks/fashn\n    provider: fal\n    targets: [app]\n", []string{"routes[1].path:", "also the path of routes[0]"}},
-		{"generic without job_id", minimal + "  - name: g\n    path: /g\n    provider: generic\n    targets: [app]\n", []string{"routes[1].provider:"}},
-		{"bad name", strings.Replace(minimal, "name: app", "name: App Server", 1), []string{"targets[0].name:"}},
-		{"several problems at once", strings.Replace(strings.Replace(minimal, "provider: fashn", "provider: x", 1), "targets: [app]", "targets: [y]", 1),
-			[]string{"routes[0].provider:", "routes[0].targets[0]:"}},
-		{"header timeout above read", "timeouts: {read_header: 2m, read: 1m}\n" + minimal, []string{"timeouts.read_header:", "above timeouts.read"}},
-		{"negative idle timeout", "timeouts: {idle: -1s}\n" + minimal, []string{"timeouts.idle: must be positive"}},
-		{"negative retention", "history: {retention: -1h}\n" + minimal, []string{"history.retention: must be 0 (history off) or positive"}},
-		{"no routes", "targets:\n  - name: app\n    url: http://127.0.0.1:1/\n", []string{"routes: none defined"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := parseConfig([]byte(tc.yaml), "test.yaml", io.Discard)
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
-	}
-}
-
 func TestSigningSecretFromEnvAndFile(t *testing.T) {
 	t.Setenv("HOOKRELAY_TEST_SECRET", "whsec_aGVsbG8=")
 	file := filepath.Join(t.TempDir(), "secret")
@@ -142,7 +101,7 @@ func TestSigningSecretFromEnvAndFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, targets, err := c.engineConfig()
+		targets, err := c.relayConfig().Targets, error(nil)
 		if err != nil || string(targets[0].SigningKey) != tc.want {
 			t.Fatalf("%s: key %q, %v; want %q", tc.key, targets[0].SigningKey, err, tc.want)
 		}
@@ -151,12 +110,14 @@ func TestSigningSecretFromEnvAndFile(t *testing.T) {
 
 func TestParseByteSize(t *testing.T) {
 	for in, want := range map[string]byteSize{"1MiB": 1 << 20, "512KiB": 512 << 10, "64KB": 64000, "100": 100, "2 MiB": 2 << 20, "7B": 7} {
-		if got, err := parseByteSize(in); err != nil || got != want {
+		var got byteSize
+		if err := got.parseScalar(in); err != nil || got != want {
 			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "-1", "1.5MiB", "1TiB", "99999999999GiB"} {
-		if _, err := parseByteSize(in); err == nil {
+		var b byteSize
+		if err := b.parseScalar(in); err == nil {
 			t.Errorf("parseByteSize(%q) accepted", in)
 		}
 	}
@@ -201,7 +162,7 @@ func TestRouteChecksConfig(t *testing.T) {
 		{name: "no secrets", yaml: routeYAML("fashn", "    verify: {type: stripe}\n"),
 			wantErr: []string{"routes[0].verify: type stripe needs secrets_env or secrets_files"}},
 		{name: "unknown scheme", yaml: routeYAML("fashn", "    verify: {type: md5, secrets_env: [HOOKRELAY_TEST_TOKEN]}\n"),
-			wantErr: []string{`routes[0].verify.type: "md5" is not one of`}},
+			wantErr: []string{`routes[0].verify.type: "md5" is not a verify type; use one of standard_webhooks,`}},
 		{name: "bad allowlist entry", yaml: routeYAML("fashn", "    allowlist: [300.1.1.1]\n"),
 			wantErr: []string{"routes[0].allowlist:", "300.1.1.1"}},
 		{name: "bad client ip header", yaml: "client_ip_header: X-Client\n" + routeYAML("fashn", "    insecure: true\n"),
@@ -231,7 +192,7 @@ func TestRouteChecksConfig(t *testing.T) {
 			if !strings.Contains(r.posture(), tc.posture) {
 				t.Errorf("posture %q lacks %q", r.posture(), tc.posture)
 			}
-			routes, _, err := c.engineConfig()
+			routes, err := c.relayConfig().Routes, error(nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -304,7 +265,8 @@ func TestSharedRateLimitAndReadinessOnRedis(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		routes, targets, err := c.engineConfig()
+		rc := c.relayConfig()
+		routes, targets, err := rc.Routes, rc.Targets, error(nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -144,10 +144,6 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	routes, targets, err := cfg.engineConfig()
-	if err != nil {
-		return err
-	}
 	store, err := openStore(cfg, log)
 	if err != nil {
 		return err
@@ -171,14 +167,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	reg := newRegistry(edge)
-	r, err := relay.New(relay.Config{
-		Routes: routes, Targets: targets, Store: store, Logger: log, Clients: cfg.clients, Metrics: reg,
-		Lease: cfg.Delivery.Lease, PollInterval: cfg.Delivery.PollInterval,
-		SweepInterval: cfg.Delivery.SweepInterval, ShutdownGrace: cfg.Delivery.ShutdownGrace,
-		UserAgent: "hookrelay/" + version, ReadyChecks: edgeReadyChecks(edge),
-		ReadHeaderTimeout: cfg.Timeouts.ReadHeader, ReadTimeout: cfg.Timeouts.Read,
-		WriteTimeout: cfg.Timeouts.Write, IdleTimeout: cfg.Timeouts.Idle,
-	})
+	rc := cfg.relayConfig()
+	rc.Store, rc.Logger, rc.Metrics, rc.ReadyChecks = store, log, reg, edgeReadyChecks(edge)
+	r, err := relay.New(rc)
 	if err != nil {
 		return err
 	}
@@ -214,7 +205,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Log(ctx, level, "route", "route", r.Name, "path", r.Path, "checks", r.posture())
 	}
 	log.Info("relay listening", "addr", bound.Listen, "store", cfg.Store.Type,
-		"routes", len(routes), "targets", len(targets), "version", version)
+		"routes", len(rc.Routes), "targets", len(rc.Targets), "version", version)
 	if cfg.Admin.Listen != "off" {
 		adminAddr, stopAdmin, err := serveAdmin(ctx, cfg.Admin.Listen, r.AdminHandler(relay.AdminOptions{Token: cfg.Admin.token,
 			Reload: reloads.reload, Hosts: cfg.Admin.Hosts, Pprof: cfg.Admin.Pprof, HistoryRetention: *cfg.History.Retention}), log)
@@ -371,6 +362,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	cfg, _, err := loadConfig(*path, stderr)
 	if err != nil {
 		return err
+	}
+	if err := relay.Validate(cfg.relayConfig()); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
 	}
 	// The file config holds only the names of env vars and files, never a secret's value, so it
 	// can be printed as is; say which secrets were found.

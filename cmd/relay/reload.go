@@ -58,9 +58,8 @@ func (rl *reloader) reload(_ context.Context) (relay.ReloadResult, error) {
 		return res, err
 	}
 	rl.count.WithLabelValues("ok").Inc()
-	rl.log.Info("configuration reloaded", "routes", res.Routes,
-		"targets_restarted", res.Restarted, "targets_removed", res.Removed)
-	for _, name := range res.Removed {
+	rl.log.Info("configuration reloaded", "changes", res.Lines())
+	for _, name := range res.Targets.Removed {
 		rl.log.Warn("target removed; its queued deliveries stay in the store until a target of this name is configured again",
 			"target", name)
 	}
@@ -76,18 +75,13 @@ func (rl *reloader) apply() (relay.ReloadResult, error) {
 	if err != nil {
 		return relay.ReloadResult{}, err
 	}
-	routes, targets, err := next.engineConfig()
-	if err != nil {
-		return relay.ReloadResult{}, err
-	}
-	res, err := rl.relay.Reload(relay.Routing{Routes: routes, Targets: targets, Clients: next.clients})
+	rc := next.relayConfig()
+	res, err := rl.relay.Reload(relay.Routing{Routes: rc.Routes, Targets: rc.Targets, Clients: rc.Clients})
 	if err != nil {
 		return res, err
 	}
-	if keys := restartOnly(rl.current, next); len(keys) > 0 {
-		rl.log.Warn("changed settings need a restart to take effect; the running values are kept",
-			"keys", strings.Join(keys, ", "))
-	}
+	res.Routes = routeChanges(rl.current, next)
+	res.Restart = restartOnly(rl.current, next)
 	// What needs a restart keeps describing the running process.
 	next.Listen, next.DataDir, next.TLS, next.Admin, next.Log = rl.current.Listen, rl.current.DataDir, rl.current.TLS, rl.current.Admin, rl.current.Log
 	next.Store, next.Delivery, next.Timeouts = rl.current.Store, rl.current.Delivery, rl.current.Timeouts
@@ -97,6 +91,31 @@ func (rl *reloader) apply() (relay.ReloadResult, error) {
 		rl.log.Info("route", "route", r.Name, "path", r.Path, "checks", r.posture())
 	}
 	return res, nil
+}
+
+// routeChanges compares the routes of two files by name, as the file writes them.
+func routeChanges(a, b *fileConfig) relay.Changes {
+	var c relay.Changes
+	for _, r := range b.Routes {
+		if old := a.route(r.Name); old == nil {
+			c.Added = append(c.Added, r.Name)
+		} else if !sameYAML(*old, r) {
+			c.Changed = append(c.Changed, r.Name)
+		}
+	}
+	for _, r := range a.Routes {
+		if b.route(r.Name) == nil {
+			c.Removed = append(c.Removed, r.Name)
+		}
+	}
+	return c
+}
+
+// sameYAML compares two values as the file writes them, not what was built from them.
+func sameYAML(a, b any) bool {
+	ya, _ := yaml.Marshal(a)
+	yb, _ := yaml.Marshal(b)
+	return bytes.Equal(ya, yb)
 }
 
 // restartOnly names the top-level settings that differ between a and b but only take effect at
@@ -112,10 +131,7 @@ func restartOnly(a, b *fileConfig) []string {
 		{"log", a.Log, b.Log}, {"store", a.Store, b.Store}, {"delivery", a.Delivery, b.Delivery},
 		{"history", a.History, b.History},
 	} {
-		// Compared as YAML: only what the file says, not what was built from it.
-		ya, _ := yaml.Marshal(s.a)
-		yb, _ := yaml.Marshal(s.b)
-		if !bytes.Equal(ya, yb) {
+		if !sameYAML(s.a, s.b) {
 			keys = append(keys, s.key)
 		}
 	}
@@ -135,20 +151,18 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var res struct {
-		Routes    int      `json:"routes"`
-		Restarted []string `json:"targets_restarted"`
-		Removed   []string `json:"targets_removed"`
+		Result relay.ReloadResult `json:"result"`
+		Lines  []string           `json:"lines"`
 	}
 	if _, err := c.do(http.MethodPost, "/v1/reload", nil, &res); err != nil {
 		return fmt.Errorf("reload refused, the running configuration is kept:\n%w", err)
 	}
-	fmt.Fprintf(stdout, "reloaded: %d routes", res.Routes)
-	if len(res.Restarted) > 0 {
-		fmt.Fprintf(stdout, "; targets restarted: %s", strings.Join(res.Restarted, ", "))
+	fmt.Fprintln(stdout, "reloaded:")
+	for _, l := range res.Lines {
+		fmt.Fprintln(stdout, "  "+l)
 	}
-	if len(res.Removed) > 0 {
-		fmt.Fprintf(stdout, "; targets removed: %s", strings.Join(res.Removed, ", "))
+	if len(res.Result.Restart) > 0 {
+		return fmt.Errorf("changes to %s were not applied: restart the relay to apply them", strings.Join(res.Result.Restart, ", "))
 	}
-	_, err = fmt.Fprintln(stdout)
-	return err
+	return nil
 }

@@ -98,7 +98,9 @@ func TestBinaryReloadUnderLoad(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the SIGHUP reload", func() bool { return strings.Contains(p.logs(), `"msg":"configuration reloaded"`) })
+	waitUntil(t, "the SIGHUP reload", func() bool {
+		return strings.Contains(p.logs(), `"msg":"configuration reloaded","changes":["targets changed: app"]`)
+	})
 	before := ackedCount()
 	waitUntil(t, "load after the reload", func() bool { return ackedCount() > before+50 })
 
@@ -115,17 +117,20 @@ func TestBinaryReloadUnderLoad(t *testing.T) {
 	before = ackedCount()
 	waitUntil(t, "load after the refused reload", func() bool { return ackedCount() > before+50 })
 
-	// 3. `relay reload` of a file that also moves the listener: the routes apply, the listener
-	// change is reported as needing a restart.
+	// 3. `relay reload` of a file that also moves the listener and adds a route: the route applies,
+	// the listener change is reported as not applied, and the command exits 1.
 	cfg := reloadConfig(t, dir, newTarget.srv.URL, tokenFile, "")
 	raw, _ := os.ReadFile(cfg)
-	writeFile(t, cfg, strings.Replace(string(raw), "listen: 127.0.0.1:0\n", "listen: 127.0.0.1:1\n", 1))
+	writeFile(t, cfg, strings.Replace(string(raw), "listen: 127.0.0.1:0\n", "listen: 127.0.0.1:1\n", 1)+
+		"  - name: extra\n    path: /hooks/extra\n    provider: fashn\n    targets: [app]\n    insecure: true\n")
 	out, code = relayCmd(t, nil, "reload", "-admin", admin)
-	if code != 0 || !strings.Contains(out, "reloaded: 1 routes") {
-		t.Errorf("relay reload: exit %d\n%s", code, out)
+	wantOut := "reloaded:\n  routes added: extra\n  NOT APPLIED, needs a restart: listen\n" +
+		"relay: changes to listen were not applied: restart the relay to apply them\n"
+	if code != 1 || out != wantOut {
+		t.Errorf("relay reload: exit %d\n%s\nwant exit 1 and\n%s", code, out, wantOut)
 	}
-	waitUntil(t, "the restart warning", func() bool {
-		return strings.Contains(p.logs(), `"msg":"changed settings need a restart to take effect; the running values are kept","keys":"listen"`)
+	waitUntil(t, "the reload logged", func() bool {
+		return strings.Contains(p.logs(), `"msg":"configuration reloaded","changes":["routes added: extra","NOT APPLIED, needs a restart: listen"]`)
 	})
 
 	stop.Store(true)
