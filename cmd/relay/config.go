@@ -502,7 +502,7 @@ func (a *adminConfig) validate(p *problems) {
 	case tok != "" && len(tok) < 16:
 		p.add("admin.token_env", "the token is %d characters; use at least 16", len(tok))
 	case tok == "" && !isLoopback(host):
-		p.add("admin.listen", "%s is not a loopback address: set admin.token_env so the admin API needs a bearer token", a.Listen)
+		p.add("admin.listen", "%s is not a loopback address: set admin.token_env or admin.token_file so the admin API needs a bearer token", a.Listen)
 	}
 	if tok != "" {
 		a.token = []byte(tok)
@@ -639,7 +639,8 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 		}
 		for j, rt := range r.Targets {
 			tat := fmt.Sprintf("%s.targets[%d]", at, j)
-			if !targets[rt.Name] && !targets[strings.ToLower(rt.Name)] { // an invalid name is reported at its target
+			// With no target defined (or an invalid name, reported at its target) there is nothing new to say.
+			if len(c.Targets) > 0 && !targets[rt.Name] && !targets[strings.ToLower(rt.Name)] {
 				p.add(tat, "unknown target %q%s", rt.Name, suggest(rt.Name, slices.Collect(maps.Keys(targets)), "; define it under targets"))
 			} else if slices.ContainsFunc(r.Targets[:j], func(o routeTarget) bool { return o.Name == rt.Name }) {
 				p.add(tat, "target %q is listed twice; give it once (with one when)", rt.Name)
@@ -890,17 +891,23 @@ func (t *targetConfig) signingKey() ([]byte, error) {
 // under the route's key path, and refuses a route that anyone could post to unless it says so.
 func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb redis.UniversalClient, redisPrefix string, prev *routeConfig) {
 	entries := append([]string(nil), r.Allowlist...)
-	fileErrs := 0
+	bad := 0
+	for i, e := range r.Allowlist { // each on its own, so that the problem names its entry
+		if _, err := filters.NewAllowlist([]string{e}); err != nil {
+			p.add(fmt.Sprintf("%s.allowlist[%d]", at, i), "%v", err)
+			bad++
+		}
+	}
 	for i, f := range r.AllowlistFiles {
 		more, err := filters.ReadAllowlistFile(f)
 		if err != nil {
 			p.add(fmt.Sprintf("%s.allowlist_files[%d]", at, i), "%v", err)
-			fileErrs++
+			bad++
 		}
 		entries = append(entries, more...)
 	}
 	// Built whenever a source is named: an emptied file must fail, not turn the allowlist off.
-	if len(r.Allowlist)+len(r.AllowlistFiles) > 0 && fileErrs == 0 {
+	if len(r.Allowlist)+len(r.AllowlistFiles) > 0 && bad == 0 {
 		if al, err := filters.NewAllowlist(entries); err != nil {
 			p.add(at+".allowlist", "%v", err)
 		} else {

@@ -313,7 +313,7 @@ func TestAdminConfig(t *testing.T) {
 		{"", ""},
 		{"admin: {listen: off}", ""},
 		{"admin: {listen: '[::1]:9090'}", ""},
-		{"admin: {listen: '0.0.0.0:9090'}", "admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token_env"},
+		{"admin: {listen: '0.0.0.0:9090'}", "admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token_env or admin.token_file"},
 		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_ADMIN}", ""},
 		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_SHORT}", "admin.token_env: the token is 5 characters"},
 		{"admin: {listen: nowhere}", "admin.listen:"},
