@@ -183,7 +183,7 @@ func (a *adminAPI) missing(w http.ResponseWriter, id string) {
 	writeJSON(w, http.StatusNotFound, map[string]string{"error": msg})
 }
 
-// messageIDTime decodes the arrival time in a message ID (newID); ok is false for anything that
+// messageIDTime decodes the arrival time in a message ID (idSource.next); ok is false for anything that
 // is not one.
 func messageIDTime(id string) (time.Time, bool) {
 	if len(id) != 26 {

@@ -26,9 +26,9 @@ func TestTextOrBase64(t *testing.T) {
 
 func TestMessageIDTime(t *testing.T) {
 	at := time.Date(2026, 12, 2, 6, 0, 0, 123e6, time.UTC)
-	got, ok := messageIDTime(newID(at))
+	got, ok := messageIDTime(new(idSource).next(at))
 	if !ok || !got.Equal(at) {
-		t.Fatalf("messageIDTime(newID(%v)) = %v, %v", at, got, ok)
+		t.Fatalf("messageIDTime(next(%v)) = %v, %v", at, got, ok)
 	}
 	for _, bad := range []string{"", "nope", "m1", "UUUUUUUUUUUUUUUUUUUUUUUUUU"} {
 		if _, ok := messageIDTime(bad); ok {

@@ -86,13 +86,16 @@ func TestDedupeKeyNoCollisions(t *testing.T) {
 	}
 }
 
-func TestNewIDSortsByTime(t *testing.T) {
+// IDs sort by arrival: across milliseconds, within one, and when the clock steps back.
+func TestIDsSortByArrival(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	prev := newID(t0)
-	for i := 1; i < 100; i++ {
-		id := newID(t0.Add(time.Duration(i) * time.Millisecond))
+	var ids idSource
+	prev := ids.next(t0)
+	for i, step := range []time.Duration{time.Millisecond, 0, 0, 0, 3 * time.Millisecond, -2 * time.Millisecond, 0, time.Hour} {
+		t0 = t0.Add(step)
+		id := ids.next(t0)
 		if len(id) != 26 || id <= prev {
-			t.Fatalf("id %q (len %d) does not sort after %q", id, len(id), prev)
+			t.Fatalf("id %d: %q (len %d) does not sort after %q", i, id, len(id), prev)
 		}
 		prev = id
 	}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -86,6 +88,7 @@ type ingress struct {
 	lease       time.Duration
 	metrics     *metrics
 	breaker     *storeBreaker
+	ids         *idSource
 }
 
 // storeRetryAfter is what a sender is asked to wait when the store failed.
@@ -303,7 +306,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 	}
 	now := h.now()
 	msg := &Message{
-		ID:          newID(now),
+		ID:          h.ids.next(now),
 		Route:       rt.Name,
 		Provider:    rt.Provider,
 		JobID:       job.ID,
@@ -432,11 +435,29 @@ func sourceAddr(client netip.Addr, r *http.Request) string {
 // idEncoding keeps byte order, so IDs sort by creation time.
 var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
 
-// newID returns a 26-character ID: 48 bits of milliseconds, then 80 random bits.
-func newID(now time.Time) string {
+// idSource makes 26-character message IDs, 48 bits of milliseconds then 80 random bits, that
+// sort by arrival within the process: in the same millisecond as the last one (or when the
+// clock stepped back) an ID is the last one plus 1, as monotonic ULIDs are.
+type idSource struct {
+	mu   sync.Mutex
+	last [16]byte
+}
+
+func (s *idSource) next(now time.Time) string {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
 	_, _ = rand.Read(b[6:])
+	s.mu.Lock()
+	if bytes.Compare(b[:6], s.last[:6]) <= 0 {
+		b = s.last
+		for i := len(b) - 1; i >= 0; i-- {
+			if b[i]++; b[i] != 0 {
+				break
+			}
+		}
+	}
+	s.last = b
+	s.mu.Unlock()
 	return idEncoding.EncodeToString(b[:])
 }
 

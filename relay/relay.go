@@ -66,6 +66,7 @@ type Relay struct {
 	workers *workers   // nil unless StartWorkers ran and its stop did not
 
 	breaker *storeBreaker // shared by every routing generation
+	ids     *idSource     // likewise
 	endLife context.CancelFunc
 }
 
@@ -106,7 +107,7 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "hookrelay"
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger}
+	r := &Relay{cfg: cfg, log: cfg.Logger, ids: &idSource{}}
 	life, endLife := context.WithCancel(context.Background())
 	r.endLife = endLife
 	r.breaker = &storeBreaker{store: cfg.Store, log: cfg.Logger, interval: cfg.StoreProbeInterval,
@@ -170,7 +171,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	in := &ingress{
 		routes: routes, routePaths: routePaths, clients: clients, store: r.cfg.Store, log: r.log,
 		now: r.cfg.Now, storeTimeout: r.cfg.StoreTimeout, dispatchers: targets, lease: r.cfg.Lease, metrics: r.metrics,
-		breaker: r.breaker,
+		breaker: r.breaker, ids: r.ids,
 	}
 	return in, targets, nil
 }

@@ -164,7 +164,7 @@ func TestRouteChecksConfig(t *testing.T) {
 		{name: "unknown scheme", yaml: routeYAML("fashn", "    verify: {type: md5, secrets_env: [HOOKRELAY_TEST_TOKEN]}\n"),
 			wantErr: []string{`routes[0].verify.type: "md5" is not a verify type; use one of standard_webhooks,`}},
 		{name: "bad allowlist entry", yaml: routeYAML("fashn", "    allowlist: [300.1.1.1]\n"),
-			wantErr: []string{"routes[0].allowlist:", "300.1.1.1"}},
+			wantErr: []string{"routes[0].allowlist[0]:", "300.1.1.1"}},
 		{name: "bad client ip header", yaml: "client_ip_header: X-Client\n" + routeYAML("fashn", "    insecure: true\n"),
 			wantErr: []string{"client_ip_header:", "X-Client"}},
 		{name: "empty allowlist file", yaml: routeYAML("fashn", "    allowlist_files: [/dev/null]\n"),
