@@ -59,7 +59,7 @@ const (
 	attemptStoreError = "store_error" // the store could not record it; redelivered after the lease
 )
 
-// metrics are the relay's Prometheus series; see the README's Operations section.
+// metrics are the relay's Prometheus series; see docs/OPERATIONS.md "Metrics".
 type metrics struct {
 	received        *prometheus.CounterVec   // route, outcome
 	withoutJobID    *prometheus.CounterVec   // route

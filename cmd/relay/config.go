@@ -312,7 +312,7 @@ func (b byteSize) MarshalYAML() (any, error) {
 	return int64(b), nil
 }
 
-// Defaults, also documented in config.example.yaml and the README.
+// Defaults, also documented in config.example.yaml and docs/CONFIGURATION.md.
 const (
 	defaultListen      = "127.0.0.1:8080"
 	defaultAdminListen = "127.0.0.1:9090"

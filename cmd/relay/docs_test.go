@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// keyPaths lists every YAML key of t as the README's reference writes it: a.b, list[].c.
+// keyPaths lists every YAML key of t as docs/CONFIGURATION.md's reference writes it: a.b, list[].c.
 func keyPaths(t reflect.Type, prefix string) []string {
 	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
 		if t.Kind() == reflect.Slice {
@@ -38,17 +38,17 @@ func keyPaths(t reflect.Type, prefix string) []string {
 	return out
 }
 
-// The README's configuration reference names every key the config file accepts, so that it
+// The configuration reference (docs/CONFIGURATION.md) names every key the config file accepts, so that it
 // cannot fall behind the code.
 func TestReadmeReferenceCoversEveryKey(t *testing.T) {
-	raw, err := os.ReadFile("../../README.md")
+	raw, err := os.ReadFile("../../docs/CONFIGURATION.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	readme := string(raw)
 	_, ref, ok := strings.Cut(readme, "## Configuration reference")
 	if !ok {
-		t.Fatal("README has no Configuration reference section")
+		t.Fatal("docs/CONFIGURATION.md has no Configuration reference section")
 	}
 	keys := keyPaths(reflect.TypeFor[fileConfig](), "")
 	if len(keys) < 50 {
@@ -56,7 +56,7 @@ func TestReadmeReferenceCoversEveryKey(t *testing.T) {
 	}
 	for _, k := range keys {
 		if !strings.Contains(ref, "`"+k+"`") {
-			t.Errorf("README's configuration reference does not describe `%s`", k)
+			t.Errorf("docs/CONFIGURATION.md's reference does not describe `%s`", k)
 		}
 	}
 }

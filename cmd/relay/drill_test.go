@@ -21,7 +21,7 @@ import (
 )
 
 // Fault drills against the real binary. By default each runs at a small scale, so that all of them
-// fit in the normal suite; HOOKRELAY_DRILLS=full runs them at the scale the README names (the
+// fit in the normal suite; HOOKRELAY_DRILLS=full runs them at the scale docs/OPERATIONS.md names (the
 // rate-limited burst alone then takes about 17 minutes):
 //
 //	HOOKRELAY_DRILLS=full go test -run Drill -v -timeout 60m ./cmd/relay/

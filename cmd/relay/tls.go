@@ -257,7 +257,7 @@ func listenHTTP01(cfg *fileConfig) (net.Listener, error) {
 	}
 	hln, err := net.Listen("tcp", cfg.TLS.ACME.HTTPListen)
 	if err != nil {
-		return nil, fmt.Errorf("tls.acme.http_listen: %w (on Linux, ports below 1024 need CAP_NET_BIND_SERVICE; see the README)", err)
+		return nil, fmt.Errorf("tls.acme.http_listen: %w (on Linux, ports below 1024 need CAP_NET_BIND_SERVICE; see docs/CONFIGURATION.md \"TLS\")", err)
 	}
 	return hln, nil
 }
