@@ -322,7 +322,6 @@ const (
 	defaultRetention   = 72 * time.Hour
 	defaultTimeout     = 30 * time.Second
 	defaultConcurrency = 8
-	defaultFalJWKS     = "https://rest.fal.ai/.well-known/jwks.json"
 )
 
 var (
@@ -449,7 +448,7 @@ func (c *fileConfig) applyDefaults() {
 			r.Verify = &verifyConfig{Type: "fal"}
 		}
 		if v := r.Verify; v != nil && v.Type == "fal" && v.JWKSURL == "" && v.JWKSFile == "" {
-			v.JWKSURL = defaultFalJWKS
+			v.JWKSURL = filters.FalJWKSURL
 		}
 		if r.AckStatus == 0 {
 			if p, err := filters.NewPreset(r.Provider, r.generic()); err == nil {
