@@ -3,7 +3,6 @@ package relay
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -73,11 +72,6 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
-
-// Errorf builds an *Error whose logged cause is fmt.Errorf(format, args...).
-func Errorf(k Kind, msg string, format string, args ...any) *Error {
-	return &Error{Kind: k, Msg: msg, Err: fmt.Errorf(format, args...)}
-}
 
 // KindOf reports the kind of err, KindInternal when it carries none.
 func KindOf(err error) Kind {

@@ -294,7 +294,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		// identity stands in, remembered for as long as a replay would verify.
 		if idf, ok := rt.Verifier.(Identifier); ok {
 			if id, window := idf.Identity(r, body); id != "" {
-				key = ReplayKey(rt.Name, id)
+				key = replayKey(rt.Name, id)
 				if window > 0 {
 					ttl = window
 				}
@@ -411,9 +411,9 @@ func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
 }
 
-// ReplayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
+// replayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
 // Identifier). It cannot collide with a DedupeKey, whose part after the route starts with a digit.
-func ReplayKey(route, identity string) string {
+func replayKey(route, identity string) string {
 	return route + "|replay:" + identity
 }
 
