@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +38,6 @@ const (
 const FalJWKSURL = "https://rest.fal.ai/.well-known/jwks.json"
 
 const (
-	falDefaultTolerance  = 300 * time.Second
 	falDefaultMaxAge     = 24 * time.Hour
 	falDefaultMinRefresh = time.Minute
 	// falFetchTimeout bounds one JWKS fetch even when the caller's Client has no timeout: a
@@ -68,7 +66,7 @@ type FalConfig struct {
 	// Client fetches JWKSURL. nil: a client with a 10s timeout that refuses redirects to URLs
 	// JWKSURL could not be (plain http). A given client's redirect policy is used as is.
 	Client *http.Client
-	// Tolerance is how far X-Fal-Webhook-Timestamp may be from now, either way. 0: 300s.
+	// Tolerance is how far X-Fal-Webhook-Timestamp may be from now, either way. 0: 5 minutes.
 	Tolerance time.Duration
 	// MaxAge is how long fetched keys are used before they are fetched again. 0: 24h, the maximum.
 	// If that fetch fails the old keys stay in use, with a warning, until one succeeds.
@@ -86,7 +84,7 @@ type FalConfig struct {
 type Fal struct {
 	url        string // "" when the keys came from a file
 	client     *http.Client
-	tolerance  time.Duration
+	win        window
 	maxAge     time.Duration
 	minRefresh time.Duration
 	now        func() time.Time
@@ -112,24 +110,16 @@ var _ relay.Verifier = (*Fal)(nil)
 // NewFal returns a verifier of fal's webhook signatures. With JWKSFile it reads and parses the
 // file now; with a URL it only checks the URL.
 func NewFal(c FalConfig) (*Fal, error) {
-	f := &Fal{
-		client:     c.Client,
-		tolerance:  c.Tolerance,
-		maxAge:     c.MaxAge,
-		minRefresh: c.MinRefresh,
-		now:        c.Now,
-		log:        c.Logger,
+	win, err := newWindow(c.Tolerance, c.Now)
+	if err != nil {
+		return nil, fmt.Errorf("fal: %w", err)
 	}
+	f := &Fal{client: c.Client, win: win, maxAge: c.MaxAge, minRefresh: c.MinRefresh, now: win.now, log: c.Logger}
 	switch {
-	case c.Tolerance < 0:
-		return nil, fmt.Errorf("fal: tolerance %v is negative", c.Tolerance)
 	case c.MaxAge < 0 || c.MaxAge > falDefaultMaxAge:
 		return nil, fmt.Errorf("fal: JWKS max age %v is outside 0..%v", c.MaxAge, falDefaultMaxAge)
 	case c.MinRefresh < 0:
 		return nil, fmt.Errorf("fal: JWKS min refresh %v is negative", c.MinRefresh)
-	}
-	if f.tolerance == 0 {
-		f.tolerance = falDefaultTolerance
 	}
 	if f.maxAge == 0 {
 		f.maxAge = falDefaultMaxAge
@@ -139,9 +129,6 @@ func NewFal(c FalConfig) (*Fal, error) {
 	}
 	if f.minRefresh > f.maxAge {
 		return nil, fmt.Errorf("fal: JWKS min refresh %v exceeds max age %v", f.minRefresh, f.maxAge)
-	}
-	if f.now == nil {
-		f.now = time.Now
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
@@ -270,18 +257,8 @@ func (f *Fal) signedMessage(h http.Header, body []byte) (msg []byte, sig []byte,
 	}
 	reqID, userID, ts, sigHex := vals[0], vals[1], vals[2], vals[3]
 
-	sec, err := parseUnixSeconds(ts)
-	if err != nil {
-		return nil, nil, fmt.Errorf("fal: header %s: %w", FalHeaderTimestamp, err)
-	}
-	// time.Time.Sub saturates, so an absurd timestamp cannot wrap into the window; the future case
-	// compares without negating, as -minDuration overflows.
-	now, t := f.now(), time.Unix(sec, 0)
-	switch age := now.Sub(t); {
-	case age > f.tolerance:
-		return nil, nil, fmt.Errorf("fal: timestamp is %v old, tolerance %v", age, f.tolerance)
-	case age < -f.tolerance:
-		return nil, nil, fmt.Errorf("fal: timestamp is %v in the future, tolerance %v", t.Sub(now), f.tolerance)
+	if _, err := f.win.check(FalHeaderTimestamp, ts); err != nil {
+		return nil, nil, fmt.Errorf("fal: %w", err)
 	}
 
 	if len(sigHex) != 2*ed25519.SignatureSize {
@@ -302,20 +279,6 @@ func (f *Fal) signedMessage(h http.Header, body []byte) (msg []byte, sig []byte,
 	msg = append(msg, '\n')
 	msg = hex.AppendEncode(msg, sum[:])
 	return msg, sig, nil
-}
-
-// parseUnixSeconds accepts only decimal digits: strconv would also take a sign, and fal signs the
-// header text, so a lenient parse gains nothing.
-func parseUnixSeconds(s string) (int64, error) {
-	if len(s) > 18 {
-		return 0, fmt.Errorf("%d digits is not a unix time in seconds", len(s))
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, errors.New("not a unix time in seconds")
-		}
-	}
-	return strconv.ParseInt(s, 10, 64)
 }
 
 func (ks *falKeys) verify(msg, sig []byte) bool {
