@@ -38,15 +38,15 @@ type HMACConfig struct {
 // HMAC verifies a single HMAC signature in one header, as many providers without a named scheme
 // send. It is not changed after NewHMAC, so one value serves concurrent requests.
 type HMAC struct {
-	header    string // canonical
-	prefix    string
-	newHash   func() hash.Hash
-	size      int // MAC size in bytes
-	encoding  string
-	tsHeader  string // canonical; "" when none
-	parts     []macPart
-	win       window // with a timestamp header
-	keys      [][]byte
+	header   string // canonical
+	prefix   string
+	newHash  func() hash.Hash
+	size     int // MAC size in bytes
+	encoding string
+	tsHeader string // canonical; "" when none
+	parts    []macPart
+	win      window // with a timestamp header
+	keys     [][]byte
 }
 
 var _ relay.Verifier = (*HMAC)(nil)
