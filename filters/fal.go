@@ -27,7 +27,7 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// fal's webhook signature (DESIGN.md section 5): an Ed25519 signature over
+// fal's webhook signature (docs/DESIGN.md section 5): an Ed25519 signature over
 // request_id "\n" user_id "\n" timestamp "\n" hex(sha256(body)), by any key of fal's JWKS.
 
 // The headers fal signs a webhook with.
@@ -53,7 +53,7 @@ const (
 
 	// maxJWKSSize and maxJWKSKeys bound what a JWKS can make the relay parse and store. A bad
 	// signature is tried against every key, so maxJWKSEd25519 also bounds the CPU a forged webhook
-	// costs (about 50µs a key).
+	// costs.
 	maxJWKSSize    = 64 << 10
 	maxJWKSKeys    = 64
 	maxJWKSEd25519 = 16

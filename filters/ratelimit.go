@@ -24,8 +24,7 @@ type RateConfig struct {
 	Route      float64 // requests per second for the whole route; 0 = none
 	RouteBurst int     // 0 = max(1, ceil(Route))
 	// MaxTracked caps the source addresses whose per-address state is kept, and so the memory a
-	// flood of distinct addresses can take: about 170 bytes each (measured), 15 MiB for the
-	// default. 0 = DefaultMaxTracked.
+	// flood of distinct addresses can take (docs/BENCHMARKS.md). 0 = DefaultMaxTracked.
 	MaxTracked int
 	// IPv6Prefix groups IPv6 senders: one bucket per /IPv6Prefix, since one host usually holds a
 	// whole /64 and could otherwise use a fresh address per request. 0 = DefaultIPv6Prefix; 128
@@ -123,11 +122,9 @@ type shard struct {
 }
 
 // bucket is one address's limiter, and a time by which it is surely full again if no request
-// comes: kept in the map beside the pointer so that eviction finds the idle ones without visiting
-// each limiter (a cache miss each, which made eviction 60% of the cost of a flood of new
-// addresses). idleAt is a bound, not the exact time, so that a busy address rewrites its map slot
-// only once per eighth of a refill: writing it on every request doubled the time of a parallel
-// Admit, the slot's cache line bouncing between cores.
+// comes: kept beside the pointer so that eviction finds the idle ones without a cache miss per
+// limiter. idleAt is a bound, rewritten once per eighth of a refill rather than on every request,
+// so that a busy address's map slot does not bounce between cores (docs/BENCHMARKS.md).
 type bucket struct {
 	lim    *rate.Limiter
 	idleAt int64 // Unix nanoseconds; at least the last take plus a whole refill
@@ -282,8 +279,7 @@ func (s *shard) add(key [16]byte, now time.Time, rl *RateLimiter) bucket {
 // evict drops every address whose bucket is surely full again, then arbitrary ones until the
 // shard is at 7/8 of its share. Freeing a batch, not one slot, keeps a flood of new addresses from
 // paying for a scan of the shard on every request. The survivors move to a new map: Go maps do not
-// shrink, and one that only ever deletes and inserts grows with its tombstones (measured: 2.5
-// times the heap under a flood).
+// shrink, and one that only ever deletes and inserts grows with its tombstones.
 func (s *shard) evict(now time.Time) {
 	low := s.max - max(1, s.max/8)
 	t := now.UnixNano()

@@ -219,9 +219,9 @@ func (h *ingress) match(path string) *Route {
 	return nil
 }
 
-// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook for the targets
-// that want it. Nothing touches the store before every check passed. The outcome is
-// outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
+// accept runs the checks in the order of docs/DESIGN.md section 1, cheapest first, and stores the
+// webhook for the targets that want it. Nothing touches the store before every check passed. The
+// outcome is outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
 func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, string, error) {
 	if rt == nil {
 		return nil, "", &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
@@ -405,7 +405,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return body, nil
 }
 
-// DedupeKey is the dedupe identity of DESIGN.md section 3: route, job ID and normalised status.
+// DedupeKey is the dedupe identity of docs/DESIGN.md section 3: route, job ID and normalised status.
 // The job ID is length-prefixed so that no choice of IDs and statuses can make two keys collide.
 func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status

@@ -276,7 +276,8 @@ type DeadLetters interface {
 	CountDead(ctx context.Context) (int, error)
 }
 
-// Store is the whole contract a backend implements; relay/storetest checks it.
+// Store is the whole contract a backend implements (docs/DESIGN.md section 2.6); relay/storetest
+// checks it.
 type Store interface {
 	Enqueuer
 	Queue
