@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -123,14 +122,14 @@ func restartOnly(a, b *fileConfig) []string {
 }
 
 // cmdReload asks a running relay, through its admin API, to reload its config file.
-func cmdReload(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	client := adminFlags(fs)
-	if err := fs.Parse(args); err != nil {
+func cmdReload(args []string, stdout io.Writer) error {
+	c := newCommand("reload", "reload [-config FILE] [-admin URL] [-token-env NAME | -token-file PATH]",
+		"Make the running relay reread its config file, as SIGHUP does, and print what changed.\n\n"+adminFlagsHelp)
+	client := adminFlags(c.FlagSet)
+	if err := c.noArgs(args, stdout); err != nil {
 		return err
 	}
-	c, err := client()
+	api, err := client()
 	if err != nil {
 		return err
 	}
@@ -139,7 +138,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		Restarted []string `json:"targets_restarted"`
 		Removed   []string `json:"targets_removed"`
 	}
-	if _, err := c.do(http.MethodPost, "/v1/reload", nil, &res); err != nil {
+	if err := api.do(http.MethodPost, "/v1/reload", nil, &res); err != nil {
 		return fmt.Errorf("reload refused, the running configuration is kept:\n%w", err)
 	}
 	fmt.Fprintf(stdout, "reloaded: %d routes", res.Routes)

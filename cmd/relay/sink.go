@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,16 +26,17 @@ type sink struct {
 }
 
 func cmdSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
-	secretEnv := fs.String("secret-env", "", "verify Standard Webhooks signatures with the secret in this env var")
-	secretFile := fs.String("secret-file", "", "verify Standard Webhooks signatures with the secret in this file")
-	if err := fs.Parse(args); err != nil {
+	c := newCommand("sink", "sink [-listen ADDR] [-secret-env NAME | -secret-file PATH]",
+		"Run a small target that prints each request and answers 200; with a secret it verifies the\n"+
+			"relay's signature, as a standard_webhooks route would, and answers 401 to what does not verify.")
+	listen := c.String("listen", "127.0.0.1:9000", "address to listen on")
+	secretEnv := c.String("secret-env", "", "verify Standard Webhooks signatures with the secret in this env var")
+	secretFile := c.String("secret-file", "", "verify Standard Webhooks signatures with the secret in this file")
+	if err := c.noArgs(args, stdout); err != nil {
 		return err
 	}
 	if *secretEnv != "" && *secretFile != "" {
-		return errors.New("sink: use -secret-env or -secret-file, not both")
+		return usageError{errors.New("sink: use -secret-env or -secret-file, not both")}
 	}
 	s := &sink{out: stdout, limit: 16 << 20}
 	secret, err := readSecret(*secretEnv, *secretFile)
