@@ -108,34 +108,28 @@ func adminFlags(fs *flag.FlagSet) func() (*adminClient, error) {
 	return func() (*adminClient, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		var token string
-		var err error
+		env, file, where := *tokenEnv, *tokenFile, "admin token"
 		switch {
 		case set["token-env"] && set["token-file"]:
 			return nil, usageError{errors.New("use -token-env or -token-file, not both")}
-		case set["token-file"]:
-			token, err = readSecret("", *tokenFile)
-		case set["token-env"]:
-			token, err = readSecret(*tokenEnv, "")
-		case *config == "":
-			token = strings.TrimSpace(os.Getenv(*tokenEnv)) // the default variable: none when unset
-		}
-		if err != nil {
-			return nil, err
+		case set["token-file"], !set["token-env"] && os.Getenv(env) == "":
+			env = "" // a file, or the default variable unset: no token
 		}
 		if *config != "" {
-			a, err := adminOf(*config)
+			u, a, err := adminOf(*config)
 			if err != nil {
 				return nil, err
 			}
 			if !set["admin"] {
-				*base = a.url
+				*base = u
 			}
 			if !set["token-env"] && !set["token-file"] {
-				if token, err = readSecret(a.TokenEnv, a.TokenFile); err != nil {
-					return nil, fmt.Errorf("%s: admin: %w", *config, err)
-				}
+				env, file, where = a.TokenEnv, a.TokenFile, *config+": admin"
 			}
+		}
+		token, err := readSecret(env, file)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		u, err := url.Parse(*base)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -147,35 +141,31 @@ func adminFlags(fs *flag.FlagSet) func() (*adminClient, error) {
 
 // adminOf reads the admin block of a config file, alone: an admin command need not have the
 // secrets the rest of the file names. url is where the API answers on this machine.
-func adminOf(path string) (a struct {
-	adminConfig
-	url string
-}, err error) {
+func adminOf(path string) (url string, a adminConfig, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return a, fmt.Errorf("read config: %w", err)
+		return "", a, fmt.Errorf("read config: %w", err)
 	}
 	var f struct {
 		Admin adminConfig `yaml:"admin"`
 	}
 	if err := yaml.Unmarshal(raw, &f); err != nil {
-		return a, fmt.Errorf("%s: %w", path, err)
+		return "", a, fmt.Errorf("%s: %w", path, err)
 	}
-	a.adminConfig = f.Admin
+	a = f.Admin
 	if a.Listen == "" {
 		a.Listen = defaultAdminListen
 	}
 	host, port, err := net.SplitHostPort(a.Listen)
 	switch {
 	case a.Listen == "off":
-		return a, fmt.Errorf("%s: admin.listen is off: the relay serves no admin API", path)
+		return "", a, fmt.Errorf("%s: admin.listen is off: the relay serves no admin API", path)
 	case err != nil || port == "0":
-		return a, fmt.Errorf("%s: admin.listen %q names no port to connect to; give -admin URL", path, a.Listen)
+		return "", a, fmt.Errorf("%s: admin.listen %q names no port to connect to; give -admin URL", path, a.Listen)
 	case host == "" || net.ParseIP(host).IsUnspecified(): // listening everywhere: loopback too
 		host = "127.0.0.1"
 	}
-	a.url = "http://" + net.JoinHostPort(host, port)
-	return a, nil
+	return "http://" + net.JoinHostPort(host, port), a, nil
 }
 
 // do sends a request and decodes a JSON answer into out; a non-2xx answer is an error with the
@@ -226,15 +216,20 @@ func printJSON(w io.Writer, raw json.RawMessage) error {
 	return err
 }
 
-// cmdHealth exits 0 when the relay answers ready: a container health check.
-func cmdHealth(args []string, stdout io.Writer) error {
-	c := newCommand("health", "health [-config FILE] [-admin URL] [-token-env NAME | -token-file PATH]",
-		"Exit 0 when the relay answers ready on its admin API: a container health check.\n\n"+adminFlagsHelp)
+// adminCommand parses the command line of an admin command that takes only the admin flags and
+// returns its client.
+func adminCommand(name, about string, args []string, stdout io.Writer) (*adminClient, error) {
+	c := newCommand(name, name+" [-config FILE] [-admin URL] [-token-env NAME | -token-file PATH]", about+"\n\n"+adminFlagsHelp)
 	client := adminFlags(c.FlagSet)
 	if err := c.noArgs(args, stdout); err != nil {
-		return err
+		return nil, err
 	}
-	api, err := client()
+	return client()
+}
+
+// cmdHealth exits 0 when the relay answers ready: a container health check.
+func cmdHealth(args []string, stdout io.Writer) error {
+	api, err := adminCommand("health", "Exit 0 when the relay answers ready on its admin API: a container health check.", args, stdout)
 	if err != nil {
 		return err
 	}

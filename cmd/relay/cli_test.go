@@ -117,15 +117,15 @@ func TestAdminOf(t *testing.T) {
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		writeFile(t, path, "listen: 127.0.0.1:8080\nroutes: [{name: x}]\n"+tc.admin+"\n")
-		a, err := adminOf(path)
+		url, _, err := adminOf(path)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.HasPrefix(err.Error(), path+": ") {
 				t.Errorf("%q: %v, want an error naming the file and %q", tc.admin, err, tc.err)
 			}
 			continue
 		}
-		if err != nil || a.url != tc.url {
-			t.Errorf("%q: %q, %v; want %q", tc.admin, a.url, err, tc.url)
+		if err != nil || url != tc.url {
+			t.Errorf("%q: %q, %v; want %q", tc.admin, url, err, tc.url)
 		}
 	}
 }

@@ -123,13 +123,7 @@ func restartOnly(a, b *fileConfig) []string {
 
 // cmdReload asks a running relay, through its admin API, to reload its config file.
 func cmdReload(args []string, stdout io.Writer) error {
-	c := newCommand("reload", "reload [-config FILE] [-admin URL] [-token-env NAME | -token-file PATH]",
-		"Make the running relay reread its config file, as SIGHUP does, and print what changed.\n\n"+adminFlagsHelp)
-	client := adminFlags(c.FlagSet)
-	if err := c.noArgs(args, stdout); err != nil {
-		return err
-	}
-	api, err := client()
+	api, err := adminCommand("reload", "Make the running relay reread its config file, as SIGHUP does, and print what changed.", args, stdout)
 	if err != nil {
 		return err
 	}
