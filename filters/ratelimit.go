@@ -27,15 +27,15 @@ type RateConfig struct {
 	// flood of distinct addresses can take (docs/BENCHMARKS.md). 0 = DefaultMaxTracked.
 	MaxTracked int
 	// IPv6Prefix groups IPv6 senders: one bucket per /IPv6Prefix, since one host usually holds a
-	// whole /64 and could otherwise use a fresh address per request. 0 = DefaultIPv6Prefix; 128
+	// whole /64 and could otherwise use a fresh address per request. 0 = 64; 128
 	// gives each address its own bucket.
 	IPv6Prefix int
 	Now        func() time.Time // nil = time.Now; tests inject a clock
 }
 
-// DefaultIPv6Prefix is the IPv6 prefix length senders are grouped by: the /64 of one subnet, often
+// defaultIPv6Prefix is the IPv6 prefix length senders are grouped by: the /64 of one subnet, often
 // of one host.
-const DefaultIPv6Prefix = 64
+const defaultIPv6Prefix = 64
 
 // Resolve validates c and fills in its defaults: the one authority for both limiters, this one
 // and the Redis-shared one (redisstore.RateLimiter). Rates and bursts must not be negative, or NaN
@@ -56,7 +56,7 @@ func (c RateConfig) Resolve() (RateConfig, error) {
 	}
 	switch {
 	case c.IPv6Prefix == 0:
-		c.IPv6Prefix = DefaultIPv6Prefix
+		c.IPv6Prefix = defaultIPv6Prefix
 	case c.IPv6Prefix < 16 || c.IPv6Prefix > 128:
 		return c, fmt.Errorf("rate limit: IPv6 prefix /%d is outside /16../128", c.IPv6Prefix)
 	}
