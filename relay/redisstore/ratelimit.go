@@ -44,13 +44,12 @@ const unavailableRetry = 5 * time.Second
 //	{<prefix>:rl:<route>}:all   the route's TAT
 //
 // hash-tagged on the route so that they are in one Redis Cluster slot, as one script needs, and
-// routes spread over the slots. The prefix follows the store's rule (Options.Prefix). A
-// sender whose bucket is full again is removed, which loses nothing; the set holds at most
-// MaxTracked senders, beyond which the one whose bucket is fullest is dropped (forgiving it a
-// little), so that a flood of addresses cannot fill the Redis that also holds the queue. Keys expire
-// when every bucket in them is full. As in filters.RateLimiter, an IPv4-mapped address is its IPv4
-// address, IPv6 senders are grouped by prefix, and requests without an address share one bucket
-// ("::").
+// routes spread over the slots; the prefix follows the store's rule (keyPrefix). A sender whose
+// bucket is full again is removed, which loses nothing; the set holds at most MaxTracked senders,
+// beyond which the one whose bucket is fullest is dropped (forgiving it a little), so that a flood
+// of addresses cannot fill the Redis that also holds the queue. Keys expire when every bucket in
+// them is full. Senders are grouped as filters.RateConfig.Sender says; requests without an address
+// share one bucket ("::").
 //
 // Times come from the replica's clock (Now) in whole microseconds: replicas' clocks must agree,
 // and a replica whose clock is ahead by d spends allowance up to d early. A rate's interval is
