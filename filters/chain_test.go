@@ -24,7 +24,7 @@ func BenchmarkFilterChain(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	clients, _ := filters.NewClientIP([]string{"10.0.0.0/8"})
+	clients, _ := filters.NewClientIPHeader([]string{"10.0.0.0/8"}, "")
 	entries := []string{"203.0.113.7"}
 	for i := range 999 {
 		entries = append(entries, "198.18."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256))

@@ -10,7 +10,7 @@ import (
 )
 
 // ClientIP tells who sent a request: the TCP peer, unless the peer is a trusted proxy, in which
-// case the proxy's forwarding header names the client. It is not changed after NewClientIP, so one
+// case the proxy's forwarding header names the client. It is not changed after NewClientIPHeader, so one
 // value serves concurrent requests.
 //
 // The header (Forwarded, else X-Forwarded-For, else X-Real-IP) is a chain each proxy appends its
@@ -41,15 +41,10 @@ const (
 	hdrXRealIP   = "X-Real-Ip" // the canonical form of X-Real-IP
 )
 
-// NewClientIP returns a resolver that believes forwarding headers only from peers in
-// trustedProxies (CIDR prefixes and addresses, as for NewAllowlist). With none, headers are never
-// read.
-func NewClientIP(trustedProxies []string) (*ClientIP, error) {
-	return NewClientIPHeader(trustedProxies, "")
-}
-
-// NewClientIPHeader is NewClientIP reading only header (Forwarded, X-Forwarded-For or X-Real-IP,
-// in any case) from the trusted proxies; "" reads all three in that order of preference. Naming the
+// NewClientIPHeader returns a resolver that believes forwarding headers only from peers in
+// trustedProxies (CIDR prefixes and addresses, as for NewAllowlist); with none, headers are never
+// read. It reads only header (Forwarded, X-Forwarded-For or X-Real-IP, in any case); "" reads all
+// three in that order of preference. Naming the
 // header the proxy sets means a sender cannot slip in another one the proxy passes through. Trusted
 // proxies that cover all of IPv4 or all of IPv6 are refused.
 func NewClientIPHeader(trustedProxies []string, header string) (*ClientIP, error) {

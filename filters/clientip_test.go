@@ -153,13 +153,13 @@ func TestClientIP(t *testing.T) {
 }
 
 func TestNewClientIPErrors(t *testing.T) {
-	if _, err := filters.NewClientIP([]string{"10.0.0.0/8", "proxy.internal"}); err == nil || !strings.Contains(err.Error(), `trusted proxy "proxy.internal"`) {
+	if _, err := filters.NewClientIPHeader([]string{"10.0.0.0/8", "proxy.internal"}, ""); err == nil || !strings.Contains(err.Error(), `trusted proxy "proxy.internal"`) {
 		t.Errorf("bad proxy: %v", err)
 	}
 	if _, err := filters.NewClientIPHeader(nil, "X-Client-IP"); err == nil || !strings.Contains(err.Error(), "X-Client-IP") {
 		t.Errorf("bad header: %v", err)
 	}
-	c, err := filters.NewClientIP(nil)
+	c, err := filters.NewClientIPHeader(nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestNewClientIPErrors(t *testing.T) {
 
 // The resolver feeds the allowlist: a forged header from an untrusted sender never gets it in.
 func TestClientIPWithAllowlist(t *testing.T) {
-	c, err := filters.NewClientIP(cipTrusted)
+	c, err := filters.NewClientIPHeader(cipTrusted, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestClientIPWithAllowlist(t *testing.T) {
 }
 
 func BenchmarkClientIP(b *testing.B) {
-	c, err := filters.NewClientIP(cipTrusted)
+	c, err := filters.NewClientIPHeader(cipTrusted, "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func FuzzClientIP(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	c, err := filters.NewClientIP(cipTrusted)
+	c, err := filters.NewClientIPHeader(cipTrusted, "")
 	if err != nil {
 		f.Fatal(err)
 	}

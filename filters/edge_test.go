@@ -1,8 +1,6 @@
 package filters_test
 
 import (
-	"context"
-	"fmt"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -11,7 +9,6 @@ import (
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
-	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 // Trusting every address would let any sender name its own: refused, however it is spelled.
@@ -37,32 +34,13 @@ func addrIn64(i int) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// limiterOf builds the in-process or the Redis-shared limiter for the same configuration.
-type limiterOf func(t *testing.T, perIP float64, burst, v6Prefix, maxTracked int, now func() time.Time) relay.Guard
-
-func bothLimiters(t *testing.T) map[string]limiterOf {
-	srv := redistest.Start(t, redistest.Options{})
-	client := redisClient(t, srv.Addr)
-	n := 0
-	return map[string]limiterOf{
-		"in-process": func(t *testing.T, perIP float64, burst, v6Prefix, maxTracked int, now func() time.Time) relay.Guard {
-			return mustRateLimiter(t, filters.RateConfig{PerIP: perIP, PerIPBurst: burst, IPv6Prefix: v6Prefix, MaxTracked: maxTracked, Now: now})
-		},
-		"redis": func(t *testing.T, perIP float64, burst, v6Prefix, maxTracked int, now func() time.Time) relay.Guard {
-			n++
-			return mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: perIP, PerIPBurst: burst, IPv6Prefix: v6Prefix,
-				MaxTracked: maxTracked, RouteName: fmt.Sprint("v6-", n), Now: now})
-		},
-	}
-}
-
 // One /64 is one sender: a thousand of its addresses get one bucket between them, in both
 // limiters. Another /64 has its own; a prefix of 128 restores one bucket per address.
 func TestRateLimitersGroupIPv6ByPrefix(t *testing.T) {
 	for name, mk := range bothLimiters(t) {
 		t.Run(name, func(t *testing.T) {
 			clock := newRLClock()
-			rl := mk(t, 1, 1, 0, 0, clock.Now)
+			rl := mk(t, filters.RateConfig{PerIP: 1, PerIPBurst: 1, Now: clock.Now})
 			admitted := 0
 			for i := range 1000 {
 				if rl.Admit(rlReq, addrIn64(i+1)) == nil {
@@ -76,7 +54,7 @@ func TestRateLimitersGroupIPv6ByPrefix(t *testing.T) {
 				t.Errorf("another /64: %v", err)
 			}
 
-			rl = mk(t, 1, 1, 48, 0, clock.Now)
+			rl = mk(t, filters.RateConfig{PerIP: 1, PerIPBurst: 1, IPv6Prefix: 48, Now: clock.Now})
 			if err := rl.Admit(rlReq, netip.MustParseAddr("2001:db8:0:1::1")); err != nil {
 				t.Fatal(err)
 			}
@@ -84,7 +62,7 @@ func TestRateLimitersGroupIPv6ByPrefix(t *testing.T) {
 				t.Errorf("/48: a second /64 of the same /48 got %v, want 429", err)
 			}
 
-			rl = mk(t, 1, 1, 128, 0, clock.Now)
+			rl = mk(t, filters.RateConfig{PerIP: 1, PerIPBurst: 1, IPv6Prefix: 128, Now: clock.Now})
 			admitted = 0
 			for i := range 100 {
 				if rl.Admit(rlReq, addrIn64(i+1)) == nil {
@@ -95,41 +73,6 @@ func TestRateLimitersGroupIPv6ByPrefix(t *testing.T) {
 				t.Errorf("/128: %d of 100 addresses admitted, want all", admitted)
 			}
 		})
-	}
-}
-
-// The Redis-shared limiter keeps at most MaxTracked senders, dropping the fullest buckets first,
-// so that a flood of addresses cannot fill the Redis that holds the queue.
-func TestRedisRateLimiterBoundsTrackedSenders(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	client := redisClient(t, srv.Addr)
-	clock := newRLClock()
-	rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 1, PerIPBurst: 2, MaxTracked: 50, RouteName: "flood", Now: clock.Now})
-	busy := netip.MustParseAddr("192.0.2.1")
-	for range 2 { // spends its whole burst: its bucket is the emptiest
-		if err := rl.Admit(rlReq, busy); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range 1000 {
-		if err := rl.Admit(rlReq, netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})); err != nil {
-			t.Fatalf("sender %d: %v", i, err)
-		}
-	}
-	n, err := rl.Tracked(context.Background())
-	if err != nil || n != 50 {
-		t.Fatalf("tracked %d, %v; want the cap, 50", n, err)
-	}
-	if err := rl.Admit(rlReq, busy); relay.KindOf(err) != relay.KindRateLimited {
-		t.Errorf("the sender with an empty bucket was forgotten: %v", err)
-	}
-	if _, err := filters.NewRedisRateLimiter(client, filters.RedisRateConfig{PerIP: 1, MaxTracked: -1, RouteName: "x"}); err == nil {
-		t.Error("negative MaxTracked accepted")
-	}
-	for _, bits := range []int{-1, 8, 129} {
-		if _, err := filters.NewRateLimiter(filters.RateConfig{PerIP: 1, IPv6Prefix: bits}); err == nil {
-			t.Errorf("IPv6 prefix %d accepted", bits)
-		}
 	}
 }
 

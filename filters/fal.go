@@ -12,19 +12,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"filippo.io/edwards25519"
+	jose "github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
+
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// fal's webhook signature (DESIGN.md section 5): an Ed25519 signature over
+// fal's webhook signature (docs/DESIGN.md section 5): an Ed25519 signature over
 // request_id "\n" user_id "\n" timestamp "\n" hex(sha256(body)), by any key of fal's JWKS.
 
 // The headers fal signs a webhook with.
@@ -39,7 +42,6 @@ const (
 const FalJWKSURL = "https://rest.fal.ai/.well-known/jwks.json"
 
 const (
-	falDefaultTolerance  = 300 * time.Second
 	falDefaultMaxAge     = 24 * time.Hour
 	falDefaultMinRefresh = time.Minute
 	// falFetchTimeout bounds one JWKS fetch even when the caller's Client has no timeout: a
@@ -51,7 +53,7 @@ const (
 
 	// maxJWKSSize and maxJWKSKeys bound what a JWKS can make the relay parse and store. A bad
 	// signature is tried against every key, so maxJWKSEd25519 also bounds the CPU a forged webhook
-	// costs (about 50µs a key).
+	// costs.
 	maxJWKSSize    = 64 << 10
 	maxJWKSKeys    = 64
 	maxJWKSEd25519 = 16
@@ -68,7 +70,7 @@ type FalConfig struct {
 	// Client fetches JWKSURL. nil: a client with a 10s timeout that refuses redirects to URLs
 	// JWKSURL could not be (plain http). A given client's redirect policy is used as is.
 	Client *http.Client
-	// Tolerance is how far X-Fal-Webhook-Timestamp may be from now, either way. 0: 300s.
+	// Tolerance is how far X-Fal-Webhook-Timestamp may be from now, either way. 0: 5 minutes.
 	Tolerance time.Duration
 	// MaxAge is how long fetched keys are used before they are fetched again. 0: 24h, the maximum.
 	// If that fetch fails the old keys stay in use, with a warning, until one succeeds.
@@ -86,7 +88,7 @@ type FalConfig struct {
 type Fal struct {
 	url        string // "" when the keys came from a file
 	client     *http.Client
-	tolerance  time.Duration
+	win        window
 	maxAge     time.Duration
 	minRefresh time.Duration
 	now        func() time.Time
@@ -112,24 +114,16 @@ var _ relay.Verifier = (*Fal)(nil)
 // NewFal returns a verifier of fal's webhook signatures. With JWKSFile it reads and parses the
 // file now; with a URL it only checks the URL.
 func NewFal(c FalConfig) (*Fal, error) {
-	f := &Fal{
-		client:     c.Client,
-		tolerance:  c.Tolerance,
-		maxAge:     c.MaxAge,
-		minRefresh: c.MinRefresh,
-		now:        c.Now,
-		log:        c.Logger,
+	win, err := newWindow(c.Tolerance, c.Now)
+	if err != nil {
+		return nil, fmt.Errorf("fal: %w", err)
 	}
+	f := &Fal{client: c.Client, win: win, maxAge: c.MaxAge, minRefresh: c.MinRefresh, now: win.now, log: c.Logger}
 	switch {
-	case c.Tolerance < 0:
-		return nil, fmt.Errorf("fal: tolerance %v is negative", c.Tolerance)
 	case c.MaxAge < 0 || c.MaxAge > falDefaultMaxAge:
 		return nil, fmt.Errorf("fal: JWKS max age %v is outside 0..%v", c.MaxAge, falDefaultMaxAge)
 	case c.MinRefresh < 0:
 		return nil, fmt.Errorf("fal: JWKS min refresh %v is negative", c.MinRefresh)
-	}
-	if f.tolerance == 0 {
-		f.tolerance = falDefaultTolerance
 	}
 	if f.maxAge == 0 {
 		f.maxAge = falDefaultMaxAge
@@ -139,9 +133,6 @@ func NewFal(c FalConfig) (*Fal, error) {
 	}
 	if f.minRefresh > f.maxAge {
 		return nil, fmt.Errorf("fal: JWKS min refresh %v exceeds max age %v", f.minRefresh, f.maxAge)
-	}
-	if f.now == nil {
-		f.now = time.Now
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
@@ -270,18 +261,8 @@ func (f *Fal) signedMessage(h http.Header, body []byte) (msg []byte, sig []byte,
 	}
 	reqID, userID, ts, sigHex := vals[0], vals[1], vals[2], vals[3]
 
-	sec, err := parseUnixSeconds(ts)
-	if err != nil {
-		return nil, nil, fmt.Errorf("fal: header %s: %w", FalHeaderTimestamp, err)
-	}
-	// time.Time.Sub saturates, so an absurd timestamp cannot wrap into the window; the future case
-	// compares without negating, as -minDuration overflows.
-	now, t := f.now(), time.Unix(sec, 0)
-	switch age := now.Sub(t); {
-	case age > f.tolerance:
-		return nil, nil, fmt.Errorf("fal: timestamp is %v old, tolerance %v", age, f.tolerance)
-	case age < -f.tolerance:
-		return nil, nil, fmt.Errorf("fal: timestamp is %v in the future, tolerance %v", t.Sub(now), f.tolerance)
+	if _, err := f.win.check(FalHeaderTimestamp, ts); err != nil {
+		return nil, nil, fmt.Errorf("fal: %w", err)
 	}
 
 	if len(sigHex) != 2*ed25519.SignatureSize {
@@ -302,20 +283,6 @@ func (f *Fal) signedMessage(h http.Header, body []byte) (msg []byte, sig []byte,
 	msg = append(msg, '\n')
 	msg = hex.AppendEncode(msg, sum[:])
 	return msg, sig, nil
-}
-
-// parseUnixSeconds accepts only decimal digits: strconv would also take a sign, and fal signs the
-// header text, so a lenient parse gains nothing.
-func parseUnixSeconds(s string) (int64, error) {
-	if len(s) > 18 {
-		return 0, fmt.Errorf("%d digits is not a unix time in seconds", len(s))
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, errors.New("not a unix time in seconds")
-		}
-	}
-	return strconv.ParseInt(s, 10, 64)
 }
 
 func (ks *falKeys) verify(msg, sig []byte) bool {
@@ -440,12 +407,12 @@ func (f *Fal) fetch(ctx context.Context) ([]ed25519.PublicKey, error) {
 }
 
 // parseJWKS returns the Ed25519 verification keys of a JSON Web Key Set (RFC 7517, RFC 8037),
-// skipping keys of other types, which a set may also hold. Every returned key is 32 bytes.
+// skipping keys of other types, which a set may also hold, unparsed. go-jose parses each Ed25519
+// key (member names matched exactly, duplicates refused).
 //
-// Members are matched by exact name (encoding/json alone would match "KTY" too). A key marked
-// for another use or algorithm is skipped; one holding a private part ("d") or a point of small
-// order is an error: the first means the set leaks a signing key, the second would verify a forged
-// signature, and both are a broken set rather than one to use partly.
+// A key marked for another use or algorithm is skipped; one holding a private part or a point of
+// small order is an error: the first means the set leaks a signing key, the second would verify a
+// forged signature, and both are a broken set rather than one to use partly.
 func parseJWKS(data []byte) ([]ed25519.PublicKey, error) {
 	if len(data) > maxJWKSSize {
 		return nil, fmt.Errorf("larger than %d bytes", maxJWKSSize)
@@ -458,56 +425,48 @@ func parseJWKS(data []byte) ([]ed25519.PublicKey, error) {
 	if !ok {
 		return nil, errors.New(`no "keys" member`)
 	}
-	var entries []map[string]json.RawMessage
+	var entries []json.RawMessage
 	if err := json.Unmarshal(raw, &entries); err != nil {
-		return nil, fmt.Errorf(`"keys" is not an array of objects: %w`, err)
+		return nil, fmt.Errorf(`"keys" is not an array: %w`, err)
 	}
 	if len(entries) > maxJWKSKeys {
 		return nil, fmt.Errorf("%d keys, at most %d supported", len(entries), maxJWKSKeys)
 	}
 	var keys []ed25519.PublicKey
-	for i, k := range entries {
-		kty, err := jwkString(k, "kty")
-		if err != nil {
-			return nil, fmt.Errorf("key %d: %w", i, err)
+	for i, e := range entries {
+		var head struct {
+			Kty string `json:"kty"`
+			Crv string `json:"crv"`
+			X   string `json:"x"`
 		}
-		crv, err := jwkString(k, "crv")
-		if err != nil {
-			return nil, fmt.Errorf("key %d: %w", i, err)
+		if err := josejson.Unmarshal(e, &head); err != nil {
+			return nil, fmt.Errorf("key %d is not a JWK: %w", i, err)
 		}
-		if kty != "OKP" || crv != "Ed25519" {
+		if head.Kty != "OKP" || head.Crv != "Ed25519" {
 			continue
 		}
-		if _, ok := k["d"]; ok {
-			return nil, fmt.Errorf("key %d holds a private key", i)
-		}
-		use, err := jwkString(k, "use")
-		if err != nil {
-			return nil, fmt.Errorf("key %d: %w", i, err)
-		}
-		alg, err := jwkString(k, "alg")
-		if err != nil {
-			return nil, fmt.Errorf("key %d: %w", i, err)
-		}
-		if (use != "" && use != "sig") || (alg != "" && alg != "EdDSA" && alg != "Ed25519") {
-			continue
-		}
-		x, err := jwkString(k, "x")
-		if err != nil {
-			return nil, fmt.Errorf("key %d: %w", i, err)
-		}
-		pub, err := base64.RawURLEncoding.Strict().DecodeString(x)
-		if err != nil {
+		// go-jose would pad or cut x to 32 bytes and take stray bits: x must be exactly a key.
+		switch x, err := base64.RawURLEncoding.Strict().DecodeString(head.X); {
+		case err != nil:
 			return nil, fmt.Errorf("key %d: x is not unpadded base64url", i)
+		case len(x) != ed25519.PublicKeySize:
+			return nil, fmt.Errorf("key %d: x is %d bytes, want %d", i, len(x), ed25519.PublicKeySize)
 		}
-		if len(pub) != ed25519.PublicKeySize {
-			return nil, fmt.Errorf("key %d: x is %d bytes, want %d", i, len(pub), ed25519.PublicKeySize)
+		var k jose.JSONWebKey
+		if err := k.UnmarshalJSON(e); err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
 		}
-		if !validEd25519Key(pub) {
+		pub, ok := k.Key.(ed25519.PublicKey)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("key %d holds a private key", i)
+		case (k.Use != "" && k.Use != "sig") || (k.Algorithm != "" && k.Algorithm != "EdDSA" && k.Algorithm != "Ed25519"):
+			continue
+		case !validEd25519Key(pub):
 			return nil, fmt.Errorf("key %d: x is not a usable Ed25519 public key", i)
 		}
-		if !containsKey(keys, pub) {
-			keys = append(keys, ed25519.PublicKey(pub))
+		if !slices.ContainsFunc(keys, func(k ed25519.PublicKey) bool { return k.Equal(pub) }) {
+			keys = append(keys, pub)
 		}
 	}
 	switch {
@@ -519,96 +478,13 @@ func parseJWKS(data []byte) ([]ed25519.PublicKey, error) {
 	return keys, nil
 }
 
-// jwkString returns member name of k, "" when absent; present, it must be a JSON string.
-func jwkString(k map[string]json.RawMessage, name string) (string, error) {
-	raw, ok := k[name]
-	if !ok {
-		return "", nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", fmt.Errorf("%q is not a string", name)
-	}
-	return s, nil
-}
-
-func containsKey(keys []ed25519.PublicKey, k []byte) bool {
-	for _, have := range keys {
-		if bytes.Equal(have, k) {
-			return true
-		}
-	}
-	return false
-}
-
-// Edwards25519: -x² + y² = 1 + d·x²·y² over GF(p), p = 2²⁵⁵ - 19.
-var (
-	ed25519P = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
-	ed25519D = func() *big.Int {
-		d := new(big.Int).ModInverse(big.NewInt(121666), ed25519P)
-		d.Mul(d, big.NewInt(-121665))
-		return d.Mod(d, ed25519P)
-	}()
-)
-
 // validEd25519Key reports whether pub is the canonical encoding of a curve point whose order is not
 // small. crypto/ed25519 checks neither, and a small-order key verifies forged signatures: with the
-// identity point as key, one fixed signature verifies every message. This runs once a key per
-// fetch, so math/big's speed does not matter.
+// identity point as key, one fixed signature verifies every message.
 func validEd25519Key(pub []byte) bool {
-	// Little-endian y, with the sign of x in the top bit.
-	be := make([]byte, 32)
-	for i := range be {
-		be[i] = pub[31-i]
+	p, err := new(edwards25519.Point).SetBytes(pub)
+	if err != nil || !bytes.Equal(p.Bytes(), pub) { // off the curve, or not canonical
+		return false
 	}
-	sign := be[0] >> 7
-	be[0] &= 0x7f
-	p := ed25519P
-	y := new(big.Int).SetBytes(be)
-	if y.Cmp(p) >= 0 {
-		return false // non-canonical
-	}
-	// x² = (y² - 1) / (d·y² + 1)
-	y2 := new(big.Int).Mul(y, y)
-	u := new(big.Int).Sub(y2, big.NewInt(1))
-	v := new(big.Int).Mul(ed25519D, y2)
-	v.Add(v, big.NewInt(1))
-	x2 := new(big.Int).Mul(u, new(big.Int).ModInverse(v.Mod(v, p), p))
-	x := new(big.Int).ModSqrt(x2.Mod(x2, p), p)
-	if x == nil {
-		return false // not on the curve
-	}
-	if x.Sign() == 0 && sign == 1 {
-		return false // non-canonical encoding of a point with x = 0
-	}
-	if x.Bit(0) != uint(sign) {
-		x.Sub(p, x)
-	}
-	// Small order means [8]P is the identity (0, 1): three doublings.
-	for range 3 {
-		x, y = edwardsAdd(x, y, x, y)
-	}
-	return !(x.Sign() == 0 && y.Cmp(big.NewInt(1)) == 0)
-}
-
-// edwardsAdd adds two points with the complete affine formula (its denominators are never zero,
-// as d is not a square).
-func edwardsAdd(x1, y1, x2, y2 *big.Int) (*big.Int, *big.Int) {
-	p := ed25519P
-	t := new(big.Int).Mul(x1, x2)
-	t.Mul(t, y1)
-	t.Mul(t, y2)
-	t.Mul(t, ed25519D)
-	t.Mod(t, p) // d·x1·x2·y1·y2
-
-	xn := new(big.Int).Mul(x1, y2)
-	xn.Add(xn, new(big.Int).Mul(y1, x2))
-	xd := new(big.Int).Add(big.NewInt(1), t)
-	x3 := xn.Mul(xn, xd.ModInverse(xd.Mod(xd, p), p))
-
-	yn := new(big.Int).Mul(y1, y2)
-	yn.Add(yn, new(big.Int).Mul(x1, x2))
-	yd := new(big.Int).Sub(big.NewInt(1), t)
-	y3 := yn.Mul(yn, yd.ModInverse(yd.Mod(yd, p), p))
-	return x3.Mod(x3, p), y3.Mod(y3, p)
+	return new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 0
 }

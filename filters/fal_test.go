@@ -233,18 +233,18 @@ func TestFalVerify(t *testing.T) {
 		{name: "wrong request id", sent: func(w *falWebhook) { w.reqID = "another-request" }, want: "no key of 1 verified"},
 		{name: "wrong user id", sent: func(w *falWebhook) { w.userID = "github|54321" }, want: "no key of 1 verified"},
 		{name: "wrong timestamp", sent: func(w *falWebhook) { w.ts = ts(now - 1) }, want: "no key of 1 verified"},
-		{name: "timestamp with leading zero", sent: func(w *falWebhook) { w.ts = "0" + w.ts }, want: "no key of 1 verified"},
+		{name: "timestamp with leading zero", sent: func(w *falWebhook) { w.ts = "0" + w.ts }, want: "is not unix seconds"},
 		{name: "signed by an unknown key", signer: other.priv, want: "no key of 1 verified"},
-		{name: "stale timestamp", signed: func(w *falWebhook) { w.ts = ts(now - 301) }, want: "timestamp is 5m1s old, tolerance 5m0s"},
-		{name: "future timestamp", signed: func(w *falWebhook) { w.ts = ts(now + 3600) }, want: "timestamp is 1h0m0s in the future"},
-		{name: "timestamp zero", signed: func(w *falWebhook) { w.ts = "0" }, want: "old, tolerance"},
+		{name: "stale timestamp", signed: func(w *falWebhook) { w.ts = ts(now - 301) }, want: "X-Fal-Webhook-Timestamp 1699999699 is 5m1s old, over the 5m0s tolerance"},
+		{name: "future timestamp", signed: func(w *falWebhook) { w.ts = ts(now + 3600) }, want: "is 1h0m0s in the future, over the 5m0s tolerance"},
+		{name: "timestamp zero", signed: func(w *falWebhook) { w.ts = "0" }, want: "old, over the"},
 		{name: "timestamp in milliseconds", signed: func(w *falWebhook) { w.ts = ts(now * 1000) }, want: "in the future"},
-		{name: "timestamp negative", signed: func(w *falWebhook) { w.ts = "-1" }, want: "not a unix time"},
-		{name: "timestamp with sign", signed: func(w *falWebhook) { w.ts = "+" + ts(now) }, want: "not a unix time"},
-		{name: "timestamp fractional", signed: func(w *falWebhook) { w.ts = ts(now) + ".5" }, want: "not a unix time"},
-		{name: "timestamp RFC 3339", signed: func(w *falWebhook) { w.ts = clock.Now().UTC().Format(time.RFC3339) }, want: "not a unix time"},
+		{name: "timestamp negative", signed: func(w *falWebhook) { w.ts = "-1" }, want: "is not unix seconds"},
+		{name: "timestamp with sign", signed: func(w *falWebhook) { w.ts = "+" + ts(now) }, want: "is not unix seconds"},
+		{name: "timestamp fractional", signed: func(w *falWebhook) { w.ts = ts(now) + ".5" }, want: "is not unix seconds"},
+		{name: "timestamp RFC 3339", signed: func(w *falWebhook) { w.ts = clock.Now().UTC().Format(time.RFC3339) }, want: "is not unix seconds"},
 		{name: "timestamp far in the future", signed: func(w *falWebhook) { w.ts = strings.Repeat("9", 18) }, want: "in the future"},
-		{name: "timestamp too long", signed: func(w *falWebhook) { w.ts = strings.Repeat("9", 40) }, want: "40 digits"},
+		{name: "timestamp too long", signed: func(w *falWebhook) { w.ts = strings.Repeat("9", 40) }, want: "is not unix seconds"},
 		{name: "missing request id", header: func(h http.Header) { h.Del(FalHeaderRequestID) }, want: "missing header X-Fal-Webhook-Request-Id"},
 		{name: "missing user id", header: func(h http.Header) { h.Del(FalHeaderUserID) }, want: "missing header X-Fal-Webhook-User-Id"},
 		{name: "missing timestamp", header: func(h http.Header) { h.Del(FalHeaderTimestamp) }, want: "missing header X-Fal-Webhook-Timestamp"},
@@ -617,7 +617,8 @@ func TestNewFalConfig(t *testing.T) {
 		{name: "missing file", c: FalConfig{JWKSFile: filepath.Join(dir, "nope.json")}, want: "no such file"},
 		{name: "file not JSON", c: FalConfig{JWKSFile: badJSON}, want: "not a JSON object"},
 		{name: "file without Ed25519 keys", c: FalConfig{JWKSFile: noEd}, want: "no Ed25519 signing key among 1 keys"},
-		{name: "negative tolerance", c: FalConfig{Tolerance: -time.Second}, want: "tolerance"},
+		{name: "negative tolerance", c: FalConfig{Tolerance: -time.Second}, want: "tolerance -1s is negative"},
+		{name: "tolerance without a unit", c: FalConfig{Tolerance: 300}, want: "under a second"},
 		{name: "max age over 24h", c: FalConfig{MaxAge: 25 * time.Hour}, want: "max age"},
 		{name: "negative max age", c: FalConfig{MaxAge: -time.Hour}, want: "max age"},
 		{name: "negative min refresh", c: FalConfig{MinRefresh: -time.Second}, want: "min refresh"},
@@ -641,8 +642,8 @@ func TestNewFalConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.url != FalJWKSURL || f.tolerance != 300*time.Second || f.maxAge != 24*time.Hour || f.minRefresh != time.Minute || f.client.Timeout != 10*time.Second {
-		t.Errorf("defaults: url %q tolerance %v max age %v min refresh %v timeout %v", f.url, f.tolerance, f.maxAge, f.minRefresh, f.client.Timeout)
+	if f.url != FalJWKSURL || f.win.tol != 300*time.Second || f.maxAge != 24*time.Hour || f.minRefresh != time.Minute || f.client.Timeout != 10*time.Second {
+		t.Errorf("defaults: url %q tolerance %v max age %v min refresh %v timeout %v", f.url, f.win.tol, f.maxAge, f.minRefresh, f.client.Timeout)
 	}
 }
 
@@ -821,15 +822,16 @@ func TestParseJWKS(t *testing.T) {
 		{name: "no keys member", doc: ed(x1), err: `no "keys" member`},
 		{name: "member names are case-sensitive", doc: `{"Keys":[` + ed(x1) + `]}`, err: `no "keys" member`},
 		{name: "keys not an array", doc: `{"keys":{}}`, err: `"keys" is not an array`},
-		{name: "key not an object", doc: `{"keys":["` + x1 + `"]}`, err: `"keys" is not an array of objects`},
+		{name: "key not an object", doc: `{"keys":["` + x1 + `"]}`, err: `key 0 is not a JWK`},
 		{name: "keys empty", doc: `{"keys":[]}`, err: "no Ed25519 signing key among 0 keys"},
 		{name: "keys null", doc: `{"keys":null}`, err: "no Ed25519 signing key among 0 keys"},
 		{name: "no Ed25519 keys", doc: set(rsa, ec, x25519), err: "no Ed25519 signing key among 3 keys"},
 		{name: "only skipped Ed25519 keys", doc: set(`{"kty":"OKP","crv":"Ed25519","use":"enc","x":"` + x1 + `"}`), err: "no Ed25519 signing key among 1 keys"},
+		{name: "duplicate member", doc: set(`{"kty":"OKP","crv":"Ed25519","x":"` + x1 + `","x":"` + x2 + `"}`), err: "key 0 is not a JWK"},
 		{name: "kty case", doc: set(`{"KTY":"OKP","CRV":"Ed25519","X":"` + x1 + `"}`), err: "no Ed25519 signing key"},
-		{name: "kty not a string", doc: set(`{"kty":1,"crv":"Ed25519","x":"` + x1 + `"}`), err: `key 0: "kty" is not a string`},
+		{name: "kty not a string", doc: set(`{"kty":1,"crv":"Ed25519","x":"` + x1 + `"}`), err: `key 0 is not a JWK`},
 		{name: "x missing", doc: set(`{"kty":"OKP","crv":"Ed25519"}`), err: "key 0: x is 0 bytes, want 32"},
-		{name: "x not a string", doc: set(`{"kty":"OKP","crv":"Ed25519","x":123}`), err: `key 0: "x" is not a string`},
+		{name: "x not a string", doc: set(`{"kty":"OKP","crv":"Ed25519","x":123}`), err: `key 0 is not a JWK`},
 		{name: "x 31 bytes", doc: set(ed(x2), ed(b64(k1.pub[:31]))), err: "key 1: x is 31 bytes, want 32"},
 		{name: "x 33 bytes", doc: set(ed(b64(append(bytes.Clone(k1.pub), 0)))), err: "key 0: x is 33 bytes, want 32"},
 		{name: "x 64 bytes (a private key)", doc: set(ed(b64(k1.priv))), err: "x is 64 bytes"},

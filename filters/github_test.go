@@ -7,7 +7,7 @@ import (
 	"github.com/hookrelay/hookrelay/filters"
 )
 
-// GitHub's published test vector (DESIGN.md section 5, from GitHub's "Validating webhook
+// GitHub's published test vector (docs/DESIGN.md section 5, from GitHub's "Validating webhook
 // deliveries").
 const (
 	ghVecSecret = "It's a Secret to Everybody"

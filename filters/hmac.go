@@ -38,16 +38,15 @@ type HMACConfig struct {
 // HMAC verifies a single HMAC signature in one header, as many providers without a named scheme
 // send. It is not changed after NewHMAC, so one value serves concurrent requests.
 type HMAC struct {
-	header    string // canonical
-	prefix    string
-	newHash   func() hash.Hash
-	size      int // MAC size in bytes
-	encoding  string
-	tsHeader  string // canonical; "" when none
-	parts     []macPart
-	tolerance time.Duration
-	keys      [][]byte
-	now       func() time.Time
+	header   string // canonical
+	prefix   string
+	newHash  func() hash.Hash
+	size     int // MAC size in bytes
+	encoding string
+	tsHeader string // canonical; "" when none
+	parts    []macPart
+	win      window // with a timestamp header
+	keys     [][]byte
 }
 
 var _ relay.Verifier = (*HMAC)(nil)
@@ -71,7 +70,7 @@ func NewHMAC(c HMACConfig, secrets []string, now func() time.Time) (*HMAC, error
 
 // newHMAC is NewHMAC with errors unprefixed, for the schemes built on it.
 func newHMAC(c HMACConfig, secrets []string, now func() time.Time) (*HMAC, error) {
-	h := &HMAC{prefix: c.Prefix, now: macClock(now)}
+	h := &HMAC{prefix: c.Prefix}
 	var err error
 	if h.header, err = macHeaderName("header", c.Header); err != nil {
 		return nil, err
@@ -101,7 +100,7 @@ func newHMAC(c HMACConfig, secrets []string, now func() time.Time) (*HMAC, error
 		if h.tsHeader == h.header {
 			return nil, fmt.Errorf("timestamp header and signature header are both %s", h.header)
 		}
-		if h.tolerance, err = macTolerance(c.Tolerance); err != nil {
+		if h.win, err = newWindow(c.Tolerance, now); err != nil {
 			return nil, err
 		}
 	} else if c.Tolerance != 0 {
@@ -188,11 +187,7 @@ func (h *HMAC) Verify(r *http.Request, body []byte) error {
 		if ts == "" {
 			return authFailf("missing %s header", h.tsHeader)
 		}
-		sec, err := macParseTimestamp(h.tsHeader, ts)
-		if err != nil {
-			return relay.Unauthorized(err)
-		}
-		if err := macCheckTimestamp(h.tsHeader, sec, h.now(), h.tolerance); err != nil {
+		if _, err := h.win.check(h.tsHeader, ts); err != nil {
 			return relay.Unauthorized(err)
 		}
 	}
@@ -266,25 +261,29 @@ func authFailf(format string, args ...any) error {
 	return relay.Unauthorized(fmt.Errorf(format, args...))
 }
 
-func macClock(now func() time.Time) func() time.Time {
-	if now == nil {
-		return time.Now
-	}
-	return now
+// window is the replay window of the schemes that sign a timestamp (HMAC with a timestamp header,
+// Stripe, Standard Webhooks, fal): how far the timestamp may be from the clock, either way.
+type window struct {
+	tol time.Duration
+	now func() time.Time
 }
 
-// macTolerance applies the default and refuses values that can only be mistakes.
-func macTolerance(t time.Duration) (time.Duration, error) {
+// newWindow applies the defaults (macDefaultTolerance, time.Now) and refuses tolerances that can
+// only be mistakes.
+func newWindow(tol time.Duration, now func() time.Time) (window, error) {
 	switch {
-	case t == 0:
-		return macDefaultTolerance, nil
-	case t < 0:
-		return 0, fmt.Errorf("tolerance %v is negative", t)
-	case t < time.Second:
+	case tol == 0:
+		tol = macDefaultTolerance
+	case tol < 0:
+		return window{}, fmt.Errorf("tolerance %v is negative", tol)
+	case tol < time.Second:
 		// Timestamps are whole seconds; this is most likely a bare number read as nanoseconds.
-		return 0, fmt.Errorf("tolerance %v is under a second (a number without a unit?)", t)
+		return window{}, fmt.Errorf("tolerance %v is under a second (a number without a unit?)", tol)
 	}
-	return t, nil
+	if now == nil {
+		now = time.Now
+	}
+	return window{tol: tol, now: now}, nil
 }
 
 // macRawSecrets checks secrets used as raw bytes. Surrounding white space is trimmed: it is
@@ -322,32 +321,28 @@ func macHeaderName(what, name string) (string, error) {
 	return http.CanonicalHeaderKey(name), nil
 }
 
-// macParseTimestamp parses unix seconds in canonical decimal: digits only, no sign, no leading
-// zero. Signers render the number this way, so any other spelling is not what they signed.
-func macParseTimestamp(header, v string) (int64, error) {
+// check parses header's value v as unix seconds and refuses it outside the window. Only canonical
+// decimal is taken (digits, no sign, no leading zero): signers render the number so, and any other
+// spelling is not what they signed. A refusal says by how much, and hints at milliseconds, the
+// usual mistake.
+func (w window) check(header, v string) (int64, error) {
 	ok := v != "" && len(v) <= macMaxTimestampDigits && (v[0] != '0' || len(v) == 1)
-	var n int64
+	var ts int64
 	for i := 0; ok && i < len(v); i++ {
 		c := v[i]
 		ok = c >= '0' && c <= '9'
-		n = n*10 + int64(c-'0')
+		ts = ts*10 + int64(c-'0')
 	}
 	if !ok {
 		return 0, fmt.Errorf("%s %s is not unix seconds", header, macQuote(v))
 	}
-	return n, nil
-}
-
-// macCheckTimestamp refuses a timestamp further than tol from now, either way. It says by how much,
-// and hints at milliseconds, the usual mistake.
-func macCheckTimestamp(header string, ts int64, now time.Time, tol time.Duration) error {
-	d := now.Unix() - ts // no overflow: 0 <= ts < 1e18
+	d := w.now().Unix() - ts // no overflow: 0 <= ts < 1e18
 	ad := d
 	if ad < 0 {
 		ad = -ad
 	}
-	if ad <= int64(tol/time.Second) { // exact: d is whole seconds
-		return nil
+	if ad <= int64(w.tol/time.Second) { // exact: d is whole seconds
+		return ts, nil
 	}
 	// Seconds, not a Duration, when one would overflow.
 	by := fmt.Sprintf("%ds", ad)
@@ -355,13 +350,13 @@ func macCheckTimestamp(header string, ts int64, now time.Time, tol time.Duration
 		by = (time.Duration(ad) * time.Second).String()
 	}
 	if d > 0 {
-		return fmt.Errorf("%s %d is %s old, over the %v tolerance", header, ts, by, tol)
+		return 0, fmt.Errorf("%s %d is %s old, over the %v tolerance", header, ts, by, w.tol)
 	}
 	hint := ""
 	if ts >= 1e12 && ts < 1e14 { // 13 or 14 digits: now, or soon, in milliseconds
 		hint = " (milliseconds instead of seconds?)"
 	}
-	return fmt.Errorf("%s %d is %s in the future, over the %v tolerance%s", header, ts, by, tol, hint)
+	return 0, fmt.Errorf("%s %d is %s in the future, over the %v tolerance%s", header, ts, by, w.tol, hint)
 }
 
 // macQuote quotes an untrusted value for a log message, shortened so a sender cannot flood the

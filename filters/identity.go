@@ -37,7 +37,7 @@ func digest(parts ...[]byte) string {
 // Identity is the signed webhook-id, which the sender keeps across its retries; a replay verifies
 // for twice the tolerance (a timestamp up to tolerance old, received up to tolerance early).
 func (v *StandardWebhooks) Identity(r *http.Request, _ []byte) (string, time.Duration) {
-	return "sw:" + r.Header.Get("Webhook-Id"), 2 * v.tolerance
+	return "sw:" + r.Header.Get("Webhook-Id"), 2 * v.win.tol
 }
 
 // Identity is the event's id from the signed body, which Stripe keeps across its retries, so it is
@@ -56,7 +56,7 @@ func (s *Stripe) Identity(r *http.Request, body []byte) (string, time.Duration) 
 			t = v
 		}
 	}
-	return "stripe:" + digest([]byte(t), body), 2 * s.tolerance
+	return "stripe:" + digest([]byte(t), body), 2 * s.win.tol
 }
 
 // Identity is the hash of the signed body. GitHub signs nothing else: X-GitHub-Delivery is not
@@ -73,10 +73,10 @@ func (h *HMAC) Identity(r *http.Request, body []byte) (string, time.Duration) {
 	if h.tsHeader == "" {
 		return "body:" + digest(body), 0
 	}
-	return "ts-body:" + digest([]byte(r.Header.Get(h.tsHeader)), body), 2 * h.tolerance
+	return "ts-body:" + digest([]byte(r.Header.Get(h.tsHeader)), body), 2 * h.win.tol
 }
 
 // Identity is fal's request ID and timestamp, both signed, for twice the tolerance.
 func (f *Fal) Identity(r *http.Request, _ []byte) (string, time.Duration) {
-	return "fal:" + digest([]byte(r.Header.Get(FalHeaderRequestID)), []byte(r.Header.Get(FalHeaderTimestamp))), 2 * f.tolerance
+	return "fal:" + digest([]byte(r.Header.Get(FalHeaderRequestID)), []byte(r.Header.Get(FalHeaderTimestamp))), 2 * f.win.tol
 }

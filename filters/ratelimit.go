@@ -24,40 +24,67 @@ type RateConfig struct {
 	Route      float64 // requests per second for the whole route; 0 = none
 	RouteBurst int     // 0 = max(1, ceil(Route))
 	// MaxTracked caps the source addresses whose per-address state is kept, and so the memory a
-	// flood of distinct addresses can take: about 170 bytes each (measured), 15 MiB for the
-	// default. 0 = DefaultMaxTracked.
+	// flood of distinct addresses can take (docs/BENCHMARKS.md). 0 = DefaultMaxTracked.
 	MaxTracked int
 	// IPv6Prefix groups IPv6 senders: one bucket per /IPv6Prefix, since one host usually holds a
-	// whole /64 and could otherwise use a fresh address per request. 0 = DefaultIPv6Prefix; 128
+	// whole /64 and could otherwise use a fresh address per request. 0 = 64; 128
 	// gives each address its own bucket.
 	IPv6Prefix int
 	Now        func() time.Time // nil = time.Now; tests inject a clock
 }
 
-// DefaultIPv6Prefix is the IPv6 prefix length senders are grouped by: the /64 of one subnet, often
+// defaultIPv6Prefix is the IPv6 prefix length senders are grouped by: the /64 of one subnet, often
 // of one host.
-const DefaultIPv6Prefix = 64
+const defaultIPv6Prefix = 64
 
-// ipv6Prefix applies the default to a configured prefix length and checks it.
-func ipv6Prefix(bits int) (int, error) {
-	switch {
-	case bits == 0:
-		return DefaultIPv6Prefix, nil
-	case bits < 16 || bits > 128:
-		return 0, fmt.Errorf("rate limit: IPv6 prefix /%d is outside /16../128", bits)
+// Resolve validates c and fills in its defaults: the one authority for both limiters, this one
+// and the Redis-shared one (redisstore.RateLimiter). Rates and bursts must not be negative, or NaN
+// or infinite; a burst needs its rate.
+func (c RateConfig) Resolve() (RateConfig, error) {
+	var err error
+	if c.PerIPBurst, err = burstFor("per-address", c.PerIP, c.PerIPBurst); err != nil {
+		return c, err
 	}
-	return bits, nil
+	if c.RouteBurst, err = burstFor("route", c.Route, c.RouteBurst); err != nil {
+		return c, err
+	}
+	switch {
+	case c.MaxTracked < 0:
+		return c, fmt.Errorf("rate limit: senders tracked must not be negative, got %d", c.MaxTracked)
+	case c.MaxTracked == 0:
+		c.MaxTracked = DefaultMaxTracked
+	}
+	switch {
+	case c.IPv6Prefix == 0:
+		c.IPv6Prefix = defaultIPv6Prefix
+	case c.IPv6Prefix < 16 || c.IPv6Prefix > 128:
+		return c, fmt.Errorf("rate limit: IPv6 prefix /%d is outside /16../128", c.IPv6Prefix)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
 }
 
-// senderOf is the sender a bucket belongs to: an IPv4 address (IPv4-mapped ones unmapped), or the
-// IPv6 prefix of bits holding the address, zone dropped. The zero Addr stays zero.
-func senderOf(a netip.Addr, bits int) netip.Addr {
+// Sender is the sender a per-address bucket belongs to: an IPv4 address (IPv4-mapped ones
+// unmapped), or the IPv6 prefix of c.IPv6Prefix bits holding the address, zone dropped. The zero
+// Addr stays zero. c is resolved.
+func (c RateConfig) Sender(a netip.Addr) netip.Addr {
 	a = a.Unmap().WithZone("")
-	if a.Is6() && bits < 128 {
-		p, _ := a.Prefix(bits) // bits is 16..127: never an error
+	if a.Is6() && c.IPv6Prefix < 128 {
+		p, _ := a.Prefix(c.IPv6Prefix) // 16..127: never an error
 		return p.Addr()
 	}
 	return a
+}
+
+// Refuse is the refusal of a request from client over c's per-address rate (perAddr) or its
+// route's rate, to be tried again in wait. c is resolved.
+func (c RateConfig) Refuse(wait time.Duration, perAddr bool, client netip.Addr) error {
+	if perAddr {
+		return relay.RateLimited(wait, &overRateError{true, client, c.PerIP, c.PerIPBurst})
+	}
+	return relay.RateLimited(wait, &overRateError{rate: c.Route, burst: c.RouteBurst})
 }
 
 // RateLimiter refuses a sender over its per-address rate or over the route's rate, with
@@ -76,16 +103,11 @@ func senderOf(a netip.Addr, bits int) netip.Addr {
 // /64, and would otherwise get a fresh bucket with every address. Requests without a source address
 // share one bucket.
 type RateLimiter struct {
-	now        func() time.Time
-	perIP      rate.Limit
-	perIPBurst int
-	v6Bits     int           // IPv6 senders share a bucket per prefix of this length
-	refill     time.Duration // for a per-address bucket, from empty to full
-	shards     []shard       // nil: no per-address rate
-	seed       maphash.Seed  // random per limiter: a sender cannot aim its addresses at one shard
-	route      *rate.Limiter // nil: no route rate
-	routeRate  rate.Limit
-	routeBurst int
+	c      RateConfig    // resolved
+	refill time.Duration // for a per-address bucket, from empty to full
+	shards []shard       // nil: no per-address rate
+	seed   maphash.Seed  // random per limiter: a sender cannot aim its addresses at one shard
+	route  *rate.Limiter // nil: no route rate
 }
 
 var _ relay.Guard = (*RateLimiter)(nil)
@@ -100,11 +122,9 @@ type shard struct {
 }
 
 // bucket is one address's limiter, and a time by which it is surely full again if no request
-// comes: kept in the map beside the pointer so that eviction finds the idle ones without visiting
-// each limiter (a cache miss each, which made eviction 60% of the cost of a flood of new
-// addresses). idleAt is a bound, not the exact time, so that a busy address rewrites its map slot
-// only once per eighth of a refill: writing it on every request doubled the time of a parallel
-// Admit, the slot's cache line bouncing between cores.
+// comes: kept beside the pointer so that eviction finds the idle ones without a cache miss per
+// limiter. idleAt is a bound, rewritten once per eighth of a refill rather than on every request,
+// so that a busy address's map slot does not bounce between cores (docs/BENCHMARKS.md).
 type bucket struct {
 	lim    *rate.Limiter
 	idleAt int64 // Unix nanoseconds; at least the last take plus a whole refill
@@ -113,48 +133,28 @@ type bucket struct {
 // maxShards bounds the shards: enough that concurrent requests rarely meet on one lock.
 const maxShards = 32
 
-// NewRateLimiter validates c and returns its limiter. Rates and bursts must not be negative, or
-// NaN or infinite; a burst needs its rate. With neither rate set, every request is admitted.
+// NewRateLimiter validates c (RateConfig.Resolve) and returns its limiter. With neither rate set,
+// every request is admitted.
 func NewRateLimiter(c RateConfig) (*RateLimiter, error) {
-	perIPBurst, err := burstFor("per-address", c.PerIP, c.PerIPBurst)
+	c, err := c.Resolve()
 	if err != nil {
 		return nil, err
 	}
-	routeBurst, err := burstFor("route", c.Route, c.RouteBurst)
-	if err != nil {
-		return nil, err
-	}
-	if c.MaxTracked < 0 {
-		return nil, fmt.Errorf("rate limit: addresses tracked must not be negative, got %d", c.MaxTracked)
-	}
-	v6Bits, err := ipv6Prefix(c.IPv6Prefix)
-	if err != nil {
-		return nil, err
-	}
-	rl := &RateLimiter{now: c.Now, seed: maphash.MakeSeed(), v6Bits: v6Bits}
-	if rl.now == nil {
-		rl.now = time.Now
-	}
+	rl := &RateLimiter{c: c, seed: maphash.MakeSeed()}
 	if c.PerIP > 0 {
-		rl.perIP, rl.perIPBurst = rate.Limit(c.PerIP), perIPBurst
-		rl.refill = refillWait(float64(perIPBurst), rl.perIP)
-		total := c.MaxTracked
-		if total == 0 {
-			total = DefaultMaxTracked
-		}
+		rl.refill = refillWait(float64(c.PerIPBurst), rate.Limit(c.PerIP))
 		// Small caps get fewer shards, so each shard still holds enough to evict in batches.
-		n := min(maxShards, max(1, total/256))
+		n := min(maxShards, max(1, c.MaxTracked/256))
 		rl.shards = make([]shard, n)
 		for i := range rl.shards {
-			rl.shards[i].max = total / n
-			if i < total%n {
+			rl.shards[i].max = c.MaxTracked / n
+			if i < c.MaxTracked%n {
 				rl.shards[i].max++
 			}
 		}
 	}
 	if c.Route > 0 {
-		rl.routeRate, rl.routeBurst = rate.Limit(c.Route), routeBurst
-		rl.route = rate.NewLimiter(rl.routeRate, routeBurst)
+		rl.route = rate.NewLimiter(rate.Limit(c.Route), c.RouteBurst)
 	}
 	return rl, nil
 }
@@ -182,14 +182,14 @@ func (rl *RateLimiter) Admit(_ *http.Request, client netip.Addr) error {
 		if rl.route == nil {
 			return nil
 		}
-		now := rl.now()
+		now := rl.c.Now()
 		if !rl.route.AllowN(now, 1) {
 			return rl.routeRefusal(now)
 		}
 		return nil
 	}
-	now := rl.now()
-	key := senderOf(client, rl.v6Bits).As16() // the zero Addr gives all zeroes
+	now := rl.c.Now()
+	key := rl.c.Sender(client).As16() // the zero Addr gives all zeroes
 	s := &rl.shards[maphash.Comparable(rl.seed, key)%uint64(len(rl.shards))]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -201,8 +201,7 @@ func (rl *RateLimiter) Admit(_ *http.Request, client netip.Addr) error {
 	// take succeeds, and it is made only once the route has admitted the request too.
 	tokens := b.lim.TokensAt(now)
 	if tokens < 1 {
-		cause := &overRateError{true, client, rl.perIP, rl.perIPBurst}
-		return relay.RateLimited(refillWait(1-tokens, rl.perIP), cause)
+		return rl.c.Refuse(refillWait(1-tokens, rate.Limit(rl.c.PerIP)), true, client)
 	}
 	if rl.route != nil && !rl.route.AllowN(now, 1) {
 		return rl.routeRefusal(now)
@@ -232,23 +231,22 @@ func addSat(t int64, d time.Duration) int64 {
 // routeRefusal says when the route has a token again. The route limiter is shared, so another
 // request may take that token first: the time is a hint, which is all Retry-After is.
 func (rl *RateLimiter) routeRefusal(now time.Time) error {
-	cause := &overRateError{rate: rl.routeRate, burst: rl.routeBurst}
-	return relay.RateLimited(refillWait(1-rl.route.TokensAt(now), rl.routeRate), cause)
+	return rl.c.Refuse(refillWait(1-rl.route.TokensAt(now), rate.Limit(rl.c.Route)), false, netip.Addr{})
 }
 
 // overRateError formats only when logged, keeping a flood of refusals cheap.
 type overRateError struct {
 	perAddr bool // else the route's rate
 	addr    netip.Addr
-	rate    rate.Limit
+	rate    float64
 	burst   int
 }
 
 func (e *overRateError) Error() string {
 	if e.perAddr {
-		return fmt.Sprintf("%s over the per-address rate of %v/s (burst %d)", e.addr, float64(e.rate), e.burst)
+		return fmt.Sprintf("%s over the per-address rate of %v/s (burst %d)", e.addr, e.rate, e.burst)
 	}
-	return fmt.Sprintf("route over its rate of %v/s (burst %d)", float64(e.rate), e.burst)
+	return fmt.Sprintf("route over its rate of %v/s (burst %d)", e.rate, e.burst)
 }
 
 // refillWait is the time a bucket filling at r takes to gain missing tokens, rounded up to whole
@@ -273,7 +271,7 @@ func (s *shard) add(key [16]byte, now time.Time, rl *RateLimiter) bucket {
 	if len(s.m) >= s.max {
 		s.evict(now)
 	}
-	b := bucket{lim: rate.NewLimiter(rl.perIP, rl.perIPBurst), idleAt: rl.idleAt(now.UnixNano())}
+	b := bucket{lim: rate.NewLimiter(rate.Limit(rl.c.PerIP), rl.c.PerIPBurst), idleAt: rl.idleAt(now.UnixNano())}
 	s.m[key] = b
 	return b
 }
@@ -281,8 +279,7 @@ func (s *shard) add(key [16]byte, now time.Time, rl *RateLimiter) bucket {
 // evict drops every address whose bucket is surely full again, then arbitrary ones until the
 // shard is at 7/8 of its share. Freeing a batch, not one slot, keeps a flood of new addresses from
 // paying for a scan of the shard on every request. The survivors move to a new map: Go maps do not
-// shrink, and one that only ever deletes and inserts grows with its tombstones (measured: 2.5
-// times the heap under a flood).
+// shrink, and one that only ever deletes and inserts grows with its tombstones.
 func (s *shard) evict(now time.Time) {
 	low := s.max - max(1, s.max/8)
 	t := now.UnixNano()

@@ -14,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redisstore"
+	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 type rlClock struct {
@@ -159,13 +163,36 @@ func rateLimiterCases() []rlCase {
 	}
 }
 
+// bothLimiters builds the in-process limiter and the one shared through Redis
+// (redisstore.RateLimiter) from one configuration: they have the same semantics, which the tests
+// that take both show.
+func bothLimiters(t *testing.T) map[string]func(*testing.T, filters.RateConfig) relay.Guard {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	n := 0
+	return map[string]func(*testing.T, filters.RateConfig) relay.Guard{
+		"in-process": func(t *testing.T, c filters.RateConfig) relay.Guard { return mustRateLimiter(t, c) },
+		"redis": func(t *testing.T, c filters.RateConfig) relay.Guard {
+			n++ // a route each
+			rl, err := redisstore.NewRateLimiter(client, "", fmt.Sprint("route-", n), c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rl
+		},
+	}
+}
+
 func TestRateLimiter(t *testing.T) {
-	for _, tt := range rateLimiterCases() {
-		t.Run(tt.name, func(t *testing.T) {
-			clock := newRLClock()
-			tt.cfg.Now = clock.Now
-			runGuardSteps(t, mustRateLimiter(t, tt.cfg), clock, tt.steps)
-		})
+	for name, mk := range bothLimiters(t) {
+		for _, tt := range rateLimiterCases() {
+			t.Run(name+"/"+tt.name, func(t *testing.T) {
+				clock := newRLClock()
+				tt.cfg.Now = clock.Now
+				runGuardSteps(t, mk(t, tt.cfg), clock, tt.steps)
+			})
+		}
 	}
 }
 
@@ -210,6 +237,9 @@ func TestNewRateLimiterErrors(t *testing.T) {
 		{filters.RateConfig{PerIPBurst: 5}, "per-address burst 5 given without a rate"},
 		{filters.RateConfig{RouteBurst: 5}, "route burst 5 given without a rate"},
 		{filters.RateConfig{PerIP: 1, MaxTracked: -1}, "tracked"},
+		{filters.RateConfig{PerIP: 1, IPv6Prefix: -1}, "IPv6 prefix /-1"},
+		{filters.RateConfig{PerIP: 1, IPv6Prefix: 8}, "IPv6 prefix /8"},
+		{filters.RateConfig{PerIP: 1, IPv6Prefix: 129}, "IPv6 prefix /129"},
 	}
 	for _, tt := range tests {
 		_, err := filters.NewRateLimiter(tt.cfg)

@@ -17,9 +17,8 @@ const swMaxID = 256
 // space-separated list of "v1,<base64 HMAC-SHA256(id.timestamp.body)>". It is not changed after
 // NewStandardWebhooks, so one value serves concurrent requests.
 type StandardWebhooks struct {
-	keys      [][]byte
-	tolerance time.Duration
-	now       func() time.Time
+	keys [][]byte
+	win  window
 }
 
 var _ relay.Verifier = (*StandardWebhooks)(nil)
@@ -32,7 +31,7 @@ func NewStandardWebhooks(secrets []string, tolerance time.Duration, now func() t
 	if len(secrets) == 0 {
 		return nil, fmt.Errorf("standard webhooks: no secrets")
 	}
-	v := &StandardWebhooks{keys: make([][]byte, len(secrets)), now: macClock(now)}
+	v := &StandardWebhooks{keys: make([][]byte, len(secrets))}
 	for i, s := range secrets {
 		key, err := relay.ParseSigningSecret(s)
 		if err != nil {
@@ -44,7 +43,7 @@ func NewStandardWebhooks(secrets []string, tolerance time.Duration, now func() t
 		v.keys[i] = key
 	}
 	var err error
-	if v.tolerance, err = macTolerance(tolerance); err != nil {
+	if v.win, err = newWindow(tolerance, now); err != nil {
 		return nil, fmt.Errorf("standard webhooks: %w", err)
 	}
 	return v, nil
@@ -64,11 +63,8 @@ func (v *StandardWebhooks) Verify(r *http.Request, body []byte) error {
 	if tsv == "" {
 		return authFailf("missing webhook-timestamp header")
 	}
-	ts, err := macParseTimestamp("webhook-timestamp", tsv)
+	ts, err := v.win.check("webhook-timestamp", tsv)
 	if err != nil {
-		return relay.Unauthorized(err)
-	}
-	if err := macCheckTimestamp("webhook-timestamp", ts, v.now(), v.tolerance); err != nil {
 		return relay.Unauthorized(err)
 	}
 	sig := r.Header.Get("Webhook-Signature")

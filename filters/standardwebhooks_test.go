@@ -10,7 +10,7 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// The published Standard Webhooks test vector (DESIGN.md section 5).
+// The published Standard Webhooks test vector (docs/DESIGN.md section 5).
 const (
 	swVecSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 	swVecID     = "msg_p5jXN8AQM9LWM0D4loKWxJek"

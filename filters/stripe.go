@@ -16,9 +16,8 @@ import (
 // hex HMAC-SHA256 of "<t>.<body>" keyed with the endpoint secret's text. It is not changed after
 // NewStripe, so one value serves concurrent requests.
 type Stripe struct {
-	keys      [][]byte
-	tolerance time.Duration
-	now       func() time.Time
+	keys [][]byte
+	win  window
 }
 
 var _ relay.Verifier = (*Stripe)(nil)
@@ -32,11 +31,11 @@ func NewStripe(secrets []string, tolerance time.Duration, now func() time.Time) 
 	if err != nil {
 		return nil, fmt.Errorf("stripe: %w", err)
 	}
-	tol, err := macTolerance(tolerance)
+	win, err := newWindow(tolerance, now)
 	if err != nil {
 		return nil, fmt.Errorf("stripe: %w", err)
 	}
-	return &Stripe{keys: keys, tolerance: tol, now: macClock(now)}, nil
+	return &Stripe{keys: keys, win: win}, nil
 }
 
 // Verify parses Stripe-Signature, checks the timestamp, then every v1 signature against every
@@ -85,11 +84,7 @@ func (s *Stripe) Verify(r *http.Request, body []byte) error {
 	if t == "" {
 		return authFailf("Stripe-Signature has no t= timestamp")
 	}
-	ts, err := macParseTimestamp("Stripe-Signature timestamp", t)
-	if err != nil {
-		return relay.Unauthorized(err)
-	}
-	if err := macCheckTimestamp("Stripe-Signature timestamp", ts, s.now(), s.tolerance); err != nil {
+	if _, err := s.win.check("Stripe-Signature timestamp", t); err != nil {
 		return relay.Unauthorized(err)
 	}
 	if len(sigs) == 0 {

@@ -135,7 +135,7 @@ func (a *adminAPI) listMessages(w http.ResponseWriter, req *http.Request) {
 	}
 	f := MessageFilter{Route: q.Get("route"), Target: q.Get("target"), JobID: q.Get("job_id"), State: q.Get("state"),
 		Cursor: q.Get("cursor"), Limit: adminDefaultLimit}
-	if f.State != "" && !ValidState(f.State) {
+	if f.State != "" && !validState(f.State) {
 		badRequest(w, "state: "+strconv.Quote(f.State)+" is not one of queued, in_flight, retrying, delivered, dead")
 		return
 	}

@@ -19,7 +19,7 @@ type RetryPolicy struct {
 	MaxRetryAfter time.Duration // a target's Retry-After is honoured up to this
 }
 
-// DefaultRetryPolicy is the policy of DESIGN.md section 3.
+// DefaultRetryPolicy is the policy of docs/DESIGN.md section 3.
 func DefaultRetryPolicy() RetryPolicy {
 	return RetryPolicy{
 		Initial:       time.Second,

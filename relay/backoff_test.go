@@ -65,14 +65,19 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
-func TestStatusOfEveryKind(t *testing.T) {
-	want := map[Kind]int{
-		KindInternal: 500, KindNotFound: 404, KindMethod: 405, KindTooLarge: 413, KindForbidden: 403,
-		KindRateLimited: 429, KindUnauthorized: 401, KindInvalid: 400, KindUnavailable: 503,
-	}
-	for k, status := range want {
-		if got := statusOf(k); got != status {
-			t.Errorf("statusOf(%d) = %d, want %d", k, got, status)
+func TestStatusAndOutcomeOfEveryKind(t *testing.T) {
+	for _, tc := range []struct {
+		k       Kind
+		status  int
+		outcome string
+	}{
+		{KindInternal, 500, "error"}, {KindNotFound, 404, "no_route"}, {KindMethod, 405, "invalid"},
+		{KindTooLarge, 413, "too_large"}, {KindForbidden, 403, "denied_ip"}, {KindRateLimited, 429, "rate_limited"},
+		{KindUnauthorized, 401, "bad_signature"}, {KindInvalid, 400, "invalid"}, {KindUnavailable, 503, "store_error"},
+		{Kind(200), 500, "error"}, // a kind no row names is internal
+	} {
+		if s, o := statusOf(tc.k), outcomeOf(tc.k); s != tc.status || o != tc.outcome {
+			t.Errorf("kind %d: status %d, outcome %q; want %d, %q", tc.k, s, o, tc.status, tc.outcome)
 		}
 	}
 }

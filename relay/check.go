@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// The checks a webhook passes before it is stored, in this order (DESIGN.md section 2):
+// The checks a webhook passes before it is stored, in this order (docs/DESIGN.md section 1):
 // body cap, Guards (source IP, per-address rate: before the body is read), a HeadVerifier (URL
 // token, also before the body), the Verifier (signature: on the body), VerifiedGuards (the
 // route-wide rate, spent only by authenticated webhooks), then the provider preset and the store.

@@ -3,49 +3,56 @@ package relay
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 )
 
-// Kind classifies an error by what the sender should be told. Kinds map to HTTP statuses in one
-// place, statusOf.
+// Kind classifies an error by what the sender should be told. Each kind has one HTTP status and
+// one outcome label of hookrelay_webhooks_received_total, in kinds.
 type Kind uint8
 
 const (
-	KindInternal     Kind = iota // a bug or an unexpected failure: 500
-	KindNotFound                 // no route: 404
-	KindMethod                   // wrong method: 405
-	KindTooLarge                 // body over the route's limit: 413
-	KindForbidden                // source not allowed: 403
-	KindRateLimited              // over the route's rate: 429
-	KindUnauthorized             // bad or missing signature or token: 401
-	KindInvalid                  // malformed payload: 400
-	KindUnavailable              // store unavailable: 503
+	KindInternal     Kind = iota // a bug or an unexpected failure
+	KindNotFound                 // no route
+	KindMethod                   // wrong method
+	KindTooLarge                 // body over the route's limit
+	KindForbidden                // source not allowed
+	KindRateLimited              // over the route's rate
+	KindUnauthorized             // bad or missing signature or token
+	KindInvalid                  // malformed payload
+	KindUnavailable              // store unavailable
 )
 
+// kinds maps each Kind to its status and metric outcome: the one place either is decided.
+var kinds = [...]struct {
+	status  int
+	outcome string
+}{
+	KindInternal:     {http.StatusInternalServerError, outcomeError},
+	KindNotFound:     {http.StatusNotFound, outcomeNoRoute},
+	KindMethod:       {http.StatusMethodNotAllowed, outcomeInvalid},
+	KindTooLarge:     {http.StatusRequestEntityTooLarge, outcomeTooLarge},
+	KindForbidden:    {http.StatusForbidden, outcomeDeniedIP},
+	KindRateLimited:  {http.StatusTooManyRequests, outcomeRateLimited},
+	KindUnauthorized: {http.StatusUnauthorized, outcomeBadSig},
+	KindInvalid:      {http.StatusBadRequest, outcomeInvalid},
+	KindUnavailable:  {http.StatusServiceUnavailable, outcomeStoreError},
+}
+
 func statusOf(k Kind) int {
-	switch k {
-	case KindNotFound:
-		return http.StatusNotFound
-	case KindMethod:
-		return http.StatusMethodNotAllowed
-	case KindTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case KindForbidden:
-		return http.StatusForbidden
-	case KindRateLimited:
-		return http.StatusTooManyRequests
-	case KindUnauthorized:
-		return http.StatusUnauthorized
-	case KindInvalid:
-		return http.StatusBadRequest
-	case KindUnavailable:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
+	if int(k) < len(kinds) {
+		return kinds[k].status
 	}
+	return http.StatusInternalServerError
+}
+
+// outcomeOf names what a refused webhook came to, by its error kind.
+func outcomeOf(k Kind) string {
+	if int(k) < len(kinds) {
+		return kinds[k].outcome
+	}
+	return outcomeError
 }
 
 // Error is an error with a kind and a message safe to show the sender. The wrapped Err is for logs
@@ -65,11 +72,6 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
-
-// Errorf builds an *Error whose logged cause is fmt.Errorf(format, args...).
-func Errorf(k Kind, msg string, format string, args ...any) *Error {
-	return &Error{Kind: k, Msg: msg, Err: fmt.Errorf(format, args...)}
-}
 
 // KindOf reports the kind of err, KindInternal when it carries none.
 func KindOf(err error) Kind {

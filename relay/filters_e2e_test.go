@@ -242,12 +242,12 @@ func TestTrustedProxies(t *testing.T) {
 	// The test client connects from 127.0.0.1: without trusting it, the header is a spoof.
 	rt := route(t, "fashn", "fashn", "app")
 	rt.Guards = []relay.Guard{allow}
-	e := startEdge(t, must[*filters.ClientIP](t)(filters.NewClientIP(nil)), rt)
+	e := startEdge(t, must[*filters.ClientIP](t)(filters.NewClientIPHeader(nil, "")), rt)
 	if status, _, _ := e.do(t, "/hooks/fashn", body, spoofed); status != http.StatusForbidden {
 		t.Fatalf("spoofed X-Forwarded-For from an untrusted peer: %d, want 403", status)
 	}
 
-	e = startEdge(t, must[*filters.ClientIP](t)(filters.NewClientIP([]string{"127.0.0.0/8"})), rt)
+	e = startEdge(t, must[*filters.ClientIP](t)(filters.NewClientIPHeader([]string{"127.0.0.0/8"}, "")), rt)
 	if status, _, answer := e.do(t, "/hooks/fashn", body, map[string]string{"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}); status != http.StatusAccepted {
 		t.Fatalf("through a trusted proxy: %d %s, want 202", status, answer)
 	}

@@ -222,9 +222,9 @@ func (h *ingress) match(path string) *Route {
 	return nil
 }
 
-// accept runs the checks in DESIGN.md order, cheapest first, and stores the webhook for the targets
-// that want it. Nothing touches the store before every check passed. The outcome is
-// outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
+// accept runs the checks in the order of docs/DESIGN.md section 1, cheapest first, and stores the
+// webhook for the targets that want it. Nothing touches the store before every check passed. The
+// outcome is outcomeAccepted, outcomeDuplicate, or outcomeFiltered (no target wants it: not stored).
 func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r *http.Request) (*Message, string, error) {
 	if rt == nil {
 		return nil, "", &Error{Kind: KindNotFound, Msg: "no webhook route at this path"}
@@ -297,7 +297,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		// identity stands in, remembered for as long as a replay would verify.
 		if idf, ok := rt.Verifier.(Identifier); ok {
 			if id, window := idf.Identity(r, body); id != "" {
-				key = ReplayKey(rt.Name, id)
+				key = replayKey(rt.Name, id)
 				if window > 0 {
 					ttl = window
 				}
@@ -408,15 +408,15 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return body, nil
 }
 
-// DedupeKey is the dedupe identity of DESIGN.md section 3: route, job ID and normalised status.
+// DedupeKey is the dedupe identity of docs/DESIGN.md section 3: route, job ID and normalised status.
 // The job ID is length-prefixed so that no choice of IDs and statuses can make two keys collide.
 func DedupeKey(route, jobID, status string) string {
 	return route + "|" + strconv.Itoa(len(jobID)) + ":" + jobID + "|" + status
 }
 
-// ReplayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
+// replayKey is the dedupe key of a webhook without a job ID: its route and its own identity (see
 // Identifier). It cannot collide with a DedupeKey, whose part after the route starts with a digit.
-func ReplayKey(route, identity string) string {
+func replayKey(route, identity string) string {
 	return route + "|replay:" + identity
 }
 

@@ -26,28 +26,6 @@ const (
 // this keeps arbitrary paths out of the label values.
 const unmatchedRoute = ""
 
-// outcomeOf names what a refused webhook came to, by its error kind.
-func outcomeOf(k Kind) string {
-	switch k {
-	case KindForbidden:
-		return outcomeDeniedIP
-	case KindRateLimited:
-		return outcomeRateLimited
-	case KindUnauthorized:
-		return outcomeBadSig
-	case KindTooLarge:
-		return outcomeTooLarge
-	case KindInvalid, KindMethod:
-		return outcomeInvalid
-	case KindUnavailable:
-		return outcomeStoreError
-	case KindNotFound:
-		return outcomeNoRoute
-	default:
-		return outcomeError
-	}
-}
-
 // Delivery attempt outcomes, the outcome label of hookrelay_delivery_attempts_total. Each attempt
 // is counted once, after the store recorded it.
 const (

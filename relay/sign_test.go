@@ -2,7 +2,7 @@ package relay
 
 import "testing"
 
-// The published Standard Webhooks test vector (DESIGN.md section 5).
+// The published Standard Webhooks test vector (docs/DESIGN.md section 5).
 func TestSignStandardWebhookVector(t *testing.T) {
 	key, err := ParseSigningSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	if err != nil {

@@ -12,19 +12,19 @@ import (
 // Message is one webhook as accepted from a sender: the body byte for byte plus what the relay
 // learned about it. It is immutable once stored.
 type Message struct {
-	ID          string    `json:"id"`
-	Route       string    `json:"route"`
-	Provider    string    `json:"provider"`
-	JobID       string    `json:"job_id,omitempty"`
-	JobStatus   string    `json:"job_status,omitempty"`
-	ContentType string    `json:"content_type,omitempty"`
-	SourceAddr  string    `json:"source_addr,omitempty"`
-	ReceivedAt  time.Time `json:"received_at"`
-	Body        []byte    `json:"body"`
+	ID          string
+	Route       string
+	Provider    string
+	JobID       string
+	JobStatus   string
+	ContentType string
+	SourceAddr  string
+	ReceivedAt  time.Time
+	Body        []byte
 	// Headers are the sender's headers that the route forwards to targets (Route.ForwardHeaders).
-	Headers http.Header `json:"headers,omitempty"`
+	Headers http.Header
 	// Targets names every target the message fans out to; the store keeps one delivery per target.
-	Targets []string `json:"targets"`
+	Targets []string
 }
 
 // DeliveryID is the stable identifier of a message's delivery to one target. Targets dedupe on it.
@@ -32,35 +32,35 @@ func DeliveryID(messageID, target string) string { return messageID + "." + targ
 
 // Delivery is one message on its way to one target.
 type Delivery struct {
-	ID      string  `json:"id"`
-	Target  string  `json:"target"`
-	Message Message `json:"message"`
+	ID      string
+	Target  string
+	Message Message
 	// Attempt counts claims: the first claim makes it 1. A claim that is never acknowledged (a crash)
 	// still counts, so that a poison message cannot loop forever.
-	Attempt int       `json:"attempt"`
-	DueAt   time.Time `json:"due_at"`
+	Attempt int
+	DueAt   time.Time
 	// Lease is set by Claim and must be presented to Ack, Retry and Bury. A delivery whose lease
 	// expired and was claimed again carries a new one; the old holder then gets ErrLeaseLost.
-	Lease string `json:"lease,omitempty"`
+	Lease string
 	// Recovered is set by Claim when the delivery's previous lease ran out unsettled: its holder
 	// died or stalled. Monitoring counts these.
-	Recovered  bool      `json:"-"`
-	LastStatus int       `json:"last_status,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	DeadAt     time.Time `json:"dead_at,omitzero"`
+	Recovered  bool
+	LastStatus int
+	LastError  string
+	DeadAt     time.Time
 	// Tried is the attempt that Ack, Retry or Bury settles: a store with history on records it
 	// (docs/DESIGN.md section 2.5); without history it is ignored. Nil records nothing.
-	Tried *Attempt `json:"-"`
+	Tried *Attempt
 }
 
 // Attempt is one try at delivering, as history keeps it.
 type Attempt struct {
-	Number   int           `json:"number"`
-	Start    time.Time     `json:"start"`
-	Duration time.Duration `json:"duration_ns"`
-	Status   int           `json:"status,omitempty"` // 0: no HTTP answer
-	Error    string        `json:"error,omitempty"`
-	Response []byte        `json:"-"` // the first MaxAttemptResponse bytes of the answer's body
+	Number   int
+	Start    time.Time
+	Duration time.Duration
+	Status   int // 0: no HTTP answer
+	Error    string
+	Response []byte // the first MaxAttemptResponse bytes of the answer's body
 }
 
 // MaxAttemptResponse is how much of a target's answer an attempt keeps.
@@ -75,8 +75,8 @@ const (
 	StateDead      = "dead"
 )
 
-// ValidState reports whether s names a delivery state.
-func ValidState(s string) bool {
+// validState reports whether s names a delivery state.
+func validState(s string) bool {
 	switch s {
 	case StateQueued, StateInFlight, StateRetrying, StateDelivered, StateDead:
 		return true
@@ -100,24 +100,24 @@ func LiveState(leased, failed bool, due, now time.Time) string {
 // delivery. Body is only filled in when asked for.
 type MessageRecord struct {
 	Message
-	Size            int               `json:"size"` // of the body, also when Body is not filled in
-	Duplicates      int               `json:"duplicates"`
-	LastDuplicateAt time.Time         `json:"last_duplicate_at,omitzero"`
-	Deliveries      []*DeliveryRecord `json:"deliveries"`
+	Size            int // of the body, also when Body is not filled in
+	Duplicates      int
+	LastDuplicateAt time.Time
+	Deliveries      []*DeliveryRecord
 }
 
 // DeliveryRecord is one delivery in history.
 type DeliveryRecord struct {
-	ID          string    `json:"id"`
-	Target      string    `json:"target"`
-	State       string    `json:"state"`
-	Attempt     int       `json:"attempt"`
-	DueAt       time.Time `json:"due_at,omitzero"` // live deliveries only
-	LastStatus  int       `json:"last_status,omitempty"`
-	LastError   string    `json:"last_error,omitempty"`
-	DeliveredAt time.Time `json:"delivered_at,omitzero"`
-	DeadAt      time.Time `json:"dead_at,omitzero"`
-	Attempts    []Attempt `json:"attempts,omitempty"` // GetMessage only
+	ID          string
+	Target      string
+	State       string
+	Attempt     int
+	DueAt       time.Time // live deliveries only
+	LastStatus  int
+	LastError   string
+	DeliveredAt time.Time
+	DeadAt      time.Time
+	Attempts    []Attempt // GetMessage only
 }
 
 // MessageFilter selects messages in history. Zero fields match everything.
@@ -276,7 +276,8 @@ type DeadLetters interface {
 	CountDead(ctx context.Context) (int, error)
 }
 
-// Store is the whole contract a backend implements; relay/storetest checks it.
+// Store is the whole contract a backend implements (docs/DESIGN.md section 2.6); relay/storetest
+// checks it.
 type Store interface {
 	Enqueuer
 	Queue

@@ -49,6 +49,7 @@ func TestBinaryDeadLetterWorkflow(t *testing.T) {
 		body, _ := io.ReadAll(r.Body)
 		if !fixed.Load() {
 			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, "the field customer_reference is required by this endpoint,\nand the payload has none (end)")
 			return
 		}
 		mu.Lock()
@@ -74,6 +75,10 @@ func TestBinaryDeadLetterWorkflow(t *testing.T) {
 	ids := regexp.MustCompile(`(?m)^(\S+\.app)\s+fashn\s+app\s+(job-[ab])\s+1\s+400`).FindAllStringSubmatch(list, -1)
 	if len(ids) != 2 {
 		t.Fatalf("list does not show both dead letters with status 400:\n%s", list)
+	}
+	// The whole error, on one line.
+	if !strings.Contains(list, "target answered 400: the field customer_reference is required by this endpoint, and the payload has none (end)\n") {
+		t.Fatalf("list cuts the error short:\n%s", list)
 	}
 	byJob := map[string]string{ids[0][2]: ids[0][1], ids[1][2]: ids[1][1]}
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hookrelay/hookrelay/cmd/internal/buildlock"
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // These tests run the real binary, built once for the package.
@@ -407,6 +408,24 @@ func TestBinarySinkVerifiesRelaySignature(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("unsigned request to the sink: %d, want 401", resp.StatusCode)
+	}
+	// A replayed one, signed with the right key an hour ago, is refused by the replay window the
+	// standard_webhooks verifier applies.
+	key, err := relay.ParseSigningSecret(strings.TrimPrefix(env[0], "HOOKRELAY_SECRET="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour).Unix()
+	req, _ := http.NewRequest(http.MethodPost, sink.url()+"/webhooks", strings.NewReader(`{"replayed":1}`))
+	req.Header = http.Header{"Webhook-Id": {"d1"}, "Webhook-Timestamp": {fmt.Sprint(old)},
+		"Webhook-Signature": {relay.SignStandardWebhook(key, "d1", old, []byte(`{"replayed":1}`))}}
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitUntil(t, "the sink to print the replay", func() bool { return strings.Contains(sink.logs(), `{"replayed":1}`) })
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(sink.logs(), "webhook-timestamp "+fmt.Sprint(old)+" is 1h0m") {
+		t.Fatalf("replayed request to the sink: %d, want 401 naming its age:\n%s", resp.StatusCode, sink.logs())
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redisstore"
 )
 
 // fileConfig is the YAML file. Only this package knows YAML; the engine gets plain structs.
@@ -961,9 +962,7 @@ func (rl *rateConfig) build(route string, rdb redis.UniversalClient, redisPrefix
 	}
 	mk := func(c filters.RateConfig) (relay.Guard, error) {
 		if rl.Shared {
-			return filters.NewRedisRateLimiter(rdb, filters.RedisRateConfig{PerIP: c.PerIP, PerIPBurst: c.PerIPBurst,
-				Route: c.Route, RouteBurst: c.RouteBurst, Prefix: redisPrefix, RouteName: route, MaxTracked: c.MaxTracked,
-				IPv6Prefix: c.IPv6Prefix, Now: time.Now})
+			return redisstore.NewRateLimiter(rdb, redisPrefix, route, c)
 		}
 		c.Now = time.Now
 		return filters.NewRateLimiter(c)

@@ -41,7 +41,7 @@ func TestDockerfileBinaryIsStaticAndVersioned(t *testing.T) {
 		"USER nonroot",
 		`VOLUME ["/var/lib/hookrelay"]`,
 		"EXPOSE 443 80 8080 9090",
-		`HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/relay", "health"]`,
+		`HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/relay", "health", "-config", "/etc/hookrelay/config.yaml"]`,
 	} {
 		if !strings.Contains(dockerfile, want) {
 			t.Errorf("Dockerfile lacks %q", want)

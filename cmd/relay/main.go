@@ -41,9 +41,12 @@ commands:
   sink    -listen ADDR [flags]     a small target that prints each request and answers 200
   dlq     list|show|replay|drop    inspect and replay dead letters through the admin API
   messages list|show|redeliver     message history: did the relay get job X, what did each target answer
-  reload  [-admin URL]             reload the running relay's config file (as SIGHUP does) and say what changed
-  health  [-admin URL]             exit 0 when the relay answers ready (a container health check)
-  version                          print the version
+  reload  [-config FILE]           reload the running relay's config file (as SIGHUP does) and say what changed
+  health  [-config FILE]           exit 0 when the relay answers ready (a container health check)
+  version                          print the version and the commit built from
+
+Admin commands (dlq, messages, reload, health) find the admin API and its token in -config FILE,
+or take -admin URL and -token-env NAME or -token-file PATH. relay <command> -h says more.
 `
 
 // defaultGOGC is the garbage collector's target unless GOGC is set: the live heap is small (tens
@@ -66,7 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
-		err = cmdServe(ctx, rest, stderr)
+		err = cmdServe(ctx, rest, stdout, stderr)
 	case "check":
 		err = cmdCheck(rest, stdout, stderr)
 	case "sink":
@@ -76,42 +79,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "messages":
 		err = cmdMessages(rest, stdout, stderr)
 	case "health":
-		err = cmdHealth(rest, stdout, stderr)
+		err = cmdHealth(rest, stdout)
 	case "reload":
-		err = cmdReload(rest, stdout, stderr)
+		err = cmdReload(rest, stdout)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "relay %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		err = cmdVersion(rest, stdout)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "relay: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
-	if errors.Is(err, flag.ErrHelp) {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp): // -h printed the usage, as asked
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return 2
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "relay: %v\n", err)
-		return 1
-	}
-	return 0
+	fmt.Fprintf(stderr, "relay: %v\n", err)
+	return 1
 }
 
 // configFlag parses -config and the command's own flags, which more adds to the set.
-func configFlag(name string, stderr io.Writer, args []string, more ...func(*flag.FlagSet)) (*flag.FlagSet, *string, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "path to the YAML configuration")
+func configFlag(c *command, args []string, stdout io.Writer, more ...func(*flag.FlagSet)) (string, error) {
+	path := c.String("config", "config.yaml", "path to the YAML configuration")
 	for _, m := range more {
-		m(fs)
+		m(c.FlagSet)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
-	}
-	return fs, path, nil
+	err := c.noArgs(args, stdout) // before *path is read
+	return *path, err
 }
 
 func newLogger(c logConfig, w io.Writer) *slog.Logger {
@@ -121,12 +118,21 @@ func newLogger(c logConfig, w io.Writer) *slog.Logger {
 	if c.Format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
+	// Durations in seconds, as the config writes them, rather than integer nanoseconds.
+	opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+		if a.Value.Kind() == slog.KindDuration {
+			a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+		}
+		return a
+	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var readyFile string
-	_, path, err := configFlag("serve", stderr, args, func(fs *flag.FlagSet) {
+	c := newCommand("serve", "serve [-config FILE] [-ready-file PATH]",
+		"Run the relay: receive webhooks, store them, answer, and deliver them to the targets.")
+	path, err := configFlag(c, args, stdout, func(fs *flag.FlagSet) {
 		fs.StringVar(&readyFile, "ready-file", "", "once every listener is bound and the store answers, write the bound addresses "+
 			`as JSON ({"listen":..., "admin":..., "http_listen":...}) to this file, atomically; removed at start and at a clean stop. `+
 			"With port 0 in the config, this is how a supervisor or a test learns the ports")
@@ -140,7 +146,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("-ready-file: %w", err)
 		}
 	}
-	cfg, log, err := loadConfig(*path, stderr)
+	cfg, log, err := loadConfig(path, stderr)
 	if err != nil {
 		return err
 	}
@@ -173,7 +179,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	reloads, err := newReloader(*path, stderr, log, r, cfg, reg)
+	reloads, err := newReloader(path, stderr, log, r, cfg, reg)
 	if err != nil {
 		return err
 	}
@@ -192,7 +198,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				log.Info("SIGHUP: reloading the configuration", "path", *path)
+				log.Info("SIGHUP: reloading the configuration", "path", path)
 				_, _ = reloads.reload(ctx) // the outcome is logged
 			}
 		}
@@ -355,20 +361,22 @@ func serveAdmin(ctx context.Context, addr string, h http.Handler, log *slog.Logg
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
-	_, path, err := configFlag("check", stderr, args)
+	c := newCommand("check", "check [-config FILE]",
+		"Validate the configuration exactly as serve does (less binding ports and connecting to Redis), report every problem as FILE:LINE: key.path, or print it with the main defaults filled in; secrets are never printed.")
+	path, err := configFlag(c, args, stdout)
 	if err != nil {
 		return err
 	}
-	cfg, _, err := loadConfig(*path, stderr)
+	cfg, _, err := loadConfig(path, stderr)
 	if err != nil {
 		return err
 	}
 	if err := relay.Validate(cfg.relayConfig()); err != nil {
-		return fmt.Errorf("%s: %w", *path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	// The file config holds only the names of env vars and files, never a secret's value, so it
 	// can be printed as is; say which secrets were found.
-	fmt.Fprintf(stdout, "# %s is valid. Effective configuration, defaults filled in:\n", *path)
+	fmt.Fprintf(stdout, "# %s is valid. Effective configuration, defaults filled in:\n", path)
 	for _, r := range cfg.Routes {
 		fmt.Fprintf(stdout, "# route %s: %s\n", r.Name, r.posture())
 	}

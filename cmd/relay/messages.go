@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +17,7 @@ import (
 
 // relay messages: the message history through the admin API (GET /v1/messages and friends).
 
-const messagesUsage = `usage: relay messages <list|show|redeliver> [flags] [ID]
+const messagesAbout = `Message history through the admin API: did the relay get job X, and what did each target answer?
 
   list      [-route R] [-target T] [-job-id J] [-state S] [-since 24h|RFC3339] [-until ...]
             [-limit N] [-cursor C] [-json]
@@ -26,78 +25,48 @@ const messagesUsage = `usage: relay messages <list|show|redeliver> [flags] [ID]
   redeliver [-target T] ID
 
 state is queued, in_flight, retrying, delivered or dead. "Did the relay get job X?":
-relay messages list -job-id X. Every subcommand takes -admin URL (default
-http://127.0.0.1:9090) and -token-env NAME (default HOOKRELAY_ADMIN_TOKEN).
-`
-
-// parseInterspersed parses flags before and after the positional arguments (relay messages show
-// ID -body), which flag.Parse alone stops at.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
+relay messages list -job-id X.
+` + adminFlagsHelp
 
 func cmdMessages(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, messagesUsage)
-		return flag.ErrHelp
-	}
-	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("messages "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	client := adminFlags(fs)
+	c := newCommand("messages", "messages <list|show|redeliver> [flags] [ID]", messagesAbout)
+	client := adminFlags(c.FlagSet)
 	filters := map[string]*string{}
-	if sub == "list" {
-		for _, f := range []struct{ name, param, help string }{
-			{"route", "route", "only this route"},
-			{"target", "target", "only messages with a delivery to this target"},
-			{"job-id", "job_id", "only this job ID (fal request_id, FASHN id, Fotor taskId...)"},
-			{"state", "state", "only messages with a delivery in this state (queued, in_flight, retrying, delivered, dead)"},
-			{"since", "since", "received this long ago (24h) or at this time (RFC 3339) or later"},
-			{"until", "until", "received before this long ago (1h) or this time (RFC 3339)"},
-			{"cursor", "cursor", "continue after the page that printed it"},
-		} {
-			filters[f.param] = fs.String(f.name, "", f.help)
-		}
+	for _, f := range []struct{ name, param, help string }{
+		{"route", "route", "list: only this route"},
+		{"target", "target", "list: only messages with a delivery to this target; redeliver: only to this target"},
+		{"job-id", "job_id", "list: only this job ID (fal request_id, FASHN id, Fotor taskId...)"},
+		{"state", "state", "list: only messages with a delivery in this state (queued, in_flight, retrying, delivered, dead)"},
+		{"since", "since", "list: received this long ago (24h) or at this time (RFC 3339) or later"},
+		{"until", "until", "list: received before this long ago (1h) or this time (RFC 3339)"},
+		{"cursor", "cursor", "list: continue after the page that printed it"},
+	} {
+		filters[f.param] = c.String(f.name, "", f.help)
 	}
-	limit := fs.Int("limit", 50, "list: at most this many")
-	asJSON := fs.Bool("json", false, "print the API's JSON")
-	withBody := fs.Bool("body", false, "show: print the body too")
-	target := filters["target"]
-	if sub != "list" {
-		target = fs.String("target", "", "redeliver: only to this target")
-	}
-	pos, err := parseInterspersed(fs, args)
+	limit := c.Int("limit", 50, "list: at most this many")
+	asJSON := c.Bool("json", false, "print the API's JSON")
+	withBody := c.Bool("body", false, "show: print the body too")
+	pos, err := c.parse(args, stdout)
 	if err != nil {
 		return err
 	}
-	c, err := client()
+	sub, pos, err := c.subcommand(pos, "list", "show", "redeliver")
 	if err != nil {
 		return err
 	}
-	id := ""
-	needID := func() error {
-		if len(pos) != 1 {
-			return fmt.Errorf("messages %s: give exactly one message ID", sub)
-		}
-		id = pos[0]
-		return nil
+	switch {
+	case sub == "list" && len(pos) > 0:
+		return fmt.Errorf("messages list: unexpected argument %q (filters are flags: -job-id %s)", pos[0], pos[0])
+	case sub != "list" && len(pos) != 1:
+		return fmt.Errorf("messages %s: give exactly one message ID", sub)
 	}
+	api, err := client()
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
 	switch sub {
 	case "list":
-		if len(pos) > 0 {
-			return fmt.Errorf("messages list: unexpected argument %q (filters are flags: -job-id %s)", pos[0], pos[0])
-		}
-		q := url.Values{}
 		for k, v := range filters {
 			if *v != "" {
 				q.Set(k, *v)
@@ -109,7 +78,7 @@ func cmdMessages(args []string, stdout, stderr io.Writer) error {
 			Next     string            `json:"next"`
 			History  bool              `json:"history"`
 		}
-		if _, err := c.do(http.MethodGet, "/v1/messages", q, &page); err != nil {
+		if err := api.do(http.MethodGet, "/v1/messages", q, &page); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -117,47 +86,33 @@ func cmdMessages(args []string, stdout, stderr io.Writer) error {
 		}
 		return printMessageList(stdout, stderr, page.Messages, page.Next, page.History, q)
 	case "show":
-		if err := needID(); err != nil {
-			return err
-		}
-		q := url.Values{}
 		if *withBody {
 			q.Set("body", "true")
 		}
 		var raw json.RawMessage
-		if _, err := c.do(http.MethodGet, "/v1/messages/"+url.PathEscape(id), q, &raw); err != nil {
+		if err := api.do(http.MethodGet, "/v1/messages/"+url.PathEscape(pos[0]), q, &raw); err != nil {
 			return err
 		}
 		if *asJSON {
-			var out bytes.Buffer
-			_ = json.Indent(&out, raw, "", "  ")
-			_, err := fmt.Fprintln(stdout, out.String())
-			return err
+			return printJSON(stdout, raw)
 		}
 		var m relay.MessageJSON
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return err
 		}
 		return printMessage(stdout, &m)
-	case "redeliver":
-		if err := needID(); err != nil {
-			return err
-		}
-		q := url.Values{}
-		if *target != "" {
-			q.Set("target", *target)
-		}
-		var res struct {
-			Redelivered []string `json:"redelivered"`
-		}
-		if _, err := c.do(http.MethodPost, "/v1/messages/"+url.PathEscape(id)+"/redeliver", q, &res); err != nil {
-			return err
-		}
-		_, err := fmt.Fprintf(stdout, "redelivered %s\n", strings.Join(res.Redelivered, ", "))
+	}
+	if t := *filters["target"]; t != "" {
+		q.Set("target", t)
+	}
+	var res struct {
+		Redelivered []string `json:"redelivered"`
+	}
+	if err := api.do(http.MethodPost, "/v1/messages/"+url.PathEscape(pos[0])+"/redeliver", q, &res); err != nil {
 		return err
 	}
-	fmt.Fprint(stderr, messagesUsage)
-	return fmt.Errorf("messages: unknown subcommand %q", sub)
+	_, err = fmt.Fprintf(stdout, "redelivered %s\n", strings.Join(res.Redelivered, ", "))
+	return err
 }
 
 func printMessageList(stdout, stderr io.Writer, raws []json.RawMessage, next string, history bool, q url.Values) error {
@@ -233,7 +188,7 @@ func printMessage(w io.Writer, m *relay.MessageJSON) error {
 			}
 			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\n", a.Number, a.Start.UTC().Format(time.RFC3339Nano),
 				time.Duration(a.DurationMS*float64(time.Millisecond)).Round(time.Microsecond), statusText(a.Status),
-				orDash(truncate(a.Error, 60)), orDash(truncate(answer, 60)))
+				orDash(strings.Join(strings.Fields(a.Error), " ")), orDash(truncate(answer, 60)))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -266,6 +221,13 @@ func statusText(s int) string {
 		return "-"
 	}
 	return fmt.Sprint(s)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 func orDash(s string) string {

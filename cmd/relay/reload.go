@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -139,14 +138,8 @@ func restartOnly(a, b *fileConfig) []string {
 }
 
 // cmdReload asks a running relay, through its admin API, to reload its config file.
-func cmdReload(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	client := adminFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	c, err := client()
+func cmdReload(args []string, stdout io.Writer) error {
+	api, err := adminCommand("reload", "Make the running relay reread its config file, as SIGHUP does, and print what changed.", args, stdout)
 	if err != nil {
 		return err
 	}
@@ -154,7 +147,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) error {
 		Result relay.ReloadResult `json:"result"`
 		Lines  []string           `json:"lines"`
 	}
-	if _, err := c.do(http.MethodPost, "/v1/reload", nil, &res); err != nil {
+	if err := api.do(http.MethodPost, "/v1/reload", nil, &res); err != nil {
 		return fmt.Errorf("reload refused, the running configuration is kept:\n%w", err)
 	}
 	fmt.Fprintln(stdout, "reloaded:")

@@ -3,47 +3,46 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
 )
-
-// sinkTolerance is how far a signed request's timestamp may be from the sink's clock.
-const sinkTolerance = 5 * time.Minute
 
 // sink is a small target for trying the relay out: it prints each request and answers 200, or
 // 401 when it was asked to verify signatures and one does not verify.
 type sink struct {
-	out   io.Writer
-	mu    sync.Mutex // one request printed at a time
-	key   []byte     // nil: no verification
-	now   func() time.Time
-	limit int64
+	out    io.Writer
+	mu     sync.Mutex     // one request printed at a time
+	verify relay.Verifier // nil: no verification; else as a standard_webhooks route checks
+	limit  int64
 }
 
 func cmdSink(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:9000", "address to listen on")
-	secretEnv := fs.String("secret-env", "", "verify Standard Webhooks signatures with the secret in this env var")
-	secretFile := fs.String("secret-file", "", "verify Standard Webhooks signatures with the secret in this file")
-	if err := fs.Parse(args); err != nil {
+	c := newCommand("sink", "sink [-listen ADDR] [-secret-env NAME | -secret-file PATH]",
+		"Run a small target that prints each request and answers 200; with a secret it verifies the\n"+
+			"relay's signature, as a standard_webhooks route would, and answers 401 to what does not verify.")
+	listen := c.String("listen", "127.0.0.1:9000", "address to listen on")
+	secretEnv := c.String("secret-env", "", "verify Standard Webhooks signatures with the secret in this env var")
+	secretFile := c.String("secret-file", "", "verify Standard Webhooks signatures with the secret in this file")
+	if err := c.noArgs(args, stdout); err != nil {
 		return err
 	}
-	t := targetConfig{SigningSecretEnv: *secretEnv, SigningSecretFile: *secretFile}
 	if *secretEnv != "" && *secretFile != "" {
-		return errors.New("sink: use -secret-env or -secret-file, not both")
+		return usageError{errors.New("sink: use -secret-env or -secret-file, not both")}
 	}
-	key, err := t.signingKey()
+	s := &sink{out: stdout, limit: 16 << 20}
+	secret, err := readSecret(*secretEnv, *secretFile)
+	if err == nil && secret != "" {
+		s.verify, err = filters.NewStandardWebhooks([]string{secret}, 0, nil)
+	}
 	if err != nil {
 		return fmt.Errorf("sink: %w", err)
 	}
@@ -51,7 +50,6 @@ func cmdSink(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	s := &sink{out: stdout, key: key, now: time.Now, limit: 16 << 20}
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -62,7 +60,7 @@ func cmdSink(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		_ = srv.Shutdown(sctx)
 	}()
 	verifying := "off"
-	if key != nil {
+	if s.verify != nil {
 		verifying = "on"
 	}
 	fmt.Fprintf(stderr, "sink listening on http://%s (signature verification %s)\n", ln.Addr(), verifying)
@@ -80,8 +78,8 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	verdict := ""
 	status := http.StatusOK
-	if s.key != nil {
-		if err := s.verify(r.Header, body); err != nil {
+	if s.verify != nil {
+		if err := s.verify.Verify(r, body); err != nil {
 			verdict, status = "signature INVALID: "+err.Error(), http.StatusUnauthorized
 		} else {
 			verdict = "signature ok"
@@ -101,22 +99,4 @@ func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(s.out, "%s\n", body)
 	s.mu.Unlock()
 	w.WriteHeader(status)
-}
-
-func (s *sink) verify(h http.Header, body []byte) error {
-	id, tsText, sig := h.Get("Webhook-Id"), h.Get("Webhook-Timestamp"), h.Get("Webhook-Signature")
-	if id == "" || tsText == "" || sig == "" {
-		return errors.New("missing webhook-id, webhook-timestamp or webhook-signature")
-	}
-	ts, err := strconv.ParseInt(tsText, 10, 64)
-	if err != nil {
-		return errors.New("webhook-timestamp is not a number")
-	}
-	if d := s.now().Sub(time.Unix(ts, 0)); d > sinkTolerance || d < -sinkTolerance {
-		return fmt.Errorf("timestamp is %v away from now", d.Round(time.Second))
-	}
-	if !relay.VerifyStandardWebhook(s.key, id, ts, body, sig) {
-		return errors.New("no signature matches")
-	}
-	return nil
 }

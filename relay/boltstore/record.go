@@ -40,8 +40,8 @@ const (
 )
 
 // The encodings are a version byte then the fields in a fixed order: varints for numbers,
-// length-prefixed bytes for strings and the body, seconds and nanoseconds for times (about five
-// times faster than JSON, which would also base64 the body).
+// length-prefixed bytes for strings and the body, seconds and nanoseconds for times: cheaper than
+// JSON, which would also base64 the body (docs/BENCHMARKS.md).
 func encodeRecord(r *record) []byte {
 	e := encoder{b: make([]byte, 0, 96+len(r.ID)+len(r.LastError))}
 	// A record that is not delivered keeps the version 2 layout, so that with history off the file

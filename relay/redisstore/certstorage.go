@@ -56,7 +56,7 @@ type heldLock struct {
 
 // CertStorageOptions tune a CertStorage. The zero value is a good default.
 type CertStorageOptions struct {
-	// Prefix is the store's prefix (Options.Prefix); default DefaultPrefix.
+	// Prefix is the store's prefix (Options.Prefix).
 	Prefix string
 	// LockLease is how long a lock outlives a holder that died; the holder renews it at a third
 	// of that. Default 30s.
@@ -72,11 +72,9 @@ func NewCertStorage(client redis.UniversalClient, opt CertStorageOptions) (*Cert
 	if client == nil {
 		return nil, errors.New("redisstore: cert storage: nil client")
 	}
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
-	if strings.ContainsAny(opt.Prefix, "{}") {
-		return nil, fmt.Errorf("redisstore: cert storage: prefix %q must not contain braces", opt.Prefix)
+	prefix, err := keyPrefix(opt.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: cert storage: %w", err)
 	}
 	if opt.LockLease <= 0 {
 		opt.LockLease = 30 * time.Second
@@ -87,7 +85,7 @@ func NewCertStorage(client redis.UniversalClient, opt CertStorageOptions) (*Cert
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &CertStorage{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:cert:", lease: opt.LockLease,
+	return &CertStorage{rdb: client, log: opt.Logger, base: "{" + prefix + "}:cert:", lease: opt.LockLease,
 		poll: opt.LockPoll, held: map[string]*heldLock{}, now: time.Now, tokenGen: randomToken}, nil
 }
 

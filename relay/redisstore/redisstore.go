@@ -33,8 +33,8 @@
 //
 // Durability is Redis' own: run it with AOF (appendfsync everysec may lose the last second or so
 // of acknowledged webhooks when the Redis host crashes; always loses none and costs an fsync per
-// write), and with maxmemory-policy noeviction, since an evicted delivery is a lost webhook. Other
-// users of the same prefix (shared rate limits) must keep clear of the names above.
+// write), and with maxmemory-policy noeviction, since an evicted delivery is a lost webhook. The shared
+// rate limits (ratelimit.go) hash-tag each route on its own: {<prefix>:rl:<route>}:ip and :all.
 package redisstore
 
 import (
@@ -52,12 +52,24 @@ import (
 
 var _ relay.Store = (*Store)(nil)
 
-// DefaultPrefix is the key prefix when Options.Prefix is empty.
-const DefaultPrefix = "hookrelay"
+// defaultPrefix is the key prefix when Options.Prefix is empty.
+const defaultPrefix = "hookrelay"
+
+// keyPrefix applies the default prefix and refuses braces, which would move the hash tag: the rule
+// for every key this package writes (store, certificates, shared rate limits).
+func keyPrefix(p string) (string, error) {
+	switch {
+	case p == "":
+		return defaultPrefix, nil
+	case strings.ContainsAny(p, "{}"):
+		return "", fmt.Errorf("prefix %q must not contain braces: the keys have their own hash tag", p)
+	}
+	return p, nil
+}
 
 // Options tune the store. The zero value is a good default.
 type Options struct {
-	// Prefix namespaces the keys: all are "{<Prefix>}:...". No braces; default DefaultPrefix.
+	// Prefix namespaces the keys: all are "{<Prefix>}:...". No braces; default "hookrelay".
 	// Stores that share a prefix share their data (replicas of one relay do).
 	Prefix string
 	// Logger receives operational events (inconsistent entries dropped). Nil discards them.
@@ -85,11 +97,9 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("redisstore: new: nil client")
 	}
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
-	if strings.ContainsAny(opt.Prefix, "{}") {
-		return nil, fmt.Errorf("redisstore: new: prefix %q must not contain braces: the store adds its own hash tag", opt.Prefix)
+	prefix, err := keyPrefix(opt.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: new: %w", err)
 	}
 	if opt.History < 0 {
 		return nil, fmt.Errorf("redisstore: new: negative History %v", opt.History)
@@ -97,7 +107,7 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{rdb: client, log: opt.Logger, base: "{" + opt.Prefix + "}:", sweepChunk: 1000, deadBudget: 1000,
+	return &Store{rdb: client, log: opt.Logger, base: "{" + prefix + "}:", sweepChunk: 1000, deadBudget: 1000,
 		history: opt.History,
 		scripts: newBatcher(client)}, nil
 }

@@ -1,4 +1,4 @@
-package filters
+package redisstore
 
 import (
 	"context"
@@ -12,43 +12,24 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/time/rate"
 
+	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// RedisRateConfig configures a RedisRateLimiter. Rates and bursts mean what they mean in
-// RateConfig.
-type RedisRateConfig struct {
-	PerIP      float64 // requests per second per source address; 0 = none
-	PerIPBurst int     // 0 = max(1, ceil(PerIP))
-	Route      float64 // requests per second for the whole route, across replicas; 0 = none
-	RouteBurst int     // 0 = max(1, ceil(Route))
-	Prefix     string  // key prefix; "" = "hookrelay"
-	// RouteName names the route in the keys: replicas share a limit when they share it, and two
-	// routes must not.
-	RouteName string
-	// MaxTracked caps the senders whose state Redis keeps per route: 0 = DefaultMaxTracked. Beyond
-	// it the sender whose bucket is fullest is forgotten, as RateLimiter does.
-	MaxTracked int
-	// IPv6Prefix groups IPv6 senders as in RateConfig; 0 = DefaultIPv6Prefix.
-	IPv6Prefix int
-	Now        func() time.Time // nil = time.Now; tests inject a clock
-}
-
-// MaxRedisRate is the highest rate a RedisRateLimiter takes: it counts in whole microseconds, one
-// request every microsecond at most. One Redis runs far fewer scripts than that in a second.
-const MaxRedisRate = 1e6
+// maxRate is the highest rate a RateLimiter takes: it counts in whole microseconds, one request
+// every microsecond at most. One Redis runs far fewer scripts than that in a second.
+const maxRate = 1e6
 
 // maxRedisSpan bounds a bucket's refill time, in microseconds: about 100 years. A rate so tiny that
 // its bucket would take longer is raised to refill in that time, keeping every time in the script
 // an integer below 2^53, which a Lua double holds exactly.
 const maxRedisSpan = 100 * 365.25 * 24 * 3600 * 1e6
 
-// RedisUnavailableRetry is the Retry-After sent when Redis cannot be reached.
-const RedisUnavailableRetry = 5 * time.Second
+// unavailableRetry is the Retry-After sent when Redis cannot be reached.
+const unavailableRetry = 5 * time.Second
 
-// RedisRateLimiter is RateLimiter shared through Redis by the replicas of a relay, so that a
+// RateLimiter is filters.RateLimiter shared through Redis by the replicas of a relay, so that a
 // route's rate, and an address's, hold in all of them together rather than in each. It has the
 // same semantics: relay.RateLimited with the time until the request would pass; a refused request
 // spends nothing, neither its address's allowance nor the route's; the per-address rate is checked
@@ -62,13 +43,13 @@ const RedisUnavailableRetry = 5 * time.Second
 //	                            such as 2001:db8:1:2::/64) scored by its TAT
 //	{<prefix>:rl:<route>}:all   the route's TAT
 //
-// hash-tagged on the route so that they are in one Redis Cluster slot, as one script needs. A
-// sender whose bucket is full again is removed, which loses nothing; the set holds at most
-// MaxTracked senders, beyond which the one whose bucket is fullest is dropped (forgiving it a
-// little), so that a flood of addresses cannot fill the Redis that also holds the queue. Keys expire
-// when every bucket in them is full. As in RateLimiter, an IPv4-mapped address is its IPv4
-// address, IPv6 senders are grouped by prefix, and requests without an address share one bucket
-// ("::").
+// hash-tagged on the route so that they are in one Redis Cluster slot, as one script needs, and
+// routes spread over the slots; the prefix follows the store's rule (keyPrefix). A sender whose
+// bucket is full again is removed, which loses nothing; the set holds at most MaxTracked senders,
+// beyond which the one whose bucket is fullest is dropped (forgiving it a little), so that a flood
+// of addresses cannot fill the Redis that also holds the queue. Keys expire when every bucket in
+// them is full. Senders are grouped as filters.RateConfig.Sender says; requests without an address
+// share one bucket ("::").
 //
 // Times come from the replica's clock (Now) in whole microseconds: replicas' clocks must agree,
 // and a replica whose clock is ahead by d spends allowance up to d early. A rate's interval is
@@ -80,86 +61,58 @@ const RedisUnavailableRetry = 5 * time.Second
 // on the same Redis, could not store the webhook anyway. A sender retries 503 as it does 429. How
 // long Admit waits is the client's (DialTimeout, ReadTimeout, MaxRetries) and the request's
 // context.
-type RedisRateLimiter struct {
-	client     redis.UniversalClient
-	now        func() time.Time
-	ipKey      string // the sorted set of senders
-	routeKey   string
-	maxTracked int
-	v6Bits     int
-	perIP      rate.Limit
-	perIPBurst int
-	ipCell     [2]int64 // emission interval, burst × interval; µs. Zero: no per-address rate
-	route      rate.Limit
-	routeBurst int
-	routeCell  [2]int64 // zero: no route rate
+type RateLimiter struct {
+	client    redis.UniversalClient
+	c         filters.RateConfig // resolved
+	ipKey     string             // the sorted set of senders
+	routeKey  string
+	ipCell    [2]int64 // emission interval, burst × interval; µs. Zero: no per-address rate
+	routeCell [2]int64 // zero: no route rate
 }
 
-var _ relay.Guard = (*RedisRateLimiter)(nil)
+var _ relay.Guard = (*RateLimiter)(nil)
 
-// NewRedisRateLimiter validates c as NewRateLimiter does, and returns its limiter on client. Rates
-// above MaxRedisRate are refused too; the prefix and route name must not hold braces, which would
-// move the hash tag. With neither rate set, every request is admitted without asking Redis.
-func NewRedisRateLimiter(client redis.UniversalClient, c RedisRateConfig) (*RedisRateLimiter, error) {
-	perIPBurst, err := burstFor("per-address", c.PerIP, c.PerIPBurst)
+// NewRateLimiter returns the limiter of c (validated by c.Resolve) for the route named route, on
+// client with the store's key prefix: replicas share a limit when they share both names, and two
+// routes must not. Rates above maxRate are refused too. With neither rate set, every request is
+// admitted without asking Redis.
+func NewRateLimiter(client redis.UniversalClient, prefix, route string, c filters.RateConfig) (*RateLimiter, error) {
+	c, err := c.Resolve()
 	if err != nil {
 		return nil, err
 	}
-	routeBurst, err := burstFor("route", c.Route, c.RouteBurst)
-	if err != nil {
-		return nil, err
+	if prefix, err = keyPrefix(prefix); err != nil {
+		return nil, fmt.Errorf("rate limit: %w", err)
 	}
 	for _, r := range []struct {
 		what string
 		v    float64
 	}{{"per-address", c.PerIP}, {"route", c.Route}} {
-		if r.v > MaxRedisRate {
-			return nil, fmt.Errorf("rate limit: %s rate %v is above %v, the most a Redis-shared limiter counts", r.what, r.v, float64(MaxRedisRate))
+		if r.v > maxRate {
+			return nil, fmt.Errorf("rate limit: %s rate %v is above %v, the most a Redis-shared limiter counts", r.what, r.v, float64(maxRate))
 		}
 	}
-	prefix := c.Prefix
-	if prefix == "" {
-		prefix = "hookrelay"
-	}
 	switch {
-	case c.RouteName == "":
+	case route == "":
 		return nil, errors.New("rate limit: a Redis-shared limiter needs the route's name")
-	case strings.ContainsAny(prefix, "{}"):
-		return nil, fmt.Errorf("rate limit: key prefix %q must not contain braces", prefix)
-	case strings.ContainsAny(c.RouteName, "{}"):
-		return nil, fmt.Errorf("rate limit: route name %q must not contain braces", c.RouteName)
+	case strings.ContainsAny(route, "{}"):
+		return nil, fmt.Errorf("rate limit: route name %q must not contain braces", route)
 	case client == nil && (c.PerIP > 0 || c.Route > 0):
 		return nil, errors.New("rate limit: no Redis client")
 	}
-	if c.MaxTracked < 0 {
-		return nil, fmt.Errorf("rate limit: senders tracked must not be negative, got %d", c.MaxTracked)
-	}
-	v6Bits, err := ipv6Prefix(c.IPv6Prefix)
-	if err != nil {
-		return nil, err
-	}
-	tag := "{" + prefix + ":rl:" + c.RouteName + "}"
-	rl := &RedisRateLimiter{client: client, now: c.Now, ipKey: tag + ":ip", routeKey: tag + ":all",
-		maxTracked: c.MaxTracked, v6Bits: v6Bits}
-	if rl.maxTracked == 0 {
-		rl.maxTracked = DefaultMaxTracked
-	}
-	if rl.now == nil {
-		rl.now = time.Now
-	}
+	tag := "{" + prefix + ":rl:" + route + "}"
+	rl := &RateLimiter{client: client, c: c, ipKey: tag + ":ip", routeKey: tag + ":all"}
 	if c.PerIP > 0 {
-		rl.perIP, rl.perIPBurst = rate.Limit(c.PerIP), perIPBurst
-		rl.ipCell = gcraCell(c.PerIP, perIPBurst)
+		rl.ipCell = gcraCell(c.PerIP, c.PerIPBurst)
 	}
 	if c.Route > 0 {
-		rl.route, rl.routeBurst = rate.Limit(c.Route), routeBurst
-		rl.routeCell = gcraCell(c.Route, routeBurst)
+		rl.routeCell = gcraCell(c.Route, c.RouteBurst)
 	}
 	return rl, nil
 }
 
 // gcraCell returns a cell's emission interval and its span, burst intervals: the time a bucket
-// takes to refill from empty. r is in (0, MaxRedisRate].
+// takes to refill from empty. r is in (0, maxRate].
 func gcraCell(r float64, burst int) [2]int64 {
 	interval := max(1, math.Round(1e6/r))
 	if interval*float64(burst) > maxRedisSpan {
@@ -228,18 +181,18 @@ return {0, 0}
 
 // Admit spends one request of client's allowance and of the route's, or refuses the request with
 // relay.RateLimited and spends neither. It fails with relay.KindUnavailable when Redis does.
-func (rl *RedisRateLimiter) Admit(r *http.Request, client netip.Addr) error {
+func (rl *RateLimiter) Admit(r *http.Request, client netip.Addr) error {
 	if rl.ipCell[0] == 0 && rl.routeCell[0] == 0 {
 		return nil
 	}
 	sender := ""
 	if rl.ipCell[0] != 0 {
 		// An IPv6 sender is its prefix; requests without an address share "::".
-		switch a := senderOf(client, rl.v6Bits); {
+		switch a := rl.c.Sender(client); {
 		case !a.IsValid():
 			sender = "::"
-		case a.Is6() && rl.v6Bits < 128:
-			sender = a.String() + "/" + strconv.Itoa(rl.v6Bits)
+		case a.Is6() && rl.c.IPv6Prefix < 128:
+			sender = a.String() + "/" + strconv.Itoa(rl.c.IPv6Prefix)
 		default:
 			sender = a.String()
 		}
@@ -248,26 +201,22 @@ func (rl *RedisRateLimiter) Admit(r *http.Request, client netip.Addr) error {
 	if r != nil {
 		ctx = r.Context()
 	}
-	res, err := gcraScript.Run(ctx, rl.client, []string{rl.ipKey, rl.routeKey}, rl.now().UnixMicro(), sender,
-		rl.ipCell[0], rl.ipCell[1], rl.maxTracked, rl.routeCell[0], rl.routeCell[1]).Int64Slice()
+	res, err := gcraScript.Run(ctx, rl.client, []string{rl.ipKey, rl.routeKey}, rl.c.Now().UnixMicro(), sender,
+		rl.ipCell[0], rl.ipCell[1], rl.c.MaxTracked, rl.routeCell[0], rl.routeCell[1]).Int64Slice()
 	if err == nil && (len(res) != 2 || res[0] < 0 || res[0] > 2) {
 		err = fmt.Errorf("script returned %v", res)
 	}
 	if err != nil {
 		return &relay.Error{Kind: relay.KindUnavailable, Msg: "rate limiter unavailable, retry later",
-			Err: fmt.Errorf("rate limit: redis: %w: %w", relay.ErrStoreDown, err), RetryAfter: RedisUnavailableRetry}
+			Err: fmt.Errorf("rate limit: redis: %w: %w", relay.ErrStoreDown, err), RetryAfter: unavailableRetry}
 	}
-	wait := time.Duration(res[1]) * time.Microsecond
-	switch res[0] {
-	case 0:
+	if res[0] == 0 {
 		return nil
-	case 2:
-		return relay.RateLimited(wait, &overRateError{rate: rl.route, burst: rl.routeBurst})
 	}
-	return relay.RateLimited(wait, &overRateError{true, client, rl.perIP, rl.perIPBurst})
+	return rl.c.Refuse(time.Duration(res[1])*time.Microsecond, res[0] == 1, client)
 }
 
 // Tracked returns the number of senders whose state Redis keeps for the route.
-func (rl *RedisRateLimiter) Tracked(ctx context.Context) (int64, error) {
+func (rl *RateLimiter) Tracked(ctx context.Context) (int64, error) {
 	return rl.client.ZCard(ctx, rl.ipKey).Result()
 }

@@ -1,4 +1,4 @@
-package filters_test
+package redisstore_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
@@ -20,8 +21,38 @@ import (
 
 	"github.com/hookrelay/hookrelay/filters"
 	"github.com/hookrelay/hookrelay/relay"
+	"github.com/hookrelay/hookrelay/relay/redisstore"
 	"github.com/hookrelay/hookrelay/relay/redistest"
 )
+
+// The shared limiter's semantics are filters.RateLimiter's: filters' tests run their cases against
+// both. These tests cover what is its own: Redis, its keys, and replicas sharing it.
+
+type rlClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newRLClock() *rlClock { return &rlClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *rlClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *rlClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var rlReq = httptest.NewRequest("POST", "/hook", nil)
+
+// rlAddr is a distinct sender for each i: an address in its own /64 (2001:db8:<i>::1).
+func rlAddr(i int) netip.Addr {
+	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i), 15: 1})
+}
 
 // redisClient returns a client of srv with short timeouts and no retries, so that a dead server
 // fails a request in well under a second.
@@ -33,27 +64,13 @@ func redisClient(tb testing.TB, addr string) *redis.Client {
 	return c
 }
 
-func mustRedisLimiter(tb testing.TB, client redis.UniversalClient, c filters.RedisRateConfig) *filters.RedisRateLimiter {
+func mustRedisLimiter(tb testing.TB, client redis.UniversalClient, route string, c filters.RateConfig) *redisstore.RateLimiter {
 	tb.Helper()
-	rl, err := filters.NewRedisRateLimiter(client, c)
+	rl, err := redisstore.NewRateLimiter(client, "", route, c)
 	if err != nil {
-		tb.Fatalf("NewRedisRateLimiter(%+v): %v", c, err)
+		tb.Fatalf("NewRateLimiter(%q, %+v): %v", route, c, err)
 	}
 	return rl
-}
-
-// The in-process limiter's cases: the shared limiter has the same semantics.
-func TestRedisRateLimiter(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	client := redisClient(t, srv.Addr)
-	for i, tt := range rateLimiterCases() {
-		t.Run(tt.name, func(t *testing.T) {
-			clock := newRLClock()
-			cfg := filters.RedisRateConfig{PerIP: tt.cfg.PerIP, PerIPBurst: tt.cfg.PerIPBurst, Route: tt.cfg.Route,
-				RouteBurst: tt.cfg.RouteBurst, Now: clock.Now, RouteName: fmt.Sprint("case", i)} // one server, a route each
-			runGuardSteps(t, mustRedisLimiter(t, client, cfg), clock, tt.steps)
-		})
-	}
 }
 
 // Retry-After is exactly what remains of the GCRA interval, refill is one request per interval up
@@ -61,7 +78,7 @@ func TestRedisRateLimiter(t *testing.T) {
 func TestRedisRateLimiterRetryAfterAndRefill(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	clock := newRLClock()
-	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{PerIP: 0.25, PerIPBurst: 2, RouteName: "r", Now: clock.Now})
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), "r", filters.RateConfig{PerIP: 0.25, PerIPBurst: 2, Now: clock.Now})
 	a := netip.MustParseAddr("192.0.2.7")
 	retry := func() time.Duration {
 		t.Helper()
@@ -111,10 +128,10 @@ func TestRedisRateLimiterRetryAfterAndRefill(t *testing.T) {
 func TestRedisRateLimiterSharedByReplicas(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	clock := newRLClock()
-	cfg := filters.RedisRateConfig{PerIP: 1, PerIPBurst: 5, RouteName: "shared", Now: clock.Now}
-	replicas := []*filters.RedisRateLimiter{
-		mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
-		mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+	cfg := filters.RateConfig{PerIP: 1, PerIPBurst: 5, Now: clock.Now}
+	replicas := []*redisstore.RateLimiter{
+		mustRedisLimiter(t, redisClient(t, srv.Addr), "shared", cfg),
+		mustRedisLimiter(t, redisClient(t, srv.Addr), "shared", cfg),
 	}
 	a := netip.MustParseAddr("203.0.113.9")
 	admitted := make([]int, len(replicas))
@@ -132,11 +149,11 @@ func TestRedisRateLimiterSharedByReplicas(t *testing.T) {
 	}
 
 	// The route's limit too, from different addresses.
-	cfg = filters.RedisRateConfig{Route: 1, RouteBurst: 3, RouteName: "shared-route", Now: clock.Now}
-	r1, r2 := mustRedisLimiter(t, redisClient(t, srv.Addr), cfg), mustRedisLimiter(t, redisClient(t, srv.Addr), cfg)
+	cfg = filters.RateConfig{Route: 1, RouteBurst: 3, Now: clock.Now}
+	r1, r2 := mustRedisLimiter(t, redisClient(t, srv.Addr), "shared-route", cfg), mustRedisLimiter(t, redisClient(t, srv.Addr), "shared-route", cfg)
 	n := 0
 	for i := range 10 {
-		if []*filters.RedisRateLimiter{r1, r2}[i%2].Admit(rlReq, rlAddr(i)) == nil {
+		if []*redisstore.RateLimiter{r1, r2}[i%2].Admit(rlReq, rlAddr(i)) == nil {
 			n++
 		}
 	}
@@ -152,8 +169,11 @@ func TestRedisRateLimiterKeys(t *testing.T) {
 	client := redisClient(t, srv.Addr)
 	ctx := context.Background()
 	clock := newRLClock()
-	rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 1, PerIPBurst: 5, Route: 10, RouteBurst: 20,
-		Prefix: "hr-test", RouteName: "github:main", Now: clock.Now})
+	rl, err := redisstore.NewRateLimiter(client, "hr-test", "github:main", filters.RateConfig{PerIP: 1, PerIPBurst: 5,
+		Route: 10, RouteBurst: 20, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	addrs := []string{"192.0.2.1", "::ffff:192.0.2.2", "2001:db8::7", "fe80::1%eth0"}
 	began := time.Now() // an expiry runs down by at most the time since
 	for _, s := range addrs {
@@ -210,7 +230,7 @@ func TestRedisRateLimiterKeys(t *testing.T) {
 	}
 
 	// Keys go once their bucket is full: 100/s with burst 1 refills in 10 ms.
-	fast := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: 100, PerIPBurst: 1, RouteName: "fast"})
+	fast := mustRedisLimiter(t, client, "fast", filters.RateConfig{PerIP: 100, PerIPBurst: 1})
 	if err := fast.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)
 	}
@@ -260,12 +280,39 @@ func TestKeySlot(t *testing.T) {
 	}
 }
 
+// The Redis-shared limiter keeps at most MaxTracked senders, dropping the fullest buckets first,
+// so that a flood of addresses cannot fill the Redis that holds the queue.
+func TestRedisRateLimiterBoundsTrackedSenders(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	client := redisClient(t, srv.Addr)
+	clock := newRLClock()
+	rl := mustRedisLimiter(t, client, "flood", filters.RateConfig{PerIP: 1, PerIPBurst: 2, MaxTracked: 50, Now: clock.Now})
+	busy := netip.MustParseAddr("192.0.2.1")
+	for range 2 { // spends its whole burst: its bucket is the emptiest
+		if err := rl.Admit(rlReq, busy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 1000 {
+		if err := rl.Admit(rlReq, netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})); err != nil {
+			t.Fatalf("sender %d: %v", i, err)
+		}
+	}
+	n, err := rl.Tracked(context.Background())
+	if err != nil || n != 50 {
+		t.Fatalf("tracked %d, %v; want the cap, 50", n, err)
+	}
+	if err := rl.Admit(rlReq, busy); relay.KindOf(err) != relay.KindRateLimited {
+		t.Errorf("the sender with an empty bucket was forgotten: %v", err)
+	}
+}
+
 // A dead Redis makes Admit fail fast with 503, neither admitting nor refusing with 429; a restarted
 // one is used again.
 func TestRedisRateLimiterUnavailable(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	clock := newRLClock()
-	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{PerIP: 1, Route: 100, RouteName: "r", Now: clock.Now})
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), "r", filters.RateConfig{PerIP: 1, Route: 100, Now: clock.Now})
 	a := netip.MustParseAddr("192.0.2.1")
 	if err := rl.Admit(rlReq, a); err != nil {
 		t.Fatal(err)
@@ -299,7 +346,7 @@ func TestRedisRateLimiterUnavailable(t *testing.T) {
 // A request whose context is done is not waited for.
 func TestRedisRateLimiterContext(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), filters.RedisRateConfig{Route: 1, RouteName: "r"})
+	rl := mustRedisLimiter(t, redisClient(t, srv.Addr), "r", filters.RateConfig{Route: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := rl.Admit(rlReq.WithContext(ctx), netip.Addr{}); relay.KindOf(err) != relay.KindUnavailable || !errors.Is(err, context.Canceled) {
@@ -329,11 +376,11 @@ func TestRedisRateLimiterNoLimitsNoRedis(t *testing.T) {
 		}
 	}()
 	addr := ln.Addr().String()
-	rl := mustRedisLimiter(t, redisClient(t, addr), filters.RedisRateConfig{RouteName: "r"})
+	rl := mustRedisLimiter(t, redisClient(t, addr), "r", filters.RateConfig{})
 	if err := rl.Admit(rlReq, netip.MustParseAddr("192.0.2.1")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := filters.NewRedisRateLimiter(nil, filters.RedisRateConfig{RouteName: "r"}); err != nil {
+	if _, err := redisstore.NewRateLimiter(nil, "", "r", filters.RateConfig{}); err != nil {
 		t.Fatalf("no client and no rate: %v", err)
 	}
 }
@@ -345,16 +392,17 @@ func TestRedisRateLimiterConcurrent(t *testing.T) {
 	for _, route := range []bool{false, true} {
 		t.Run(fmt.Sprintf("route=%v", route), func(t *testing.T) {
 			clock := newRLClock()
-			cfg := filters.RedisRateConfig{PerIP: 1, PerIPBurst: perAddrBurst, RouteName: fmt.Sprint("route-", route), Now: clock.Now}
+			name := fmt.Sprint("route-", route)
+			cfg := filters.RateConfig{PerIP: 1, PerIPBurst: perAddrBurst, Now: clock.Now}
 			want := addrs * perAddrBurst
 			if route {
 				cfg.Route, cfg.RouteBurst = 1, routeBurst
 				want = routeBurst
 			}
 			// Two replicas, each with its own pool.
-			rls := []*filters.RedisRateLimiter{
-				mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
-				mustRedisLimiter(t, redisClient(t, srv.Addr), cfg),
+			rls := []*redisstore.RateLimiter{
+				mustRedisLimiter(t, redisClient(t, srv.Addr), name, cfg),
+				mustRedisLimiter(t, redisClient(t, srv.Addr), name, cfg),
 			}
 			var admitted [addrs]atomic.Int64
 			var wg sync.WaitGroup
@@ -402,9 +450,11 @@ func TestRedisRateLimiterMatchesRateLimiter(t *testing.T) {
 		t.Run(fmt.Sprintf("perIP=%v/%d,route=%v/%d", cfg.PerIP, cfg.PerIPBurst, cfg.Route, cfg.RouteBurst), func(t *testing.T) {
 			clock := newRLClock()
 			cfg.Now = clock.Now
-			local := mustRateLimiter(t, cfg)
-			shared := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: cfg.PerIP, PerIPBurst: cfg.PerIPBurst,
-				Route: cfg.Route, RouteBurst: cfg.RouteBurst, RouteName: fmt.Sprint("match", i), Now: clock.Now})
+			local, err := filters.NewRateLimiter(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			shared := mustRedisLimiter(t, client, fmt.Sprint("match", i), cfg)
 			rnd := rand.New(rand.NewPCG(uint64(i), 1))
 			refused := 0
 			for step := range 2000 {
@@ -437,27 +487,30 @@ func TestNewRedisRateLimiterErrors(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
 	defer client.Close()
 	tests := []struct {
-		cfg    filters.RedisRateConfig
-		client redis.UniversalClient
-		want   string
+		prefix, route string
+		cfg           filters.RateConfig
+		client        redis.UniversalClient
+		want          string
 	}{
-		{filters.RedisRateConfig{PerIP: -1, RouteName: "r"}, client, "per-address rate"},
-		{filters.RedisRateConfig{Route: math.NaN(), RouteName: "r"}, client, "route rate"},
-		{filters.RedisRateConfig{Route: math.Inf(1), RouteName: "r"}, client, "route rate"},
-		{filters.RedisRateConfig{PerIP: 1, PerIPBurst: -1, RouteName: "r"}, client, "per-address burst"},
-		{filters.RedisRateConfig{Route: 1, RouteBurst: -2, RouteName: "r"}, client, "route burst"},
-		{filters.RedisRateConfig{PerIPBurst: 5, RouteName: "r"}, client, "per-address burst 5 given without a rate"},
-		{filters.RedisRateConfig{RouteBurst: 5, RouteName: "r"}, client, "route burst 5 given without a rate"},
-		{filters.RedisRateConfig{Route: 2e6, RouteName: "r"}, client, "route rate 2e+06 is above"},
-		{filters.RedisRateConfig{PerIP: 1}, client, "route's name"},
-		{filters.RedisRateConfig{PerIP: 1, RouteName: "a}b"}, client, "route name"},
-		{filters.RedisRateConfig{PerIP: 1, RouteName: "r", Prefix: "{x"}, client, "prefix"},
-		{filters.RedisRateConfig{PerIP: 1, RouteName: "r"}, nil, "no Redis client"},
+		{"", "r", filters.RateConfig{PerIP: -1}, client, "per-address rate"},
+		{"", "r", filters.RateConfig{Route: math.NaN()}, client, "route rate"},
+		{"", "r", filters.RateConfig{Route: math.Inf(1)}, client, "route rate"},
+		{"", "r", filters.RateConfig{PerIP: 1, PerIPBurst: -1}, client, "per-address burst"},
+		{"", "r", filters.RateConfig{Route: 1, RouteBurst: -2}, client, "route burst"},
+		{"", "r", filters.RateConfig{PerIPBurst: 5}, client, "per-address burst 5 given without a rate"},
+		{"", "r", filters.RateConfig{RouteBurst: 5}, client, "route burst 5 given without a rate"},
+		{"", "r", filters.RateConfig{Route: 2e6}, client, "route rate 2e+06 is above"},
+		{"", "", filters.RateConfig{PerIP: 1}, client, "route's name"},
+		{"", "a}b", filters.RateConfig{PerIP: 1}, client, "route name"},
+		{"{x", "r", filters.RateConfig{PerIP: 1}, client, "prefix"},
+		{"", "r", filters.RateConfig{PerIP: 1, IPv6Prefix: 8}, client, "IPv6 prefix /8"},
+		{"", "r", filters.RateConfig{PerIP: 1, MaxTracked: -1}, client, "tracked must not be negative"},
+		{"", "r", filters.RateConfig{PerIP: 1}, nil, "no Redis client"},
 	}
 	for _, tt := range tests {
-		_, err := filters.NewRedisRateLimiter(tt.client, tt.cfg)
+		_, err := redisstore.NewRateLimiter(tt.client, tt.prefix, tt.route, tt.cfg)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("NewRedisRateLimiter(%+v) = %v, want an error containing %q", tt.cfg, err, tt.want)
+			t.Errorf("NewRateLimiter(%q, %q, %+v) = %v, want an error containing %q", tt.prefix, tt.route, tt.cfg, err, tt.want)
 		}
 	}
 }
@@ -478,7 +531,7 @@ func TestRedisRateLimiterExtremeRates(t *testing.T) {
 		{1e-9, 1e9, 1e3}, // a burst beyond 100 years of intervals
 		{1, math.MaxInt64, 1e3},
 	} {
-		rl := mustRedisLimiter(t, client, filters.RedisRateConfig{PerIP: c.rate, PerIPBurst: c.burst, RouteName: fmt.Sprint("extreme", i), Now: clock.Now})
+		rl := mustRedisLimiter(t, client, fmt.Sprint("extreme", i), filters.RateConfig{PerIP: c.rate, PerIPBurst: c.burst, Now: clock.Now})
 		n := 0
 		for range 1000 {
 			err := rl.Admit(rlReq, a)
@@ -521,16 +574,15 @@ func BenchmarkRedisRateLimiter(b *testing.B) {
 	// route that refuses everything.
 	for _, bc := range []struct {
 		name string
-		cfg  filters.RedisRateConfig
+		cfg  filters.RateConfig
 	}{
-		{"per-address", filters.RedisRateConfig{PerIP: 1e6, PerIPBurst: 1e9}},
-		{"route", filters.RedisRateConfig{Route: 1e6, RouteBurst: 1e9}},
-		{"both", filters.RedisRateConfig{PerIP: 1e6, PerIPBurst: 1e9, Route: 1e6, RouteBurst: 1e9}},
-		{"refused", filters.RedisRateConfig{Route: 1e-6, RouteBurst: 1}},
+		{"per-address", filters.RateConfig{PerIP: 1e6, PerIPBurst: 1e9}},
+		{"route", filters.RateConfig{Route: 1e6, RouteBurst: 1e9}},
+		{"both", filters.RateConfig{PerIP: 1e6, PerIPBurst: 1e9, Route: 1e6, RouteBurst: 1e9}},
+		{"refused", filters.RateConfig{Route: 1e-6, RouteBurst: 1}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			bc.cfg.RouteName = "bench-" + bc.name
-			rl := mustRedisLimiter(b, client, bc.cfg)
+			rl := mustRedisLimiter(b, client, "bench-"+bc.name, bc.cfg)
 			var seq atomic.Uint64
 			var failed atomic.Int64
 			b.ReportAllocs()
