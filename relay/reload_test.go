@@ -95,6 +95,12 @@ func TestReloadUnderLoad(t *testing.T) {
 		Targets: []relay.Target{newApp.target("app")}}); err != nil || !reflect.DeepEqual(res, relay.ReloadResult{}) {
 		t.Errorf("identical reload: %+v, %v; want nothing restarted", res, err)
 	}
+	// A target configured again is added, not restarted.
+	if res, err := h.relay.Reload(relay.Routing{Routes: []relay.Route{tokenRoute("new-token-0123456789"), extra},
+		Targets: []relay.Target{newApp.target("app"), newApp.target("other")}}); err != nil ||
+		!reflect.DeepEqual(res.Targets, relay.Changes{Added: []string{"other"}}) {
+		t.Errorf("reload adding a target: %+v, %v; want other added", res, err)
+	}
 	ackedMore(30) // with the new token: these go to the new URL
 	stop.Store(true)
 	senders.Wait()

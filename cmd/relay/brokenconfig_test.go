@@ -125,6 +125,13 @@ relay.yaml:13: routes[0].targets: want a list ([a, b] or lines starting with -),
 `),
 			`relay.yaml: 1 problem:
 relay.yaml:5: targets: want a list ([a, b] or lines starting with -), got "app"`},
+		{`problems of every kind in one file`, edit(`listen: 127.0.0.1:0`, `listen: 127.0.0.1`, `    timeout: 5s`, `    timeout: soon
+    retries: 3`, `[BROKEN_TEST_TOKEN]`, `[BROKEN_TEST_UNSET]`),
+			`relay.yaml: 4 problems:
+relay.yaml:1: listen: "127.0.0.1" is not host:port (for example 0.0.0.0:443 or 127.0.0.1:8080)
+relay.yaml:8: targets[0].timeout: want a duration such as 90s, 5m or 72h, got "soon"
+relay.yaml:9: targets[0].retries: unknown key; the keys here are name, url, timeout, concurrency, rate, burst, signing_secret_env, signing_secret_file, retry, headers, tls
+relay.yaml:17: routes[0].verify.secrets_env[0]: environment variable BROKEN_TEST_UNSET is not set; export it or remove the key`},
 		{`misspelt provider`, edit(`provider: fashn`, `provider: fashion`),
 			`relay.yaml: 1 problem:
 relay.yaml:12: routes[0].provider: "fashion" is not a provider; did you mean fashn?`},
