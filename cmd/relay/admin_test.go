@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -196,6 +198,31 @@ log: {level: debug}
 			if strings.Contains(where.text, v) || strings.Contains(where.text, v[len(v)-12:]) {
 				t.Errorf("%s leaks %s", where.what, name)
 			}
+		}
+	}
+}
+
+// The garbage collector runs at defaultGOGC unless the environment sets GOGC, as the runtime
+// reports it in go_gc_gogc_percent.
+func TestBinaryGOGC(t *testing.T) {
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC") // restored by t.Setenv at the end
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{{nil, "go_gc_gogc_percent 400\n"}, {[]string{"GOGC=150"}, "go_gc_gogc_percent 150\n"}} {
+		dir := t.TempDir() // each its own store: a bbolt file has one owner
+		tokenFile := filepath.Join(dir, "token")
+		writeFile(t, tokenFile, "gogc-token-0123456789")
+		p := startProc(t, tc.env, "serve", "-config", reloadConfig(t, dir, "http://127.0.0.1:9/", tokenFile, ""))
+		resp, err := http.Get(p.adminURL(t) + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), tc.want) {
+			t.Errorf("env %v: /metrics lacks %q", tc.env, tc.want)
 		}
 	}
 }
