@@ -83,8 +83,8 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 	s, err := New(client, Options{})
-	if err != nil || s.base != "{hookrelay}:" {
-		t.Fatalf("New(default prefix): base %q, %v", s.base, err)
+	if err != nil || s.shards[0] != "{hookrelay}:" {
+		t.Fatalf("New(default prefix): base %q, %v", s.shards[0], err)
 	}
 }
 
@@ -160,7 +160,7 @@ func TestDedupeKeyTTL(t *testing.T) {
 		if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
 			t.Fatal(err)
 		}
-		key := s.dedupeKey("r/j/succeeded")
+		key := s.shards[0].dedupe("r/j/succeeded")
 		pttl, err := s.rdb.PTTL(ctx, key).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -189,7 +189,7 @@ func TestOldDedupeValue(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := t.Context()
-	if err := s.rdb.Set(ctx, s.dedupeKey("k"), micros(at(3600)), 0).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.shards[0].dedupe("k"), micros(at(3600)), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -258,7 +258,7 @@ func TestEnqueueTwiceIsIdempotent(t *testing.T) {
 	if _, err := s.Enqueue(ctx, other, "k2", time.Hour); err == nil || !strings.Contains(err.Error(), "unique") {
 		t.Fatalf("Enqueue of another message with a stored ID = %v, want an error", err)
 	}
-	if n, err := s.rdb.Exists(ctx, s.dedupeKey("k2"), s.deliveryKey("m1.c")).Result(); err != nil || n != 0 {
+	if n, err := s.rdb.Exists(ctx, s.shards[0].dedupe("k2"), s.shards[0].delivery("m1.c")).Result(); err != nil || n != 0 {
 		t.Fatalf("the failed Enqueue left %d keys (%v)", n, err)
 	}
 	ds, err := s.Claim(ctx, "a", at(10), time.Minute, 10)
@@ -526,13 +526,15 @@ func TestMessageCodec(t *testing.T) {
 	}
 }
 
-// keysOf lists the keys of a store's prefix.
+// keysOf lists the keys of a store's prefix but the shard count it records (layout.go).
 func keysOf(t *testing.T, rdb *redis.Client, prefix string) []string {
 	t.Helper()
 	var all []string
 	iter := rdb.Scan(t.Context(), 0, "{"+prefix+"}:*", 1000).Iterator()
 	for iter.Next(t.Context()) {
-		all = append(all, iter.Val())
+		if iter.Val() != "{"+prefix+"}:shards" {
+			all = append(all, iter.Val())
+		}
 	}
 	if err := iter.Err(); err != nil {
 		t.Fatal(err)
@@ -591,10 +593,10 @@ func TestLegacyDeliveries(t *testing.T) {
 	m := testMsg("old", at(0), "a", "b")
 	for _, target := range m.Targets {
 		id := relay.DeliveryID(m.ID, target)
-		if err := rdb.HSet(ctx, s.deliveryKey(id), "msg", encodeMessage(m), "target", target, "route", m.Route).Err(); err != nil {
+		if err := rdb.HSet(ctx, s.shards[0].delivery(id), "msg", encodeMessage(m), "target", target, "route", m.Route).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if err := rdb.ZAdd(ctx, s.dueKey(target), redis.Z{Score: float64(at(0).UnixMicro()), Member: id}).Err(); err != nil {
+		if err := rdb.ZAdd(ctx, s.shards[0].due(target), redis.Z{Score: float64(at(0).UnixMicro()), Member: id}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
