@@ -70,7 +70,7 @@ func hookWait(client redis.UniversalClient) error {
 // every other command and pipeline alone.
 type waitHook struct{}
 
-func (waitHook) DialHook(next redis.DialHook) redis.DialHook       { return next }
+func (waitHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
 func (waitHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 
 func (waitHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
