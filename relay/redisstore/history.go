@@ -22,7 +22,6 @@ import (
 const (
 	defaultMessageLimit = 100
 	listBudget          = 10000 // index entries one ListMessages call looks at
-	listChunk           = 128
 )
 
 // deliveryFields are what history reads of a delivery hash.
@@ -177,7 +176,7 @@ func (s *Store) ListMessages(ctx context.Context, f relay.MessageFilter, now tim
 	}
 	var out []*relay.MessageRecord
 	for scanned := 0; scanned < listBudget; {
-		count := min(listChunk, listBudget-scanned)
+		count := min(s.listChunk, listBudget-scanned)
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.StringSliceCmd, len(s.shards))
 		for i, sh := range s.shards {

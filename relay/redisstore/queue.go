@@ -153,7 +153,9 @@ type dueRef struct {
 const maxClaimRounds = 4
 
 // Claim leases up to max deliveries of target due at now, oldest due first (ties by ID) across
-// the shards. The returned deliveries carry the lease expiry as DueAt.
+// the shards. The returned deliveries carry the lease expiry as DueAt. A shard that fails (its
+// Cluster node down, its slot moving) is left out for the rest of the call, so that it does not
+// hold up the others; Claim fails only when no shard answered.
 func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease time.Duration, max int) ([]*relay.Delivery, error) {
 	if target == "" || lease <= 0 || max <= 0 {
 		return nil, fmt.Errorf("redisstore: claim %q: bad arguments (lease %v, max %d)", target, lease, max)
@@ -162,52 +164,70 @@ func (s *Store) Claim(ctx context.Context, target string, now time.Time, lease t
 		return nil, err
 	}
 	var out []*relay.Delivery
+	failed := map[int]error{}
 	for range maxClaimRounds {
 		want := max - len(out)
-		due, err := s.peekDue(ctx, target, now, want)
-		if err != nil {
-			return out, fmt.Errorf("redisstore: claim %q: %w", target, err)
-		}
+		due := s.peekDue(ctx, target, now, want, failed)
 		if len(due) == 0 {
 			break
 		}
-		got, err := s.claimDue(ctx, target, now, lease, due)
+		got := s.claimDue(ctx, target, now, lease, due, failed)
 		out = append(out, got...)
-		if err != nil {
-			// What was claimed stands: those leases expire unsettled if the caller drops them.
-			return out, fmt.Errorf("redisstore: claim %q: %w", target, err)
+		if len(out) == max || len(got) == len(due) || (len(due) < want && !slices.ContainsFunc(due,
+			func(d dueRef) bool { return failed[d.on] != nil })) {
+			break // full; or nobody took anything meanwhile and no shard failed; or nothing more was due
 		}
-		if len(out) == max || len(due) < want || len(got) == len(due) {
-			break // full, or nothing more was due, or nobody took anything meanwhile
+	}
+	if len(failed) > 0 {
+		var first error
+		for on, err := range failed {
+			first = cmp.Or(first, fmt.Errorf("shard %d: %w", on, err))
 		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("redisstore: claim %q: %w", target, first)
+		}
+		s.log.Warn("redisstore: claim: shards left out", "target", target, "shards", len(failed), "error", first)
 	}
 	return out, nil
 }
 
-// peekDue reads the first want due entries of every shard and returns the oldest want of them.
-func (s *Store) peekDue(ctx context.Context, target string, now time.Time, want int) ([]dueRef, error) {
+// peekDue reads the first want due entries of every shard not failed yet and returns the oldest
+// want of them. A shard that cannot answer joins failed.
+func (s *Store) peekDue(ctx context.Context, target string, now time.Time, want int, failed map[int]error) []dueRef {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.ZSliceCmd, len(s.shards))
 	for i, sh := range s.shards {
-		cmds[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: sh.due(target), Start: "-inf", Stop: micros(now),
-			ByScore: true, Count: int64(want)})
+		if failed[i] == nil {
+			cmds[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: sh.due(target), Start: "-inf", Stop: micros(now),
+				ByScore: true, Count: int64(want)})
+		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
+	if pipe.Len() == 0 {
+		return nil
 	}
+	_, _ = pipe.Exec(ctx) // each command carries its own result or error
 	var due []dueRef
 	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		if c.Err() != nil {
+			failed[i] = c.Err()
+			continue
+		}
 		for _, z := range c.Val() {
 			id, _ := z.Member.(string)
 			due = append(due, dueRef{on: i, id: id, score: z.Score})
 		}
 	}
 	slices.SortFunc(due, func(a, b dueRef) int { return cmp.Or(cmp.Compare(a.score, b.score), strings.Compare(a.id, b.id)) })
-	return due[:min(len(due), want)], nil
+	return due[:min(len(due), want)]
 }
 
-// claimDue runs the claim script on each shard with due entries, in one pipeline.
-func (s *Store) claimDue(ctx context.Context, target string, now time.Time, lease time.Duration, due []dueRef) ([]*relay.Delivery, error) {
+// claimDue runs the claim script on each shard with due entries, in one pipeline. A shard whose
+// script fails joins failed.
+func (s *Store) claimDue(ctx context.Context, target string, now time.Time, lease time.Duration, due []dueRef,
+	failed map[int]error) []*relay.Delivery {
 	expires := now.Add(lease)
 	var runs []scriptCall
 	var shardOf []int
@@ -228,21 +248,19 @@ func (s *Store) claimDue(ctx context.Context, target string, now time.Time, leas
 		}
 	}
 	var out []*relay.Delivery
-	var firstErr error
 	for i, c := range evalAll(ctx, s.rdb, runs) {
 		got, err := s.claimed(target, expires, c)
-		if err != nil {
-			firstErr = cmp.Or(firstErr, fmt.Errorf("shard %d: %w", shardOf[i], err))
-			continue
-		}
 		out = append(out, got...)
+		if err != nil {
+			failed[shardOf[i]] = err
+		}
 	}
 	order := make(map[string]int, len(due))
 	for i, d := range due {
 		order[d.id] = i
 	}
 	slices.SortFunc(out, func(a, b *relay.Delivery) int { return cmp.Compare(order[a.ID], order[b.ID]) })
-	return out, firstErr
+	return out
 }
 
 // claimed decodes a claim script's reply.

@@ -3,8 +3,8 @@
 //
 // Layout (docs/DESIGN.md section 2.4). The keys are spread over Options.Shards shards, each under
 // a hash tag of its own: "{<prefix>}:" with one shard (the layout of earlier releases),
-// "{<prefix>:<n>}:" for shard n of more. The keys one script touches are in one shard, so in one
-// Cluster slot. In each shard:
+// "{<prefix>:<n>:<k>}:" for shard n of more (shardsOf). The keys one script touches are in one
+// shard, so in one Cluster slot. In each shard:
 //
 //	{p}:m:<message ID>   HASH  msg (the message with its body, encoded once in Go), n (deliveries
 //	                           and dead letters still naming it: the last one deletes it)
@@ -103,6 +103,7 @@ type Store struct {
 	sweepChunk int // dedupe keys one sweep script deletes, so that Redis is never blocked for long
 	history    time.Duration
 	deadBudget int      // dead set entries one list script scans, for the same reason
+	listChunk  int      // history index entries ListMessages reads from each shard at a time
 	scripts    *batcher // the settle scripts of the hot path, pipelined
 	enqueues   *batcher // the enqueue scripts: scripts, or one that waits for replicas
 	layout     layoutGate
@@ -140,7 +141,7 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{rdb: client, log: opt.Logger, prefix: opt.Prefix, shards: shardsOf(opt.Prefix, opt.Shards),
-		sweepChunk: 1000, deadBudget: 1000, history: opt.History, scripts: newBatcher(client, nil)}
+		sweepChunk: 1000, deadBudget: 1000, listChunk: 128, history: opt.History, scripts: newBatcher(client, nil)}
 	s.enqueues = s.scripts
 	if opt.MinReplicas > 0 {
 		w := &waitSpec{replicas: opt.MinReplicas, timeout: opt.ReplicaTimeout}
@@ -177,15 +178,43 @@ func (s *Store) Close() error {
 // the package comment).
 type shard string
 
+// shardsOf names the shards. With several, shard i's hash tag is the first "<prefix>:<i>:<k>"
+// (k = 0, 1, ...) whose Cluster slot is in the i-th n-th of the slots, so that the shards spread
+// evenly over primaries that serve even slot ranges (as redis-cli --cluster create assigns them).
 func shardsOf(prefix string, n int) []shard {
 	if n == 1 {
 		return []shard{shard("{" + prefix + "}:")}
 	}
 	out := make([]shard, n)
 	for i := range out {
-		out[i] = shard("{" + prefix + ":" + strconv.Itoa(i) + "}:")
+		for k := 0; ; k++ {
+			tag := prefix + ":" + strconv.Itoa(i) + ":" + strconv.Itoa(k)
+			if slotOf(tag)*n/clusterSlots == i {
+				out[i] = shard("{" + tag + "}:")
+				break
+			}
+		}
 	}
 	return out
+}
+
+// clusterSlots is how many slots Redis Cluster has.
+const clusterSlots = 16384
+
+// slotOf is the Cluster slot of a hash tag: CRC16 (XMODEM) modulo 16384, as Redis computes it.
+func slotOf(tag string) int {
+	var crc uint16
+	for i := range len(tag) {
+		crc ^= uint16(tag[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % clusterSlots
 }
 
 func (b shard) message(id string) string  { return string(b) + "m:" + id }

@@ -43,22 +43,53 @@ func openStore(t testing.TB, addr, prefix string) *Store {
 	return s
 }
 
+// The conformance suite on each topology the store supports: one server with the layout of
+// earlier releases and with shards; a Cluster of three primaries with 16 shards, so that one
+// store's keys are on every primary; a primary with a replica confirming every enqueue (WAIT).
 func TestConformance(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client func(t *testing.T) func() redis.UniversalClient
+		opt    Options
+	}{
+		{"single", single, Options{}},
+		{"single_shards", single, Options{Shards: 4}},
+		{"cluster_shards", func(t *testing.T) func() redis.UniversalClient {
+			c := redistest.StartCluster(t, redistest.ClusterOptions{Primaries: 3})
+			return func() redis.UniversalClient { return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()}) }
+		}, Options{Shards: 16}},
+		{"replicated", func(t *testing.T) func() redis.UniversalClient {
+			primary := redistest.Start(t, redistest.Options{})
+			primary.StartReplica(t)
+			return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: primary.Addr}) }
+		}, Options{MinReplicas: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client := tc.client(t)
+			storetest.Run(t, storetest.Harness{
+				Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
+					opt := tc.opt
+					opt.Prefix, opt.History = uniquePrefix("conf"), o.History
+					// A restarted relay process: a new client on the same data. Run closes both stores.
+					open := func(t *testing.T) relay.Store {
+						s, err := New(client(), opt)
+						if err != nil {
+							t.Fatalf("New: %v", err)
+						}
+						return s
+					}
+					return open(t), open
+				},
+			})
+		})
+	}
+}
+
+// single is a client maker on a redis-server of the test's own.
+func single(t *testing.T) func() redis.UniversalClient {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
-			prefix := uniquePrefix("conf")
-			// A restarted relay process: a new client on the same data. Run closes both stores.
-			open := func(t *testing.T) relay.Store {
-				s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: prefix, History: o.History})
-				if err != nil {
-					t.Fatalf("New: %v", err)
-				}
-				return s
-			}
-			return open(t), open
-		},
-	})
+	return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: srv.Addr}) }
 }
 
 // at is a fake time, sec seconds after a base far from the real clock.

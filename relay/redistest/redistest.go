@@ -36,6 +36,7 @@ type Server struct {
 	cmd     *exec.Cmd
 	done    chan error
 	stopped bool // Kill ran since the last start; tests drive a Server from one goroutine
+	paused  bool // Pause ran since the last Resume
 }
 
 // Options for Start.
@@ -85,7 +86,8 @@ func start(t testing.TB, s *Server, config func(port int) string) *Server {
 
 func (s *Server) start(bin string) error {
 	args := append(slices.Clone(s.lead), "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no")
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no",
+		"--repl-diskless-sync-delay", "0") // a replica syncs at once, not after 5 s
 	if s.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {

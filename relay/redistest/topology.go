@@ -29,14 +29,14 @@ func (s *Server) Do(args ...any) (any, error) {
 	return c.Do(ctx, args...).Result()
 }
 
-// Alive reports whether the server was started and not killed since.
-func (s *Server) Alive() bool { return s.cmd != nil && !s.stopped }
+// Alive reports whether the server answers: started, and neither killed nor paused since.
+func (s *Server) Alive() bool { return s.cmd != nil && !s.stopped && !s.paused }
 
 // Pause stops the process (SIGSTOP) until Resume: a replica that then confirms nothing.
-func (s *Server) Pause() { s.signal("-STOP") }
+func (s *Server) Pause() { s.signal("-STOP"); s.paused = true }
 
 // Resume continues a paused process.
-func (s *Server) Resume() { s.signal("-CONT") }
+func (s *Server) Resume() { s.signal("-CONT"); s.paused = false }
 
 func (s *Server) signal(sig string) {
 	s.t.Helper()
@@ -192,6 +192,20 @@ func (c *Cluster) SlotOwner(slot int) *Server {
 	return nil
 }
 
+// ReplicaOf returns a live replica of primary.
+func (c *Cluster) ReplicaOf(primary *Server) *Server {
+	c.t.Helper()
+	port := strings.TrimPrefix(primary.Addr, "127.0.0.1:")
+	for _, n := range c.Nodes {
+		r, err := n.Do("role")
+		if l, ok := r.([]any); n.Alive() && err == nil && ok && len(l) > 2 && l[0] == "slave" && fmt.Sprint(l[2]) == port {
+			return n
+		}
+	}
+	c.t.Fatalf("redistest: no live replica of %s", primary.Addr)
+	return nil
+}
+
 // ID is the node's cluster node ID.
 func (s *Server) ID() string {
 	r, err := s.Do("cluster", "myid")
@@ -236,6 +250,19 @@ func (c *Cluster) MigrateSlot(slot int, to *Server, between func()) {
 	}
 }
 
+// StartReplica starts a replica of s and waits until s counts it in sync.
+func (s *Server) StartReplica(t testing.TB) *Server {
+	t.Helper()
+	host, port, _ := strings.Cut(s.Addr, ":")
+	r := start(t, &Server{t: t, dir: t.TempDir(), extra: []string{"--replicaof", host, port}}, nil)
+	WaitFor(t, "the replica "+r.Addr+" to sync", func() bool {
+		reply, _ := s.Do("info", "replication")
+		text, _ := reply.(string)
+		return strings.Contains(text, "port="+strings.TrimPrefix(r.Addr, "127.0.0.1:")+",state=online")
+	})
+	return r
+}
+
 // Sentinel is one primary with replicas, watched by sentinels under the name Name.
 type Sentinel struct {
 	Name      string
@@ -256,17 +283,11 @@ type SentinelOptions struct {
 func StartSentinel(t testing.TB, opt SentinelOptions) *Sentinel {
 	t.Helper()
 	s := &Sentinel{Name: "mymaster", t: t}
-	primary := start(t, &Server{t: t, dir: t.TempDir()}, nil)
+	primary := Start(t, Options{})
 	s.Servers = append(s.Servers, primary)
 	for range opt.Replicas {
-		host, port, _ := strings.Cut(primary.Addr, ":")
-		s.Servers = append(s.Servers, start(t, &Server{t: t, dir: t.TempDir(), extra: []string{"--replicaof", host, port}}, nil))
+		s.Servers = append(s.Servers, primary.StartReplica(t))
 	}
-	WaitFor(t, "the replicas to sync", func() bool {
-		r, _ := primary.Do("info", "replication")
-		text, _ := r.(string)
-		return strings.Count(text, "state=online") == opt.Replicas
-	})
 	quorum := opt.Sentinels/2 + 1
 	for range opt.Sentinels {
 		s.Sentinels = append(s.Sentinels, start(t, &Server{t: t, dir: t.TempDir()}, func(port int) string {
