@@ -56,8 +56,8 @@ func (s *Server) role() string {
 	return ""
 }
 
-// info returns one field of INFO.
-func (s *Server) info(section, field string) string {
+// Info returns one field of INFO ("" when the server does not answer).
+func (s *Server) Info(section, field string) string {
 	r, err := s.Do("info", section)
 	if err != nil {
 		return ""
@@ -154,7 +154,7 @@ func (c *Cluster) WaitHealthy() {
 			if err != nil || !strings.Contains(text, "cluster_state:ok") || !strings.Contains(text, "cluster_slots_ok:16384") {
 				return false
 			}
-			if n.role() == "slave" && n.info("replication", "master_link_status") != "up" {
+			if n.role() == "slave" && n.Info("replication", "master_link_status") != "up" {
 				return false
 			}
 		}
@@ -381,8 +381,8 @@ func (s *Sentinel) WaitFailover(old *Server) *Server {
 			if n == primary || !n.Alive() {
 				continue
 			}
-			if n.info("replication", "master_port") != strings.TrimPrefix(addr, "127.0.0.1:") ||
-				n.info("replication", "master_link_status") != "up" {
+			if n.Info("replication", "master_port") != strings.TrimPrefix(addr, "127.0.0.1:") ||
+				n.Info("replication", "master_link_status") != "up" {
 				return false
 			}
 		}
