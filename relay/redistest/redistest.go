@@ -1,5 +1,6 @@
 // Package redistest runs real redis-server processes for tests: one per test, on a loopback port
-// of its own, so that a test can kill and restart it. redis-server cannot bind port 0 and say
+// of its own, so that a test can kill and restart it; and from the same binary a Cluster, a
+// replica, and a Sentinel set-up (topology.go). redis-server cannot bind port 0 and say
 // which port it got, so Start picks a port and, when redis-server reports it taken, picks another
 // (relay/portpick); a server counts as up only when the process answering on the port is the
 // one started. A missing redis-server fails the test: the README's test command installs it, and

@@ -140,8 +140,8 @@ func (c *Cluster) Primaries() []*Server {
 	return out
 }
 
-// WaitHealthy waits until every live node reports cluster_state:ok, knows the same number of
-// primaries serving all 16384 slots, and every live replica has its link to its primary up.
+// WaitHealthy waits until every live node reports cluster_state:ok with all 16384 slots served,
+// and every live replica has its link to its primary up.
 func (c *Cluster) WaitHealthy() {
 	c.t.Helper()
 	WaitFor(c.t, "the cluster to be healthy", func() bool {
