@@ -243,7 +243,9 @@ type Enqueuer interface {
 	// EnqueueLeased is Enqueue that also stores the deliveries to the targets named in leased as
 	// claimed by the caller, as a Claim at m.ReceivedAt with lease would (Attempt 1, a lease token,
 	// due again at m.ReceivedAt+lease), and returns them, so that the caller can deliver them at
-	// once without a Claim write (docs/DESIGN.md section 2.2). A duplicate returns none.
+	// once without a Claim write (docs/DESIGN.md section 2.2). A duplicate returns none. With an
+	// error, claimed may still name deliveries that were stored but whose durability the store
+	// could not confirm (redisstore's MinReplicas): the caller delivers them and answers 503.
 	EnqueueLeased(ctx context.Context, m *Message, dedupeKey string, ttl, lease time.Duration, leased []string) (duplicate bool, claimed []*Delivery, err error)
 }
 

@@ -220,6 +220,11 @@ func TestRedisStoreConfig(t *testing.T) {
 		{"password env unset", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, password_env: HOOKRELAY_TEST_UNSET}}", []string{"store.redis.password_env:", "not set"}},
 		{"braces in prefix", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, prefix: '{x}'}}", []string{"store.redis.prefix:"}},
 		{"redis settings with embedded", "store: {type: embedded, redis: {url: redis://127.0.0.1:6379}}", []string{"store.redis: set, but store.type is embedded"}},
+		{"negative shards", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, shards: -1}}", []string{"store.redis.shards: must be within 1..1024, got -1"}},
+		{"too many shards", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, shards: 2000}}", []string{"store.redis.shards: must be within 1..1024, got 2000"}},
+		{"negative min_replicas", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, min_replicas: -1}}", []string{"store.redis.min_replicas: must be 0"}},
+		{"replica_timeout beyond read_timeout", "store: {type: redis, redis: {url: redis://127.0.0.1:6379, min_replicas: 1, replica_timeout: 1500ms}}",
+			[]string{"store.redis.replica_timeout: must be above 0 and at most half of read_timeout (2s), got 1.5s"}},
 		{"unknown type", "store: {type: etcd}", []string{`store.type: "etcd" is not embedded or redis`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

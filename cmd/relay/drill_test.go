@@ -195,6 +195,7 @@ type sender struct {
 	n      atomic.Int64
 	errs   atomic.Int64 // connection errors and non-2xx answers seen (and retried)
 	fivexx atomic.Int64
+	other  atomic.Int64 // answers neither 2xx nor 5xx
 }
 
 func newSender(url func() string) *sender {
@@ -215,6 +216,8 @@ func (s *sender) post(id string) {
 			}
 			if resp.StatusCode >= 500 {
 				s.fivexx.Add(1)
+			} else {
+				s.other.Add(1)
 			}
 		}
 		s.errs.Add(1)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/hookrelay/hookrelay/relay/redisstore"
 	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
@@ -59,21 +55,6 @@ func (jt *jobTarget) snapshot() map[string][]int {
 		out[k] = append([]int(nil), v...)
 	}
 	return out
-}
-
-// redisDrained waits until the relays' Redis store (writeRedisConfig's prefix) holds no delivery
-// for target, leased ones included: every attempt has ended, so what the target received is final.
-func redisDrained(t *testing.T, redisAddr, target string) {
-	t.Helper()
-	s, err := redisstore.New(redis.NewClient(&redis.Options{Addr: redisAddr}), redisstore.Options{Prefix: "replicas"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	waitUntil(t, "the queue of "+target+" to empty", func() bool {
-		n, err := s.Depth(context.Background(), target)
-		return err == nil && n == 0
-	})
 }
 
 // delivered counts jobs whose last request was answered 200 (not held).
@@ -117,62 +98,6 @@ routes:
 		t.Fatal(err)
 	}
 	return path
-}
-
-// Two replicas on one Redis receive 1,000 concurrent webhooks, ten copies of each of 100 jobs:
-// each job is delivered exactly once.
-func TestReplicasDedupeThroughRedis(t *testing.T) {
-	rs := redistest.Start(t, redistest.Options{})
-	jt := newJobTarget(t)
-	cfg := writeRedisConfig(t, t.TempDir(), rs.Addr, jt.srv.URL, "")
-	replicas := []*proc{startProc(t, nil, "serve", "-config", cfg), startProc(t, nil, "serve", "-config", cfg)}
-
-	const jobs, copies = 100, 10
-	var accepted, duplicates atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, jobs*copies)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	for c := range copies {
-		for j := range jobs {
-			wg.Go(func() {
-				url := replicas[(c+j)%2].url() + "/hooks/fashn"
-				resp, err := client.Post(url, "application/json", strings.NewReader(fmt.Sprintf(`{"id":"job-%d","status":"completed"}`, j)))
-				if err != nil {
-					errs <- err
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				switch resp.StatusCode {
-				case http.StatusAccepted:
-					accepted.Add(1)
-				case http.StatusOK:
-					duplicates.Add(1)
-				default:
-					errs <- fmt.Errorf("status %d", resp.StatusCode)
-				}
-			})
-		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	if accepted.Load() != jobs || duplicates.Load() != jobs*(copies-1) {
-		t.Fatalf("accepted %d, duplicates %d; want %d and %d", accepted.Load(), duplicates.Load(), jobs, jobs*(copies-1))
-	}
-	waitUntil(t, "100 deliveries", func() bool { return jt.requests() >= jobs })
-	redisDrained(t, rs.Addr, "app") // a wrong second delivery would be queued or recorded by now
-	got := jt.snapshot()
-	if len(got) != jobs {
-		t.Fatalf("%d distinct jobs delivered, want %d", len(got), jobs)
-	}
-	for job, a := range got {
-		if len(a) != 1 {
-			t.Errorf("%s delivered %d times", job, len(a))
-		}
-	}
 }
 
 // A replica killed while it holds leases: the other delivers its deliveries once the leases expire.

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -33,6 +35,10 @@ type redisConfig struct {
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// docs/SCALING.md: hash tags the keys spread over, and replicas each enqueue waits for.
+	Shards         int           `yaml:"shards"`
+	MinReplicas    int           `yaml:"min_replicas"`
+	ReplicaTimeout time.Duration `yaml:"replica_timeout"`
 }
 
 type redisTLS struct {
@@ -56,6 +62,12 @@ func (r *redisConfig) applyDefaults() {
 	}
 	if r.WriteTimeout == 0 {
 		r.WriteTimeout = 2 * time.Second
+	}
+	if r.Shards == 0 {
+		r.Shards = 1
+	}
+	if r.ReplicaTimeout == 0 {
+		r.ReplicaTimeout = redisstore.DefaultReplicaTimeout
 	}
 }
 
@@ -102,6 +114,16 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 	if r.PoolSize < 1 {
 		p.add(at+".pool_size", "must be at least 1, got %d", r.PoolSize)
 	}
+	if r.Shards < 1 || r.Shards > redisstore.MaxShards {
+		p.add(at+".shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", redisstore.MaxShards, r.Shards)
+	}
+	if r.MinReplicas < 0 {
+		p.add(at+".min_replicas", "must be 0 (do not wait for replicas) or more, got %d", r.MinReplicas)
+	}
+	// The WAIT answers within the pipeline's read: it must end well before read_timeout.
+	if r.MinReplicas > 0 && (r.ReplicaTimeout <= 0 || r.ReplicaTimeout > r.ReadTimeout/2) {
+		p.add(at+".replica_timeout", "must be above 0 and at most half of read_timeout (%v), got %v", r.ReadTimeout, r.ReplicaTimeout)
+	}
 	if r.UsernameEnv != "" {
 		u, err := readSecret(r.UsernameEnv, "")
 		if err != nil {
@@ -144,8 +166,23 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 func openStore(cfg *fileConfig, log *slog.Logger) (relay.Store, error) {
 	switch cfg.Store.Type {
 	case "redis":
-		return redisstore.New(cfg.redis, redisstore.Options{Prefix: cfg.Store.Redis.Prefix, Logger: log,
-			History: *cfg.History.Retention})
+		rc := cfg.Store.Redis
+		s, err := redisstore.New(cfg.redis, redisstore.Options{Prefix: rc.Prefix, Logger: log,
+			History: *cfg.History.Retention, Shards: rc.Shards, MinReplicas: rc.MinReplicas, ReplicaTimeout: rc.ReplicaTimeout})
+		if err != nil {
+			return nil, err
+		}
+		// A store of another shard count stops the relay here; Redis unreachable does not (the
+		// store checks again before its first write, and webhooks get 503 meanwhile).
+		ctx, cancel := context.WithTimeout(context.Background(), rc.DialTimeout+rc.ReadTimeout)
+		defer cancel()
+		if err := s.CheckLayout(ctx); errors.Is(err, redisstore.ErrShardCount) {
+			_ = s.Close()
+			return nil, fmt.Errorf("store.redis.shards: %w", err)
+		} else if err != nil {
+			log.Warn("store: cannot check the shard count yet", "error", err)
+		}
+		return s, nil
 	default:
 		if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
 			return nil, fmt.Errorf("data directory: %w", err)

@@ -38,17 +38,20 @@ type scriptResult struct {
 // batcher sends concurrent script runs to Redis as pipelines: every run that arrived while the
 // previous pipelines were in flight goes in the next. Under load that turns a round trip (a write
 // and a read on each side) per enqueue or ack into one per batch; alone, a call goes out at once.
-// The scripts it runs return an integer.
+// The scripts it runs return an integer. With wait set, each pipeline ends with a WAIT on every
+// node it reaches (replicas.go), and a run whose write the replicas did not confirm fails with
+// ErrNotReplicated (its result still given).
 type batcher struct {
 	rdb    redis.UniversalClient
+	wait   *waitSpec
 	mu     sync.RWMutex // closed and sends on calls: close waits for senders
 	closed bool
 	calls  chan scriptCall
 	done   chan struct{}
 }
 
-func newBatcher(rdb redis.UniversalClient) *batcher {
-	b := &batcher{rdb: rdb, calls: make(chan scriptCall, maxPipeline), done: make(chan struct{})}
+func newBatcher(rdb redis.UniversalClient, wait *waitSpec) *batcher {
+	b := &batcher{rdb: rdb, wait: wait, calls: make(chan scriptCall, maxPipeline), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range senders {
 		wg.Go(b.loop)
@@ -108,24 +111,40 @@ func (b *batcher) loop() {
 func (b *batcher) send(batch []scriptCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), pipelineTimeout)
 	defer cancel()
-	if len(batch) == 1 {
-		n, err := batch[0].script.Run(ctx, b.rdb, batch[0].keys, batch[0].args...).Int()
-		batch[0].done <- scriptResult{n, err}
-		return
+	var acks *waitAcks
+	if b.wait != nil {
+		ctx, acks = b.wait.with(ctx)
 	}
-	pipe := b.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(batch))
-	for i, c := range batch {
-		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
-	}
-	_, _ = pipe.Exec(ctx) // each command carries its own result or error
+	cmds := evalAll(ctx, b.rdb, batch)
 	for i, c := range batch {
 		n, err := cmds[i].Int()
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Redis lost its script cache (a restart): Run loads the script again. NOSCRIPT means
-			// this run did not happen, so running it now is its first run.
-			n, err = c.script.Run(ctx, b.rdb, c.keys, c.args...).Int()
+		if err == nil && acks != nil && !acks.confirmed(cmds[i]) {
+			err = ErrNotReplicated
 		}
 		c.done <- scriptResult{n, err}
 	}
+}
+
+// evalAll runs the scripts in one pipeline (go-redis splits it by node on Cluster), then those
+// Redis did not have in its script cache (NOSCRIPT: not run) with EVAL, which loads them.
+func evalAll(ctx context.Context, rdb redis.UniversalClient, runs []scriptCall) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(runs))
+	pipe := rdb.Pipeline()
+	for i, r := range runs {
+		cmds[i] = r.script.EvalSha(ctx, pipe, r.keys, r.args...)
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own result or error
+	var again redis.Pipeliner
+	for i, r := range runs {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			if again == nil {
+				again = rdb.Pipeline()
+			}
+			cmds[i] = r.script.Eval(ctx, again, r.keys, r.args...)
+		}
+	}
+	if again != nil {
+		_, _ = again.Exec(ctx)
+	}
+	return cmds
 }

@@ -2,7 +2,10 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,9 +16,10 @@ import (
 // defaultDeadLimit is ListDead's page size when the filter sets none.
 const defaultDeadLimit = 100
 
-// ListDead lists dead letters matching f, oldest death first, then by ID. f.After must name a
-// dead letter that still exists (ErrNotFound otherwise): its position is where the page starts.
-// DeadAt has microsecond precision, and Since is compared at that precision.
+// ListDead lists dead letters matching f, oldest death first, then by ID, across the shards.
+// f.After must name a dead letter that still exists (ErrNotFound otherwise): its position is
+// where the page starts. DeadAt has microsecond precision, and Since is compared at that
+// precision.
 func (s *Store) ListDead(ctx context.Context, f relay.DeadFilter) ([]*relay.Delivery, error) {
 	limit := f.Limit
 	if limit <= 0 {
@@ -26,54 +30,110 @@ func (s *Store) ListDead(ctx context.Context, f relay.DeadFilter) ([]*relay.Deli
 		// Every member at or after the first microsecond that is not before Since.
 		start = "[" + deadKey(ceilMicros(f.Since))
 	}
-	cursor := f.After
-	var out []*relay.Delivery
-	// Each run scans a bounded part of the dead set; a selective filter may take several. Runs
-	// resume after the last member scanned, which stays a valid bound even if it is gone by then.
-	for len(out) < limit {
-		res, err := listDeadScript.Run(ctx, s.rdb, []string{s.deadSetKey()},
-			s.base, start, f.Route, f.Target, limit-len(out), s.deadBudget, cursor).Slice()
+	if f.After != "" {
+		_, _, vals, err := s.findDelivery(ctx, f.After, "dead")
 		if err != nil {
-			return nil, fmt.Errorf("redisstore: list dead: %w", err)
+			return nil, fmt.Errorf("redisstore: list dead: cursor %s: %w", f.After, err)
 		}
-		if len(res) < 2 || (len(res)-2)%(1+len(deadFields)) != 0 {
-			return nil, fmt.Errorf("redisstore: list dead: unexpected reply of %d elements", len(res))
-		}
-		status, _ := res[0].(int64)
-		if status == -1 {
+		dead, _ := vals[0].(string)
+		if dead == "" {
 			return nil, fmt.Errorf("redisstore: list dead: cursor %s: %w", f.After, relay.ErrNotFound)
 		}
-		start, _ = res[1].(string)
-		cursor = ""
-		for r := res[2:]; len(r) > 0; r = r[1+len(deadFields):] {
-			id, _ := r[0].(string)
-			d, err := decodeDead(id, r[1:1+len(deadFields)])
+		start = "(" + dead + f.After
+	}
+	var out []*relay.Delivery
+	// Each run scans a bounded part of each shard's dead set; a selective filter may take several.
+	// A shard that stopped early covers its set up to where it stopped (its bound): what the
+	// shards found up to the lowest such bound is complete and goes out in order, and the next
+	// runs resume from there, which stays a valid bound even if that member is gone by then.
+	for len(out) < limit {
+		runs := make([]scriptCall, len(s.shards))
+		for i, sh := range s.shards {
+			runs[i] = scriptCall{script: listDeadScript, keys: []string{sh.deadSet()},
+				args: []any{string(sh), start, f.Route, f.Target, limit - len(out), s.deadBudget}}
+		}
+		type letter struct {
+			member string
+			d      *relay.Delivery
+		}
+		var found []letter
+		horizon, ended := "", true
+		for _, c := range evalAll(ctx, s.rdb, runs) {
+			res, err := c.Slice()
 			if err != nil {
 				return nil, fmt.Errorf("redisstore: list dead: %w", err)
 			}
-			if d == nil {
-				s.log.Warn("redisstore: dead set entry without its dead letter", "id", id)
-				continue
+			if len(res) < 2 || (len(res)-2)%(1+len(deadFields)) != 0 {
+				return nil, fmt.Errorf("redisstore: list dead: unexpected reply of %d elements", len(res))
 			}
-			if f.Match(d) { // Since, when a cursor overrode its start position
-				out = append(out, d)
+			if status, _ := res[0].(int64); status == 0 {
+				bound, _ := res[1].(string)
+				if ended || bound[1:] < horizon {
+					horizon = bound[1:]
+				}
+				ended = false
+			}
+			for r := res[2:]; len(r) > 0; r = r[1+len(deadFields):] {
+				id, _ := r[0].(string)
+				dead, _ := r[6].(string)
+				d, err := decodeDead(id, r[1:1+len(deadFields)])
+				if err != nil {
+					return nil, fmt.Errorf("redisstore: list dead: %w", err)
+				}
+				found = append(found, letter{dead + id, d})
 			}
 		}
-		if status == 1 {
+		slices.SortFunc(found, func(a, b letter) int { return strings.Compare(a.member, b.member) })
+		for _, l := range found {
+			if (!ended && l.member > horizon) || len(out) == limit {
+				break
+			}
+			if l.d == nil {
+				s.log.Warn("redisstore: dead set entry without its dead letter", "id", l.member[min(16, len(l.member)):])
+			} else if f.Match(l.d) { // Since, when a cursor overrode its start position
+				out = append(out, l.d)
+			}
+		}
+		if ended {
 			break
 		}
+		start = "(" + horizon
 	}
 	return out, nil
 }
 
+// findDelivery reads fields of delivery id from whichever shard holds it (one pipeline when
+// there are several), and returns the shard, the delivery's target and the values; ErrNotFound
+// when none does.
+func (s *Store) findDelivery(ctx context.Context, id string, fields ...string) (shard, string, []any, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(s.shards))
+	for i, sh := range s.shards {
+		cmds[i] = pipe.HMGet(ctx, sh.delivery(id), append([]string{"target"}, fields...)...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return "", "", nil, err
+	}
+	for i, c := range cmds {
+		if vals := c.Val(); vals[0] != nil {
+			target, _ := vals[0].(string)
+			return s.shards[i], target, vals[1:], nil
+		}
+	}
+	return "", "", nil, relay.ErrNotFound
+}
+
 // GetDead returns the dead letter id.
 func (s *Store) GetDead(ctx context.Context, id string) (*relay.Delivery, error) {
-	vals, err := s.rdb.HMGet(ctx, s.deliveryKey(id), deadFields...).Result()
+	sh, _, vals, err := s.findDelivery(ctx, id, deadFields...)
+	if errors.Is(err, relay.ErrNotFound) {
+		return nil, fmt.Errorf("redisstore: get dead %s: %w", id, relay.ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: get dead %s: %w", id, err)
 	}
 	if mid, _ := vals[6].(string); vals[0] == nil && mid != "" {
-		msg, err := s.rdb.HGet(ctx, s.messageKey(mid), "msg").Result()
+		msg, err := s.rdb.HGet(ctx, sh.message(mid), "msg").Result()
 		if err != nil && err != redis.Nil {
 			return nil, fmt.Errorf("redisstore: get dead %s: %w", id, err)
 		}
@@ -116,8 +176,14 @@ func decodeDead(id string, vals []any) (*relay.Delivery, error) {
 // ReplayDead queues the dead letter id again, due at now, as if never attempted. It keeps the
 // last failure for the operator's eyes.
 func (s *Store) ReplayDead(ctx context.Context, id string, now time.Time) error {
-	return s.removeDead(ctx, "replay dead", replayScript, id, []string{s.deliveryKey(id), s.deadSetKey()},
-		s.base, id, micros(now))
+	sh, target, _, err := s.findDelivery(ctx, id)
+	if err == nil {
+		err = s.removeDead(ctx, replayScript, []string{sh.delivery(id), sh.deadSet(), sh.due(target)}, id, micros(now), target)
+	}
+	if err != nil {
+		return fmt.Errorf("redisstore: replay dead %s: %w", id, err)
+	}
+	return nil
 }
 
 // DropDead deletes the dead letter id and its attempts. With history its message stays until
@@ -127,25 +193,36 @@ func (s *Store) DropDead(ctx context.Context, id string) error {
 	if s.history > 0 {
 		history = "1"
 	}
-	return s.removeDead(ctx, "drop dead", dropScript, id, []string{s.deliveryKey(id), s.deadSetKey()}, id, s.base, history)
+	sh, _, vals, err := s.findDelivery(ctx, id, "mid")
+	if err == nil {
+		message := sh.delivery(id)
+		if mid, _ := vals[0].(string); mid != "" {
+			message = sh.message(mid)
+		}
+		err = s.removeDead(ctx, dropScript, []string{sh.delivery(id), sh.deadSet(), sh.attempts(id), message}, id, history)
+	}
+	if err != nil {
+		return fmt.Errorf("redisstore: drop dead %s: %w", id, err)
+	}
+	return nil
 }
 
-func (s *Store) removeDead(ctx context.Context, op string, sc *redis.Script, id string, keys []string, args ...any) error {
+func (s *Store) removeDead(ctx context.Context, sc *redis.Script, keys []string, args ...any) error {
 	ok, err := sc.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
-		return fmt.Errorf("redisstore: %s %s: %w", op, id, err)
+		return err
 	}
 	if ok != 1 {
-		return fmt.Errorf("redisstore: %s %s: %w", op, id, relay.ErrNotFound)
+		return relay.ErrNotFound
 	}
 	return nil
 }
 
 // CountDead counts the dead letters.
 func (s *Store) CountDead(ctx context.Context) (int, error) {
-	n, err := s.rdb.ZCard(ctx, s.deadSetKey()).Result()
+	n, err := s.sum(ctx, func(sh shard, _ string) string { return sh.deadSet() }, "")
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: count dead: %w", err)
 	}
-	return int(n), nil
+	return n, nil
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -14,31 +15,36 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// History (docs/DESIGN.md sections 2.4 and 2.5): the history index {p}:h holds every message
-// with history on, by arrival; reads are pipelines of plain commands, the sweep one script per
-// message so that a redelivery cannot interleave with it.
+// History (docs/DESIGN.md sections 2.4 and 2.5): each shard's history index {p}:h holds its
+// messages with history on, by arrival; listings merge the shards' indexes, reads are pipelines of
+// plain commands, the sweep one script per message so that a redelivery cannot interleave with it.
 
 const (
 	defaultMessageLimit = 100
 	listBudget          = 10000 // index entries one ListMessages call looks at
-	listChunk           = 128
 )
 
 // deliveryFields are what history reads of a delivery hash.
 var deliveryFields = []string{"target", "attempt", "lease", "status", "error", "dead", "done"}
 
-// loadRecords reads the messages named by ids with their deliveries (and attempts when asked) in
+// msgRef names a message in its shard.
+type msgRef struct {
+	sh shard
+	id string
+}
+
+// loadRecords reads the messages refs name with their deliveries (and attempts when asked) in
 // two pipelines. A message that is gone comes back nil.
-func (s *Store) loadRecords(ctx context.Context, ids []string, now time.Time, withAttempts bool) ([]*relay.MessageRecord, error) {
+func (s *Store) loadRecords(ctx context.Context, refs []msgRef, now time.Time, withAttempts bool) ([]*relay.MessageRecord, error) {
 	pipe := s.rdb.Pipeline()
-	mcmds := make([]*redis.SliceCmd, len(ids))
-	for i, id := range ids {
-		mcmds[i] = pipe.HMGet(ctx, s.messageKey(id), "msg", "dups", "dup_at")
+	mcmds := make([]*redis.SliceCmd, len(refs))
+	for i, r := range refs {
+		mcmds[i] = pipe.HMGet(ctx, r.sh.message(r.id), "msg", "dups", "dup_at")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
-	out := make([]*relay.MessageRecord, len(ids))
+	out := make([]*relay.MessageRecord, len(refs))
 	type dcmd struct {
 		rec      *relay.MessageRecord
 		id       string
@@ -48,7 +54,8 @@ func (s *Store) loadRecords(ctx context.Context, ids []string, now time.Time, wi
 	}
 	var dcmds []dcmd
 	pipe = s.rdb.Pipeline()
-	for i, id := range ids {
+	for i, r := range refs {
+		id := r.id
 		vals := mcmds[i].Val()
 		raw, _ := vals[0].(string)
 		if raw == "" {
@@ -70,10 +77,10 @@ func (s *Store) loadRecords(ctx context.Context, ids []string, now time.Time, wi
 		out[i] = rec
 		for _, t := range m.Targets {
 			did := relay.DeliveryID(id, t)
-			c := dcmd{rec: rec, id: did, fields: pipe.HMGet(ctx, s.deliveryKey(did), deliveryFields...),
-				due: pipe.ZScore(ctx, s.dueKey(t), did)}
+			c := dcmd{rec: rec, id: did, fields: pipe.HMGet(ctx, r.sh.delivery(did), deliveryFields...),
+				due: pipe.ZScore(ctx, r.sh.due(t), did)}
 			if withAttempts {
-				c.attempts = pipe.LRange(ctx, s.attemptsKey(did), 0, -1)
+				c.attempts = pipe.LRange(ctx, r.sh.attempts(did), 0, -1)
 			}
 			dcmds = append(dcmds, c)
 		}
@@ -142,16 +149,16 @@ func deliveryRecordOf(id string, vals []any, due *redis.FloatCmd, now time.Time)
 	return d, nil
 }
 
-// ListMessages lists messages matching f, newest first. The cursor is the index member of the
-// last message looked at.
+// ListMessages lists messages matching f, newest first, merging the shards' indexes. The cursor
+// is the index member of the last message looked at; members sort alike in every shard.
 func (s *Store) ListMessages(ctx context.Context, f relay.MessageFilter, now time.Time) ([]*relay.MessageRecord, string, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = defaultMessageLimit
 	}
-	index := s.historyKey()
+	index := shard.history
 	if f.JobID != "" {
-		index = s.jobKey(f.JobID)
+		index = func(sh shard) string { return sh.job(f.JobID) }
 	}
 	hi, lo := "+", "-"
 	if !f.Until.IsZero() {
@@ -163,40 +170,66 @@ func (s *Store) ListMessages(ctx context.Context, f relay.MessageFilter, now tim
 	if !f.Since.IsZero() {
 		lo = "[" + deadKey(f.Since.UnixMicro())
 	}
+	type entry struct {
+		member string
+		ref    msgRef
+	}
 	var out []*relay.MessageRecord
 	for scanned := 0; scanned < listBudget; {
-		members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: index, Start: hi, Stop: lo, ByLex: true, Rev: true,
-			Count: int64(min(listChunk, listBudget-scanned))}).Result()
-		if err != nil {
+		count := min(s.listChunk, listBudget-scanned)
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.StringSliceCmd, len(s.shards))
+		for i, sh := range s.shards {
+			cmds[i] = pipe.ZRangeArgs(ctx, redis.ZRangeArgs{Key: index(sh), Start: hi, Stop: lo, ByLex: true, Rev: true,
+				Count: int64(count)})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, "", fmt.Errorf("redisstore: list messages: %w", err)
 		}
-		if len(members) == 0 {
+		// A shard that filled its chunk may have more below its last member: the merged list is
+		// complete down to the highest such member.
+		var entries []entry
+		horizon, more := "", false
+		for i, c := range cmds {
+			members := c.Val()
+			for _, m := range members {
+				if len(m) <= 16 {
+					return nil, "", fmt.Errorf("redisstore: list messages: bad index member %q", m)
+				}
+				entries = append(entries, entry{m, msgRef{s.shards[i], m[16:]}})
+			}
+			if len(members) == count {
+				more, horizon = true, max(horizon, members[len(members)-1])
+			}
+		}
+		slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(b.member, a.member) })
+		if cut := slices.IndexFunc(entries, func(e entry) bool { return e.member < horizon }); more && cut >= 0 {
+			entries = entries[:cut]
+		}
+		if len(entries) == 0 {
 			return out, "", nil
 		}
-		scanned += len(members)
-		ids := make([]string, len(members))
-		for i, m := range members {
-			if len(m) <= 16 {
-				return nil, "", fmt.Errorf("redisstore: list messages: bad index member %q", m)
-			}
-			ids[i] = m[16:]
+		scanned += len(entries)
+		refs := make([]msgRef, len(entries))
+		for i, e := range entries {
+			refs[i] = e.ref
 		}
-		recs, err := s.loadRecords(ctx, ids, now, false)
+		recs, err := s.loadRecords(ctx, refs, now, false)
 		if err != nil {
 			return nil, "", fmt.Errorf("redisstore: list messages: %w", err)
 		}
 		for i, rec := range recs {
-			hi = "(" + members[i]
+			hi = "(" + entries[i].member
 			if rec == nil || !f.Match(rec) {
 				continue
 			}
 			rec.Body = nil
 			out = append(out, rec)
 			if len(out) == limit {
-				return out, members[i], nil
+				return out, entries[i].member, nil
 			}
 		}
-		if len(members) < listChunk {
+		if !more {
 			return out, "", nil
 		}
 	}
@@ -205,27 +238,39 @@ func (s *Store) ListMessages(ctx context.Context, f relay.MessageFilter, now tim
 
 // GetMessage returns message id with its deliveries and their attempts.
 func (s *Store) GetMessage(ctx context.Context, id string, now time.Time) (*relay.MessageRecord, error) {
-	recs, err := s.loadRecords(ctx, []string{id}, now, true)
-	if err == nil && recs[0] == nil {
-		err = relay.ErrNotFound
+	refs := make([]msgRef, len(s.shards)) // it is in one of them
+	for i, sh := range s.shards {
+		refs[i] = msgRef{sh, id}
 	}
+	recs, err := s.loadRecords(ctx, refs, now, true)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: get message %s: %w", id, err)
 	}
-	return recs[0], nil
+	for _, rec := range recs {
+		if rec != nil {
+			return rec, nil
+		}
+	}
+	return nil, fmt.Errorf("redisstore: get message %s: %w", id, relay.ErrNotFound)
 }
 
 // Redeliver queues the delivered and dead deliveries of message id (target's only, when set)
 // again, due at now, keeping their IDs and attempt counts. Each delivery is one script.
 func (s *Store) Redeliver(ctx context.Context, id, target string, now time.Time) ([]string, error) {
-	raw, err := s.rdb.HGet(ctx, s.messageKey(id), "msg").Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("redisstore: redeliver %s: %w", id, relay.ErrNotFound)
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(s.shards))
+	for i, sh := range s.shards {
+		cmds[i] = pipe.HGet(ctx, sh.message(id), "msg")
 	}
-	if err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redisstore: redeliver %s: %w", id, err)
 	}
-	m, err := decodeMessage(raw)
+	i := slices.IndexFunc(cmds, func(c *redis.StringCmd) bool { return c.Err() == nil })
+	if i < 0 {
+		return nil, fmt.Errorf("redisstore: redeliver %s: %w", id, relay.ErrNotFound)
+	}
+	sh := s.shards[i]
+	m, err := decodeMessage(cmds[i].Val())
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: redeliver %s: %w", id, err)
 	}
@@ -239,7 +284,7 @@ func (s *Store) Redeliver(ctx context.Context, id, target string, now time.Time)
 			continue
 		}
 		did := relay.DeliveryID(id, t)
-		n, err := redeliverScript.Run(ctx, s.rdb, []string{s.deliveryKey(did), s.deadSetKey(), s.dueKey(t)},
+		n, err := redeliverScript.Run(ctx, s.rdb, []string{sh.delivery(did), sh.deadSet(), sh.due(t)},
 			did, micros(now)).Int()
 		if err != nil {
 			return done, fmt.Errorf("redisstore: redeliver %s: %w", did, err)
@@ -262,11 +307,11 @@ func (s *Store) Redeliver(ctx context.Context, id, target string, now time.Time)
 
 // sweepHistory deletes the messages received before cutoff whose deliveries are all delivered,
 // walking the history index from the oldest in chunks.
-func (s *Store) sweepHistory(ctx context.Context, cutoff time.Time) (int, error) {
+func (s *Store) sweepHistory(ctx context.Context, sh shard, cutoff time.Time) (int, error) {
 	total := 0
 	lo, hi := "-", "("+deadKey(ceilMicros(cutoff))
 	for {
-		members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.historyKey(), Start: lo, Stop: hi, ByLex: true,
+		members, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: sh.history(), Start: lo, Stop: hi, ByLex: true,
 			Count: int64(s.sweepChunk)}).Result()
 		if err != nil {
 			return total, fmt.Errorf("redisstore: sweep history: %w", err)
@@ -278,7 +323,7 @@ func (s *Store) sweepHistory(ctx context.Context, cutoff time.Time) (int, error)
 		pipe := s.rdb.Pipeline()
 		cmds := make([]*redis.StringCmd, len(members))
 		for i, mb := range members {
-			cmds[i] = pipe.HGet(ctx, s.messageKey(mb[min(16, len(mb)):]), "msg")
+			cmds[i] = pipe.HGet(ctx, sh.message(mb[min(16, len(mb)):]), "msg")
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return total, fmt.Errorf("redisstore: sweep history: %w", err)
@@ -287,7 +332,7 @@ func (s *Store) sweepHistory(ctx context.Context, cutoff time.Time) (int, error)
 			raw, err := cmds[i].Result()
 			if errors.Is(err, redis.Nil) {
 				// The message is gone (a dead letter dropped without history): drop the entry.
-				if err := s.rdb.ZRem(ctx, s.historyKey(), mb).Err(); err != nil {
+				if err := s.rdb.ZRem(ctx, sh.history(), mb).Err(); err != nil {
 					return total, fmt.Errorf("redisstore: sweep history: %w", err)
 				}
 				continue
@@ -302,15 +347,15 @@ func (s *Store) sweepHistory(ctx context.Context, cutoff time.Time) (int, error)
 			if !m.ReceivedAt.Before(cutoff) {
 				return total, nil
 			}
-			keys := []string{s.messageKey(m.ID), s.historyKey(), s.historyKey()}
+			keys := []string{sh.message(m.ID), sh.history(), sh.history()}
 			if m.JobID != "" {
-				keys[2] = s.jobKey(m.JobID)
+				keys[2] = sh.job(m.JobID)
 			}
 			for _, t := range m.Targets {
-				keys = append(keys, s.deliveryKey(relay.DeliveryID(m.ID, t)))
+				keys = append(keys, sh.delivery(relay.DeliveryID(m.ID, t)))
 			}
 			for _, t := range m.Targets {
-				keys = append(keys, s.attemptsKey(relay.DeliveryID(m.ID, t)))
+				keys = append(keys, sh.attempts(relay.DeliveryID(m.ID, t)))
 			}
 			n, err := sweepMessageScript.Run(ctx, s.rdb, keys, mb, len(m.Targets)).Int()
 			if err != nil {

@@ -43,22 +43,53 @@ func openStore(t testing.TB, addr, prefix string) *Store {
 	return s
 }
 
+// The conformance suite on each topology the store supports: one server with the layout of
+// earlier releases and with shards; a Cluster of three primaries with 16 shards, so that one
+// store's keys are on every primary; a primary with a replica confirming every enqueue (WAIT).
 func TestConformance(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client func(t *testing.T) func() redis.UniversalClient
+		opt    Options
+	}{
+		{"single", single, Options{}},
+		{"single_shards", single, Options{Shards: 4}},
+		{"cluster_shards", func(t *testing.T) func() redis.UniversalClient {
+			c := redistest.StartCluster(t, redistest.ClusterOptions{Primaries: 3})
+			return func() redis.UniversalClient { return redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()}) }
+		}, Options{Shards: 16}},
+		{"replicated", func(t *testing.T) func() redis.UniversalClient {
+			primary := redistest.Start(t, redistest.Options{})
+			primary.StartReplica(t)
+			return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: primary.Addr}) }
+		}, Options{MinReplicas: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client := tc.client(t)
+			storetest.Run(t, storetest.Harness{
+				Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
+					opt := tc.opt
+					opt.Prefix, opt.History = uniquePrefix("conf"), o.History
+					// A restarted relay process: a new client on the same data. Run closes both stores.
+					open := func(t *testing.T) relay.Store {
+						s, err := New(client(), opt)
+						if err != nil {
+							t.Fatalf("New: %v", err)
+						}
+						return s
+					}
+					return open(t), open
+				},
+			})
+		})
+	}
+}
+
+// single is a client maker on a redis-server of the test's own.
+func single(t *testing.T) func() redis.UniversalClient {
 	srv := redistest.Start(t, redistest.Options{})
-	storetest.Run(t, storetest.Harness{
-		Open: func(t *testing.T, o storetest.Options) (relay.Store, func(*testing.T) relay.Store) {
-			prefix := uniquePrefix("conf")
-			// A restarted relay process: a new client on the same data. Run closes both stores.
-			open := func(t *testing.T) relay.Store {
-				s, err := New(redis.NewClient(&redis.Options{Addr: srv.Addr}), Options{Prefix: prefix, History: o.History})
-				if err != nil {
-					t.Fatalf("New: %v", err)
-				}
-				return s
-			}
-			return open(t), open
-		},
-	})
+	return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: srv.Addr}) }
 }
 
 // at is a fake time, sec seconds after a base far from the real clock.
@@ -83,8 +114,8 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 	s, err := New(client, Options{})
-	if err != nil || s.base != "{hookrelay}:" {
-		t.Fatalf("New(default prefix): base %q, %v", s.base, err)
+	if err != nil || s.shards[0] != "{hookrelay}:" {
+		t.Fatalf("New(default prefix): base %q, %v", s.shards[0], err)
 	}
 }
 
@@ -160,7 +191,7 @@ func TestDedupeKeyTTL(t *testing.T) {
 		if _, err := s.Enqueue(ctx, testMsg("m1", recv, "a"), "r/j/succeeded", ttl); err != nil {
 			t.Fatal(err)
 		}
-		key := s.dedupeKey("r/j/succeeded")
+		key := s.shards[0].dedupe("r/j/succeeded")
 		pttl, err := s.rdb.PTTL(ctx, key).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -189,7 +220,7 @@ func TestOldDedupeValue(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := t.Context()
-	if err := s.rdb.Set(ctx, s.dedupeKey("k"), micros(at(3600)), 0).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.shards[0].dedupe("k"), micros(at(3600)), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -258,7 +289,7 @@ func TestEnqueueTwiceIsIdempotent(t *testing.T) {
 	if _, err := s.Enqueue(ctx, other, "k2", time.Hour); err == nil || !strings.Contains(err.Error(), "unique") {
 		t.Fatalf("Enqueue of another message with a stored ID = %v, want an error", err)
 	}
-	if n, err := s.rdb.Exists(ctx, s.dedupeKey("k2"), s.deliveryKey("m1.c")).Result(); err != nil || n != 0 {
+	if n, err := s.rdb.Exists(ctx, s.shards[0].dedupe("k2"), s.shards[0].delivery("m1.c")).Result(); err != nil || n != 0 {
 		t.Fatalf("the failed Enqueue left %d keys (%v)", n, err)
 	}
 	ds, err := s.Claim(ctx, "a", at(10), time.Minute, 10)
@@ -526,13 +557,15 @@ func TestMessageCodec(t *testing.T) {
 	}
 }
 
-// keysOf lists the keys of a store's prefix.
+// keysOf lists the keys of a store's prefix but the shard count it records (layout.go).
 func keysOf(t *testing.T, rdb *redis.Client, prefix string) []string {
 	t.Helper()
 	var all []string
 	iter := rdb.Scan(t.Context(), 0, "{"+prefix+"}:*", 1000).Iterator()
 	for iter.Next(t.Context()) {
-		all = append(all, iter.Val())
+		if iter.Val() != "{"+prefix+"}:shards" {
+			all = append(all, iter.Val())
+		}
 	}
 	if err := iter.Err(); err != nil {
 		t.Fatal(err)
@@ -591,10 +624,10 @@ func TestLegacyDeliveries(t *testing.T) {
 	m := testMsg("old", at(0), "a", "b")
 	for _, target := range m.Targets {
 		id := relay.DeliveryID(m.ID, target)
-		if err := rdb.HSet(ctx, s.deliveryKey(id), "msg", encodeMessage(m), "target", target, "route", m.Route).Err(); err != nil {
+		if err := rdb.HSet(ctx, s.shards[0].delivery(id), "msg", encodeMessage(m), "target", target, "route", m.Route).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if err := rdb.ZAdd(ctx, s.dueKey(target), redis.Z{Score: float64(at(0).UnixMicro()), Member: id}).Err(); err != nil {
+		if err := rdb.ZAdd(ctx, s.shards[0].due(target), redis.Z{Score: float64(at(0).UnixMicro()), Member: id}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

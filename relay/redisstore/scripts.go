@@ -6,9 +6,11 @@ import "github.com/redis/go-redis/v9"
 // and no other client sees it half done. Times are decimal microseconds computed in Go; the
 // scripts only compare and store them, never do arithmetic on them.
 //
-// Keys a script cannot know in advance (the deliveries a claim finds, the dedupe keys a sweep
-// removes, a replayed letter's queue) are built from the prefix in ARGV[1]. They share the hash tag
-// of the declared keys, so they live in the same Cluster slot and the scripts work on Cluster too.
+// The scripts that write declare the keys they touch (Go reads first what it must know to name
+// them), so that during a Cluster slot migration Redis refuses a run as a whole rather than
+// failing it halfway. The few keys a script cannot know in advance (the dedupe keys a sweep
+// removes, the message a duplicate is counted on, what a listing reads) are built from the shard's
+// key base; they share its hash tag, so they are in the same slot.
 //
 // Results: 1 means done, 0 means the lease is lost (settle) or the dead letter is absent.
 
@@ -16,36 +18,43 @@ import "github.com/redis/go-redis/v9"
 // leased to the caller for the targets given a lease token. With history (ARGV[10] not empty) the
 // dedupe key's value is its expiry, a space and the message ID, the message joins the history
 // index and its job's, and a duplicate is counted on the message holding the key; without, the
-// value is the expiry alone, as releases before history wrote and read it.
+// value is the expiry alone, as releases before history wrote and read it. With ARGV[12] set
+// (MinReplicas) a run that writes nothing else bumps the w key (replicas.go).
 //
-//	KEYS[1]         dedupe expiry index (kx)
-//	KEYS[2]         the message hash
-//	KEYS[3..n+2]    delivery hashes
-//	KEYS[n+3..2n+2] due sets of the targets
-//	KEYS[2n+3]      the dedupe key, when ARGV[4] is not empty
+// Every key it touches is declared, but the message a duplicate is counted on: so that while a
+// Cluster slot migrates, Redis refuses the whole run (TRYAGAIN, ASK) rather than a part of it.
+//
+//	KEYS[1] dedupe expiry index (kx), KEYS[2] the message hash, KEYS[3] history index, KEYS[4]
+//	its job's index, KEYS[5] the w key, KEYS[6] the dedupe key (kx again when ARGV[4] is empty),
+//	KEYS[7..n+6] delivery hashes, KEYS[n+7..2n+6] due sets of the targets
 //	ARGV: received µs, expiry µs, PX ms, dedupe key ("" for none), message, route, message ID,
-//	      lease expiry µs, prefix, history member ("" with history off), job ID,
+//	      lease expiry µs, prefix, history member ("" with history off), job ID, sync ("" or "1"),
 //	      n targets, n delivery IDs, n lease tokens ("" for not leased)
 //
 // Returns 1 for a duplicate, 0 when stored.
 var enqueueScript = redis.NewScript(`
-local n = (#ARGV - 11) / 3
+local n = (#ARGV - 12) / 3
+local function unchanged(r)
+  if ARGV[12] ~= '' then
+    redis.call('INCR', KEYS[5])
+  end
+  return r
+end
 -- go-redis retries a command whose reply was lost: when an earlier run of this very call stored
 -- the message, say so again rather than failing, or calling the sender's webhook a duplicate.
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('HGET', KEYS[2], 'msg') == ARGV[5] then
-    return 0
+    return unchanged(0)
   end
   return redis.error_reply('ERR message ' .. ARGV[7] .. ' already stored: message IDs must be unique')
 end
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
-    return redis.error_reply('ERR delivery ' .. ARGV[11 + n + i] .. ' already stored: message IDs must be unique')
+  if redis.call('EXISTS', KEYS[6 + i]) == 1 then
+    return redis.error_reply('ERR delivery ' .. ARGV[12 + n + i] .. ' already stored: message IDs must be unique')
   end
 end
 if ARGV[4] ~= '' then
-  local k = KEYS[2 * n + 3]
-  local held = redis.call('GET', k)
+  local held = redis.call('GET', KEYS[6])
   -- Held until its logical expiry; an expired key that Redis still has (nobody swept it yet,
   -- and the real TTL runs on Redis' clock) counts as absent.
   if held then
@@ -58,69 +67,75 @@ if ARGV[4] ~= '' then
           redis.call('HSET', m, 'dup_at', ARGV[1])
         end
       end
-      return 1
+      return unchanged(1)
     end
   end
   if ARGV[10] ~= '' then
-    redis.call('SET', k, ARGV[2] .. ' ' .. ARGV[7], 'PX', ARGV[3])
+    redis.call('SET', KEYS[6], ARGV[2] .. ' ' .. ARGV[7], 'PX', ARGV[3])
   else
-    redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+    redis.call('SET', KEYS[6], ARGV[2], 'PX', ARGV[3])
   end
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 end
 redis.call('HSET', KEYS[2], 'msg', ARGV[5], 'n', n)
 if ARGV[10] ~= '' then
-  redis.call('ZADD', ARGV[9] .. 'h', 0, ARGV[10])
+  redis.call('ZADD', KEYS[3], 0, ARGV[10])
   if ARGV[11] ~= '' then
-    redis.call('ZADD', ARGV[9] .. 'j:' .. ARGV[11], 0, ARGV[10])
+    redis.call('ZADD', KEYS[4], 0, ARGV[10])
   end
 end
 for i = 1, n do
-  local lease = ARGV[11 + 2 * n + i]
+  local lease = ARGV[12 + 2 * n + i]
   if lease == '' then
-    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[11 + i], 'route', ARGV[6])
-    redis.call('ZADD', KEYS[2 + n + i], ARGV[1], ARGV[11 + n + i])
+    redis.call('HSET', KEYS[6 + i], 'mid', ARGV[7], 'target', ARGV[12 + i], 'route', ARGV[6])
+    redis.call('ZADD', KEYS[6 + n + i], ARGV[1], ARGV[12 + n + i])
   else
-    redis.call('HSET', KEYS[2 + i], 'mid', ARGV[7], 'target', ARGV[11 + i], 'route', ARGV[6], 'attempt', 1, 'lease', lease)
-    redis.call('ZADD', KEYS[2 + n + i], ARGV[8], ARGV[11 + n + i])
+    redis.call('HSET', KEYS[6 + i], 'mid', ARGV[7], 'target', ARGV[12 + i], 'route', ARGV[6], 'attempt', 1, 'lease', lease)
+    redis.call('ZADD', KEYS[6 + n + i], ARGV[8], ARGV[12 + n + i])
   end
 end
 return 0
 `)
 
-// claimScript leases the due deliveries of one target: it moves them to the lease expiry in the
-// due set (so an unsettled lease simply becomes due again), counts the attempt and sets a lease
-// token: the random base from Go plus the position, unique per delivery and claim.
+// claimScript leases deliveries of one target that Claim found due (ZRANGE, in Go, so that the
+// script can declare every key it touches): those still due, since another claim may have taken
+// them meanwhile. It moves them to the lease expiry in the due set (so an unsettled lease simply
+// becomes due again), counts the attempt and sets a lease token: the base from Go plus the
+// position, unique per delivery and claim.
 //
-//	KEYS[1] due set of the target
-//	ARGV: prefix, now µs, lease expiry µs, max, lease token base
+//	KEYS[1] due set of the target, KEYS[2..n+1] the delivery hashes, KEYS[n+2..2n+1] their messages
+//	ARGV: now µs, lease expiry µs, lease token base, n delivery IDs
 //
 // Returns the number of due entries without a delivery (dropped), then per delivery: ID, attempt,
 // lease, message, last status, last error, and 1 when an earlier lease ran out unsettled.
 var claimScript = redis.NewScript(`
-local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, ARGV[4])
+local n = #ARGV - 3
 local out = {0}
-for i, id in ipairs(ids) do
-  local d = ARGV[1] .. 'd:' .. id
-  local f = redis.call('HMGET', d, 'msg', 'status', 'error', 'lease', 'mid')
-  if not f[1] and f[5] then
-    f[1] = redis.call('HGET', ARGV[1] .. 'm:' .. f[5], 'msg')
-  end
-  if not f[1] then
-    redis.call('ZREM', KEYS[1], id)
-    out[1] = out[1] + 1
-  else
-    local lease = ARGV[5] .. '.' .. i
-    local attempt = redis.call('HINCRBY', d, 'attempt', 1)
-    redis.call('HSET', d, 'lease', lease)
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-    table.insert(out, id)
-    table.insert(out, attempt)
-    table.insert(out, lease)
-    table.insert(out, f[1])
-    table.insert(out, f[2] or '')
-    table.insert(out, f[3] or '')
-    table.insert(out, f[4] and 1 or 0)
+for i = 1, n do
+  local id = ARGV[3 + i]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= tonumber(ARGV[1]) then
+    local d = KEYS[1 + i]
+    local f = redis.call('HMGET', d, 'msg', 'status', 'error', 'lease', 'mid')
+    if not f[1] and f[5] then
+      f[1] = redis.call('HGET', KEYS[1 + n + i], 'msg')
+    end
+    if not f[1] then
+      redis.call('ZREM', KEYS[1], id)
+      out[1] = out[1] + 1
+    else
+      local lease = ARGV[3] .. '.' .. i
+      local attempt = redis.call('HINCRBY', d, 'attempt', 1)
+      redis.call('HSET', d, 'lease', lease)
+      redis.call('ZADD', KEYS[1], ARGV[2], id)
+      table.insert(out, id)
+      table.insert(out, attempt)
+      table.insert(out, lease)
+      table.insert(out, f[1])
+      table.insert(out, f[2] or '')
+      table.insert(out, f[3] or '')
+      table.insert(out, f[4] and 1 or 0)
+    end
   end
 end
 return out
@@ -184,34 +199,35 @@ return 1
 
 // replayScript puts a dead letter back in its target's due set with its attempts reset.
 //
-//	KEYS[1] delivery hash, KEYS[2] dead set
-//	ARGV: prefix, delivery ID, due µs
+//	KEYS[1] delivery hash, KEYS[2] dead set, KEYS[3] due set of its target
+//	ARGV: delivery ID, due µs, target (read before: the script checks it)
 var replayScript = redis.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'dead', 'target')
-if not f[1] then
+if not f[1] or f[2] ~= ARGV[3] then
   return 0
 end
-redis.call('ZREM', KEYS[2], f[1] .. ARGV[2])
+redis.call('ZREM', KEYS[2], f[1] .. ARGV[1])
 redis.call('HDEL', KEYS[1], 'dead', 'attempt')
-redis.call('ZADD', ARGV[1] .. 'q:' .. f[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 `)
 
 // dropScript deletes a dead letter with its attempts, and its message with the last delivery
-// naming it; with history (ARGV[3] not empty) the message stays until the sweep.
+// naming it; with history (ARGV[2] not empty) the message stays until the sweep.
 //
-//	KEYS[1] delivery hash, KEYS[2] dead set; ARGV[1] delivery ID, ARGV[2] prefix, ARGV[3] history
+//	KEYS[1] delivery hash, KEYS[2] dead set, KEYS[3] its attempts, KEYS[4] its message (read
+//	before; KEYS[1] again when it names none)
+//	ARGV[1] delivery ID, ARGV[2] history
 var dropScript = redis.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'dead', 'mid')
 if not f[1] then
   return 0
 end
 redis.call('ZREM', KEYS[2], f[1] .. ARGV[1])
-redis.call('DEL', ARGV[2] .. 'a:' .. ARGV[1])
-if f[2] and ARGV[3] == '' then
-  local m = ARGV[2] .. 'm:' .. f[2]
-  if redis.call('HINCRBY', m, 'n', -1) <= 0 then
-    redis.call('DEL', m)
+redis.call('DEL', KEYS[3])
+if f[2] and ARGV[2] == '' then
+  if redis.call('HINCRBY', KEYS[4], 'n', -1) <= 0 then
+    redis.call('DEL', KEYS[4])
   end
 end
 redis.call('DEL', KEYS[1])
@@ -237,23 +253,15 @@ return #keys
 
 // listDeadScript reads dead letters in order from a position of the dead set, filtered by route
 // and target, scanning at most a budget of entries so that Redis is never blocked for long. It
-// only reads; one run is one consistent snapshot.
+// only reads; one run is one consistent snapshot of its shard.
 //
 //	KEYS[1] dead set
-//	ARGV: prefix, start (a ZRANGE BYLEX bound), route, target, limit, budget,
-//	      cursor ID ("" for none: then start is used)
+//	ARGV: prefix, start (a ZRANGE BYLEX bound), route, target, limit, budget
 //
-// Returns a status (-1 the cursor is no dead letter, 0 more may follow, 1 the end was reached),
-// the exclusive bound to resume from, then per letter: ID and the fields deadFields names.
+// Returns a status (0 more may follow, 1 the end was reached), the exclusive bound to resume
+// from, then per letter: ID and the fields deadFields names.
 var listDeadScript = redis.NewScript(`
 local start = ARGV[2]
-if ARGV[7] ~= '' then
-  local x = redis.call('HGET', ARGV[1] .. 'd:' .. ARGV[7], 'dead')
-  if not x then
-    return {-1, ''}
-  end
-  start = '(' .. x .. ARGV[7]
-end
 local limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local out, found = {0, start}, 0
 while budget > 0 do

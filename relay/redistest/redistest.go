@@ -1,5 +1,6 @@
 // Package redistest runs real redis-server processes for tests: one per test, on a loopback port
-// of its own, so that a test can kill and restart it. redis-server cannot bind port 0 and say
+// of its own, so that a test can kill and restart it; and from the same binary a Cluster, a
+// replica, and a Sentinel set-up (topology.go). redis-server cannot bind port 0 and say
 // which port it got, so Start picks a port and, when redis-server reports it taken, picks another
 // (relay/portpick); a server counts as up only when the process answering on the port is the
 // one started. A missing redis-server fails the test: the README's test command installs it, and
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,10 +31,13 @@ type Server struct {
 	t       testing.TB
 	dir     string
 	aof     bool
+	lead    []string // arguments before the usual ones (a Sentinel's config file and --sentinel)
+	extra   []string // and after them
 	port    int
 	cmd     *exec.Cmd
 	done    chan error
 	stopped bool // Kill ran since the last start; tests drive a Server from one goroutine
+	paused  bool // Pause ran since the last Resume
 }
 
 // Options for Start.
@@ -48,13 +53,26 @@ var errPortTaken = errors.New("port taken")
 // Start runs a redis-server until the test ends.
 func Start(t testing.TB, opt Options) *Server {
 	t.Helper()
+	return start(t, &Server{t: t, dir: t.TempDir(), aof: opt.AOF}, nil)
+}
+
+// start runs s on a port of its own; config, when set, writes a config file naming the port
+// first (a Sentinel's: it has no flag for it).
+func start(t testing.TB, s *Server, config func(port int) string) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found: install it (apt-get install -y redis-server), as the README's test command does")
 	}
-	s := &Server{t: t, dir: t.TempDir(), aof: opt.AOF}
 	for attempt := 1; ; attempt++ {
 		s.port = portpick.Pick()
+		if config != nil {
+			path := filepath.Join(s.dir, "server.conf")
+			if err := os.WriteFile(path, []byte(config(s.port)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s.lead = []string{path, "--sentinel"}
+		}
 		err := s.start(bin)
 		if err == nil {
 			s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
@@ -68,14 +86,15 @@ func Start(t testing.TB, opt Options) *Server {
 }
 
 func (s *Server) start(bin string) error {
-	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no"}
+	args := append(slices.Clone(s.lead), "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--protected-mode", "no",
+		"--repl-diskless-sync-delay", "0") // a replica syncs at once, not after 5 s
 	if s.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	s.cmd = exec.Command(bin, args...)
+	s.cmd = exec.Command(bin, append(args, s.extra...)...)
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}
