@@ -94,16 +94,12 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
-	setDefault(&cfg.Lease, 2*time.Minute)
-	setDefault(&cfg.PollInterval, time.Second)
-	setDefault(&cfg.SweepInterval, time.Minute)
-	setDefault(&cfg.StoreTimeout, 10*time.Second)
-	setDefault(&cfg.StoreProbeInterval, time.Second)
-	setDefault(&cfg.ShutdownGrace, 10*time.Second)
-	setDefault(&cfg.ReadHeaderTimeout, 10*time.Second)
-	setDefault(&cfg.ReadTimeout, time.Minute)
-	setDefault(&cfg.WriteTimeout, time.Minute)
-	setDefault(&cfg.IdleTimeout, 2*time.Minute)
+	cfg = cfg.WithDefaults()
+	for _, d := range cfg.durations() {
+		if *d.p < 0 {
+			return nil, fmt.Errorf("relay: %s %v is negative", d.name, *d.p)
+		}
+	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "hookrelay"
 	}
@@ -278,10 +274,31 @@ func (res ReloadResult) Lines() []string {
 // Config.Metrics).
 func (r *Relay) Metrics() prometheus.Gatherer { return r.cfg.Metrics }
 
-func setDefault(d *time.Duration, def time.Duration) {
-	if *d <= 0 {
-		*d = def
+// durationField is one of Config's durations with its default.
+type durationField struct {
+	p    *time.Duration
+	def  time.Duration
+	name string
+}
+
+// durations lists c's durations, for WithDefaults and New's check.
+func (c *Config) durations() []durationField {
+	return []durationField{{&c.Lease, 2 * time.Minute, "Lease"}, {&c.PollInterval, time.Second, "PollInterval"},
+		{&c.SweepInterval, time.Minute, "SweepInterval"}, {&c.StoreTimeout, 10 * time.Second, "StoreTimeout"},
+		{&c.StoreProbeInterval, time.Second, "StoreProbeInterval"}, {&c.ShutdownGrace, 10 * time.Second, "ShutdownGrace"},
+		{&c.ReadHeaderTimeout, 10 * time.Second, "ReadHeaderTimeout"}, {&c.ReadTimeout, time.Minute, "ReadTimeout"},
+		{&c.WriteTimeout, time.Minute, "WriteTimeout"}, {&c.IdleTimeout, 2 * time.Minute, "IdleTimeout"}}
+}
+
+// WithDefaults returns c with each zero duration set to its default (named on its field): New
+// applies it, and the configuration layer shows the values it will run with.
+func (c Config) WithDefaults() Config {
+	for _, d := range c.durations() {
+		if *d.p == 0 {
+			*d.p = d.def
+		}
 	}
+	return c
 }
 
 // validateTarget checks t and fills in what is derived from it (its endpoint). Every problem is a

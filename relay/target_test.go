@@ -231,3 +231,14 @@ func TestMutualTLSTargetAndRotation(t *testing.T) {
 	}
 	eventually(t, "the delivery with the rotated certificate", func() bool { return count("relay-2") == 1 })
 }
+
+// WithDefaults fills only zero durations; New (and so Validate) refuses a negative one.
+func TestConfigDurations(t *testing.T) {
+	c := relay.Config{Lease: 5 * time.Minute}.WithDefaults()
+	if c.Lease != 5*time.Minute || c.PollInterval != time.Second || c.IdleTimeout != 2*time.Minute {
+		t.Errorf("WithDefaults: lease %v, poll %v, idle %v; want 5m, 1s, 2m", c.Lease, c.PollInterval, c.IdleTimeout)
+	}
+	if err := relay.Validate(relay.Config{ShutdownGrace: -time.Second}); err == nil || err.Error() != "relay: ShutdownGrace -1s is negative" {
+		t.Errorf("a negative duration: %v", err)
+	}
+}

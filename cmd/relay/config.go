@@ -404,14 +404,10 @@ func (c *fileConfig) applyDefaults() {
 			*d = v
 		}
 	}
-	dur(&c.Timeouts.ReadHeader, 10*time.Second)
-	dur(&c.Timeouts.Read, time.Minute)
-	dur(&c.Timeouts.Write, time.Minute)
-	dur(&c.Timeouts.Idle, 2*time.Minute)
-	dur(&c.Delivery.Lease, 2*time.Minute)
-	dur(&c.Delivery.PollInterval, time.Second)
-	dur(&c.Delivery.SweepInterval, time.Minute)
-	dur(&c.Delivery.ShutdownGrace, 10*time.Second)
+	// The engine's own defaults, so that check shows what serve runs with.
+	e := c.relayConfig().WithDefaults()
+	c.Timeouts = timeoutsConfig{ReadHeader: e.ReadHeaderTimeout, Read: e.ReadTimeout, Write: e.WriteTimeout, Idle: e.IdleTimeout}
+	c.Delivery = deliveryConfig{Lease: e.Lease, PollInterval: e.PollInterval, SweepInterval: e.SweepInterval, ShutdownGrace: e.ShutdownGrace}
 	rp := relay.DefaultRetryPolicy()
 	for i := range c.Targets {
 		t := &c.Targets[i]
