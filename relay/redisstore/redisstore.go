@@ -150,6 +150,9 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cc, ok := client.(*redis.ClusterClient); ok {
+		cc.AddHook(clusterPipes{cc})
+	}
 	s := &Store{rdb: client, log: opt.Logger, prefix: prefix, shards: shardsOf(prefix, opt.Shards),
 		sweepChunk: 1000, deadBudget: 1000, listChunk: 128, history: opt.History, scripts: newBatcher(client, nil)}
 	s.enqueues = s.scripts
