@@ -70,8 +70,21 @@ func hookWait(client redis.UniversalClient) error {
 // every other command and pipeline alone.
 type waitHook struct{}
 
-func (waitHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (waitHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (waitHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessHook notes a command of a batch run on its own (clusterPipes' second try after a
+// redirect) as unconfirmed: no WAIT follows it on its connection.
+func (waitHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if a, _ := ctx.Value(waitKey{}).(*waitAcks); a != nil {
+			a.mu.Lock()
+			a.n[cmd] = -1
+			a.mu.Unlock()
+		}
+		return err
+	}
+}
 
 func (waitHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
