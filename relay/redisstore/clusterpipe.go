@@ -60,8 +60,8 @@ func (h clusterPipes) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 		for _, cmd := range alone {
 			_ = h.cc.Process(ctx, cmd)
 		}
-		for _, cmd := range cmds {
-			if err := cmd.Err(); err != nil && err != redis.Nil {
+		for _, cmd := range cmds { // the first error, redis.Nil included, as go-redis' pipelines say
+			if err := cmd.Err(); err != nil {
 				return err
 			}
 		}
