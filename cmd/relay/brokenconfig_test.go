@@ -193,10 +193,11 @@ relay.yaml:17: store.type: "postgres" is not embedded or redis`},
 `),
 			`relay.yaml: 1 problem:
 relay.yaml:17: store.redis: store.type is redis: set store.redis.url or store.redis.addrs`},
-		{`redis shards and replicas out of range`, appendTo("store:\n  type: redis\n  redis:\n    url: redis://127.0.0.1:1/0\n    shards: 5000\n    min_replicas: -1\n"),
-			`relay.yaml: 2 problems:
+		{`redis prefix, shards and replicas out of range`, appendTo("store:\n  type: redis\n  redis:\n    url: redis://127.0.0.1:1/0\n    shards: 5000\n    min_replicas: -1\n    prefix: \"a{b}\"\n"),
+			`relay.yaml: 3 problems:
 relay.yaml:21: store.redis.shards: must be within 1..1024, got 5000 (1 keeps the layout of earlier releases)
-relay.yaml:22: store.redis.min_replicas: must be 0 (do not wait for replicas) or more, got -1`},
+relay.yaml:22: store.redis.min_replicas: must be 0 (do not wait for replicas) or more, got -1
+relay.yaml:23: store.redis.prefix: "a{b}" must not contain braces: the keys have their own hash tag`},
 		{`unknown log level`, appendTo(`log: {level: verbose}
 `),
 			`relay.yaml: 1 problem:

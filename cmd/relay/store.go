@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -108,17 +107,17 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 	if r.MasterName != "" && r.URL != "" {
 		p.add(at+".master_name", "Sentinel needs addrs (the sentinels), not url")
 	}
-	if strings.ContainsAny(r.Prefix, "{}") {
-		p.add(at+".prefix", "%q must not contain braces: the relay adds its own hash tag", r.Prefix)
-	}
 	if r.PoolSize < 1 {
 		p.add(at+".pool_size", "must be at least 1, got %d", r.PoolSize)
 	}
-	if r.Shards < 1 || r.Shards > redisstore.MaxShards {
-		p.add(at+".shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", redisstore.MaxShards, r.Shards)
-	}
-	if r.MinReplicas < 0 {
-		p.add(at+".min_replicas", "must be 0 (do not wait for replicas) or more, got %d", r.MinReplicas)
+	// The store's own rules (prefix, shards, replicas), as redisstore.New applies them.
+	for _, err := range unjoin(redisstore.Options{Prefix: r.Prefix, Shards: r.Shards, MinReplicas: r.MinReplicas,
+		ReplicaTimeout: r.ReplicaTimeout}.Check()) {
+		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+			p.add(at+"."+fe.Field, "%v", fe.Err)
+		} else {
+			p.add(at, "%v", err)
+		}
 	}
 	// The WAIT answers within the pipeline's read: it must end well before read_timeout.
 	if r.MinReplicas > 0 && (r.ReplicaTimeout <= 0 || r.ReplicaTimeout > r.ReadTimeout/2) {

@@ -121,6 +121,32 @@ type Store struct {
 	layout     layoutGate
 }
 
+// Check validates o as New does. Each problem is a relay.FieldError named as the configuration
+// file names the option (prefix, shards, min_replicas, replica_timeout, history), so that the
+// configuration layer reports New's own rules under its key paths.
+func (o Options) Check() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &relay.FieldError{Field: field, Err: fmt.Errorf(format, args...)})
+	}
+	if _, err := keyPrefix(o.Prefix); err != nil {
+		bad("prefix", "%q must not contain braces: the keys have their own hash tag", o.Prefix)
+	}
+	if o.Shards < 0 || o.Shards > MaxShards {
+		bad("shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", MaxShards, o.Shards)
+	}
+	if o.MinReplicas < 0 {
+		bad("min_replicas", "must be 0 (do not wait for replicas) or more, got %d", o.MinReplicas)
+	}
+	if o.ReplicaTimeout < 0 {
+		bad("replica_timeout", "must not be negative, got %v", o.ReplicaTimeout)
+	}
+	if o.History < 0 {
+		bad("history", "must not be negative, got %v", o.History)
+	}
+	return errors.Join(errs...)
+}
+
 // New returns a store on client, which it owns from now on: Close closes it. New does not
 // connect; Ping tells whether Redis is there. With MinReplicas it hooks into client, so that must
 // be a *redis.Client (one server or Sentinel) or a *redis.ClusterClient not used before.
@@ -128,21 +154,12 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("redisstore: new: nil client")
 	}
-	prefix, err := keyPrefix(opt.Prefix)
-	if err != nil {
+	if err := opt.Check(); err != nil {
 		return nil, fmt.Errorf("redisstore: new: %w", err)
 	}
-	if opt.History < 0 {
-		return nil, fmt.Errorf("redisstore: new: negative History %v", opt.History)
-	}
+	prefix, _ := keyPrefix(opt.Prefix)
 	if opt.Shards == 0 {
 		opt.Shards = 1
-	}
-	if opt.Shards < 1 || opt.Shards > MaxShards {
-		return nil, fmt.Errorf("redisstore: new: Shards %d is not within 1..%d", opt.Shards, MaxShards)
-	}
-	if opt.MinReplicas < 0 || opt.ReplicaTimeout < 0 {
-		return nil, fmt.Errorf("redisstore: new: negative MinReplicas %d or ReplicaTimeout %v", opt.MinReplicas, opt.ReplicaTimeout)
 	}
 	if opt.ReplicaTimeout == 0 {
 		opt.ReplicaTimeout = DefaultReplicaTimeout
