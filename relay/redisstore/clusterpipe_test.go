@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay/redistest"
 )
 
 // Commands are routed by a script's first declared key, else their first argument.
@@ -59,3 +62,29 @@ type redisError string
 
 func (e redisError) Error() string { return string(e) }
 func (redisError) RedisError()     {}
+
+// A command of a batch that runs on its own (clusterPipes' second try) has no WAIT after it on
+// its connection, so it is not confirmed, whatever the batch's WAIT said.
+func TestWaitHookCommandAloneUnconfirmed(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := hookWait(rdb); err != nil {
+		t.Fatal(err)
+	}
+	ctx, acks := (&waitSpec{replicas: 0, timeout: time.Second}).with(t.Context()) // 0: any WAIT answer confirms
+	pipe := rdb.Pipeline()
+	inBatch := pipe.Set(ctx, "a", "1", 0)
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !acks.confirmed(inBatch) {
+		t.Fatal("a command of a pipeline with its WAIT is not confirmed")
+	}
+	if err := rdb.Process(ctx, inBatch); err != nil { // the same command run again on its own
+		t.Fatal(err)
+	}
+	if acks.confirmed(inBatch) {
+		t.Fatal("a command run on its own counts as confirmed")
+	}
+}
