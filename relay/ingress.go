@@ -241,17 +241,8 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		// same Redis.
 		return nil, "", &Error{Kind: KindUnavailable, Msg: "store unavailable, retry later", RetryAfter: storeRetryAfter}
 	}
-	// Guards get a copy of the request whose context ends with the store timeout: one that asks
-	// the store's Redis waits no longer than a store operation would. (The body is read through r,
-	// so that ServeHTTP sees it was.)
-	gr := r
-	if len(rt.Guards)+len(rt.VerifiedGuards) > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), h.storeTimeout)
-		defer cancel()
-		gr = r.WithContext(ctx)
-	}
 	for _, g := range rt.Guards {
-		if err := h.admit(g, gr, client); err != nil {
+		if err := h.admit(g, r, client); err != nil {
 			return nil, "", err
 		}
 	}
@@ -272,7 +263,7 @@ func (h *ingress) accept(rt *Route, client netip.Addr, w http.ResponseWriter, r 
 		}
 	}
 	for _, g := range rt.VerifiedGuards {
-		if err := h.admit(g, gr, client); err != nil {
+		if err := h.admit(g, r, client); err != nil {
 			return nil, "", err
 		}
 	}

@@ -274,6 +274,10 @@ func (res ReloadResult) Lines() []string {
 // Config.Metrics).
 func (r *Relay) Metrics() prometheus.Gatherer { return r.cfg.Metrics }
 
+// DefaultStoreTimeout bounds a store operation on the ingress path unless Config.StoreTimeout
+// says otherwise; a guard that asks the store's Redis bounds itself by it too.
+const DefaultStoreTimeout = 10 * time.Second
+
 // durationField is one of Config's durations with its default.
 type durationField struct {
 	p    *time.Duration
@@ -284,7 +288,7 @@ type durationField struct {
 // durations lists c's durations, for WithDefaults and New's check.
 func (c *Config) durations() []durationField {
 	return []durationField{{&c.Lease, 2 * time.Minute, "Lease"}, {&c.PollInterval, time.Second, "PollInterval"},
-		{&c.SweepInterval, time.Minute, "SweepInterval"}, {&c.StoreTimeout, 10 * time.Second, "StoreTimeout"},
+		{&c.SweepInterval, time.Minute, "SweepInterval"}, {&c.StoreTimeout, DefaultStoreTimeout, "StoreTimeout"},
 		{&c.StoreProbeInterval, time.Second, "StoreProbeInterval"}, {&c.ShutdownGrace, 10 * time.Second, "ShutdownGrace"},
 		{&c.ReadHeaderTimeout, 10 * time.Second, "ReadHeaderTimeout"}, {&c.ReadTimeout, time.Minute, "ReadTimeout"},
 		{&c.WriteTimeout, time.Minute, "WriteTimeout"}, {&c.IdleTimeout, 2 * time.Minute, "IdleTimeout"}}

@@ -58,9 +58,9 @@ const unavailableRetry = 5 * time.Second
 // When Redis cannot be reached, or fails the script, Admit returns relay.KindUnavailable (503,
 // Retry-After 5 s), not a refusal and not an admission. A 429 would blame the sender for our
 // outage; admitting unlimited would let a Redis outage lift every limit, and the relay's store,
-// on the same Redis, could not store the webhook anyway. A sender retries 503 as it does 429. How
-// long Admit waits is the client's (DialTimeout, ReadTimeout, MaxRetries) and the request's
-// context.
+// on the same Redis, could not store the webhook anyway. A sender retries 503 as it does 429. Admit
+// waits no longer than the relay waits for a store operation (relay.DefaultStoreTimeout), the
+// request's context, or the client's own limits allow.
 type RateLimiter struct {
 	client    redis.UniversalClient
 	c         filters.RateConfig // resolved
@@ -201,6 +201,8 @@ func (rl *RateLimiter) Admit(r *http.Request, client netip.Addr) error {
 	if r != nil {
 		ctx = r.Context()
 	}
+	ctx, cancel := context.WithTimeout(ctx, relay.DefaultStoreTimeout)
+	defer cancel()
 	res, err := gcraScript.Run(ctx, rl.client, []string{rl.ipKey, rl.routeKey}, rl.c.Now().UnixMicro(), sender,
 		rl.ipCell[0], rl.ipCell[1], rl.c.MaxTracked, rl.routeCell[0], rl.routeCell[1]).Int64Slice()
 	if err == nil && (len(res) != 2 || res[0] < 0 || res[0] > 2) {
