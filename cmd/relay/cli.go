@@ -16,8 +16,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // command is a subcommand's flags and the usage its -h prints.
@@ -146,11 +144,14 @@ func adminOf(path string) (url string, a adminConfig, err error) {
 	if err != nil {
 		return "", a, fmt.Errorf("read config: %w", err)
 	}
-	var f struct {
-		Admin adminConfig `yaml:"admin"`
-	}
-	if err := yaml.Unmarshal(raw, &f); err != nil {
-		return "", a, fmt.Errorf("%s: %w", path, err)
+	// Decoded as serve decodes it, but only the admin block's problems matter here.
+	var f fileConfig
+	root, bad := decodeFile(raw, &f)
+	bad = slices.DeleteFunc(bad, func(q problem) bool {
+		return root != nil && q.path != "admin" && !strings.HasPrefix(q.path, "admin.")
+	})
+	if err := bad.report(path, root); err != nil {
+		return "", a, err
 	}
 	a = f.Admin
 	if a.Listen == "" {

@@ -113,7 +113,10 @@ func TestAdminOf(t *testing.T) {
 		{"admin: {listen: 'off'}", "", "admin.listen is off"},
 		{"admin: {listen: 127.0.0.1:0}", "", `admin.listen "127.0.0.1:0" names no port to connect to; give -admin URL`},
 		{"admin: {listen: 9090}", "", `admin.listen "9090" names no port`},
-		{"admin: [1, 2]", "", "cannot unmarshal"},
+		{"admin: [1, 2]", "", "c.yaml:3: admin: want a mapping (key: value lines), got a list"},
+		{"admin: {listn: 127.0.0.1:9191}", "", "c.yaml:3: admin.listn: unknown key; did you mean listen?"},
+		// Only the admin block matters: the rest of the file need not be valid.
+		{"admin: {listen: 127.0.0.1:9191}\ntargets: nope\nbogus: 1", "http://127.0.0.1:9191", ""},
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		writeFile(t, path, "listen: 127.0.0.1:8080\nroutes: [{name: x}]\n"+tc.admin+"\n")
