@@ -305,9 +305,35 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// WithDefaults returns t with a zero timeout (30 s), concurrency (8) and each zero field of its
+// retry policy (DefaultRetryPolicy) set: New applies it, and the configuration layer shows it.
+func (t Target) WithDefaults() Target {
+	if t.Timeout == 0 {
+		t.Timeout = 30 * time.Second
+	}
+	if t.Concurrency == 0 {
+		t.Concurrency = 8
+	}
+	d, p := DefaultRetryPolicy(), &t.Retry
+	for _, f := range []struct{ v, def *time.Duration }{{&p.Initial, &d.Initial}, {&p.Max, &d.Max},
+		{&p.MaxAge, &d.MaxAge}, {&p.MaxRetryAfter, &d.MaxRetryAfter}} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = d.Multiplier
+	}
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = d.MaxAttempts
+	}
+	return t
+}
+
 // validateTarget checks t and fills in what is derived from it (its endpoint). Every problem is a
 // FieldError; they are joined.
 func validateTarget(t *Target, lease time.Duration) error {
+	*t = t.WithDefaults()
 	var errs []error
 	if t.Name == "" {
 		errs = append(errs, fieldErr("name", "missing"))

@@ -242,3 +242,16 @@ func TestConfigDurations(t *testing.T) {
 		t.Errorf("a negative duration: %v", err)
 	}
 }
+
+// Target.WithDefaults fills only zero fields; New applies it, so a target may leave them out.
+func TestTargetDefaults(t *testing.T) {
+	got := relay.Target{Concurrency: 3, Retry: relay.RetryPolicy{MaxAttempts: 5}}.WithDefaults()
+	want := relay.DefaultRetryPolicy()
+	want.MaxAttempts = 5
+	if got.Timeout != 30*time.Second || got.Concurrency != 3 || got.Retry != want {
+		t.Errorf("WithDefaults = timeout %v, concurrency %d, retry %+v; want 30s, 3, %+v", got.Timeout, got.Concurrency, got.Retry, want)
+	}
+	if err := relay.Validate(relay.Config{Targets: []relay.Target{{Name: "app", URL: "http://127.0.0.1:1/"}}}); err != nil {
+		t.Errorf("a target with only a name and a URL: %v", err)
+	}
+}

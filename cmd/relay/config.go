@@ -145,6 +145,12 @@ type targetTLSConfig struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify,omitempty"`
 }
 
+// policy is the engine's retry policy of r.
+func (r retryConfig) policy() relay.RetryPolicy {
+	return relay.RetryPolicy{Initial: r.Initial, Multiplier: r.Multiplier, Max: r.MaxBackoff,
+		MaxAttempts: r.MaxAttempts, MaxAge: r.MaxAge, MaxRetryAfter: r.MaxRetryAfter}
+}
+
 type retryConfig struct {
 	Initial       time.Duration `yaml:"initial"`
 	Multiplier    float64       `yaml:"multiplier"`
@@ -321,8 +327,6 @@ const (
 	defaultMaxBody     = 1 << 20
 	defaultDedupeTTL   = 72 * time.Hour
 	defaultRetention   = 72 * time.Hour
-	defaultTimeout     = 30 * time.Second
-	defaultConcurrency = 8
 )
 
 var (
@@ -408,24 +412,13 @@ func (c *fileConfig) applyDefaults() {
 	e := c.relayConfig().WithDefaults()
 	c.Timeouts = timeoutsConfig{ReadHeader: e.ReadHeaderTimeout, Read: e.ReadTimeout, Write: e.WriteTimeout, Idle: e.IdleTimeout}
 	c.Delivery = deliveryConfig{Lease: e.Lease, PollInterval: e.PollInterval, SweepInterval: e.SweepInterval, ShutdownGrace: e.ShutdownGrace}
-	rp := relay.DefaultRetryPolicy()
-	for i := range c.Targets {
+	for i := range c.Targets { // the engine's defaults, so that check shows what serve runs with
 		t := &c.Targets[i]
-		dur(&t.Timeout, defaultTimeout)
-		if t.Concurrency == 0 {
-			t.Concurrency = defaultConcurrency
-		}
-		r := &t.Retry
-		dur(&r.Initial, rp.Initial)
-		dur(&r.MaxBackoff, rp.Max)
-		dur(&r.MaxAge, rp.MaxAge)
-		dur(&r.MaxRetryAfter, rp.MaxRetryAfter)
-		if r.Multiplier == 0 {
-			r.Multiplier = rp.Multiplier
-		}
-		if r.MaxAttempts == 0 {
-			r.MaxAttempts = rp.MaxAttempts
-		}
+		e := relay.Target{Timeout: t.Timeout, Concurrency: t.Concurrency, Retry: t.Retry.policy()}.WithDefaults()
+		p := e.Retry
+		t.Timeout, t.Concurrency = e.Timeout, e.Concurrency
+		t.Retry = retryConfig{Initial: p.Initial, Multiplier: p.Multiplier, MaxBackoff: p.Max, MaxAttempts: p.MaxAttempts,
+			MaxAge: p.MaxAge, MaxRetryAfter: p.MaxRetryAfter}
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -691,10 +684,7 @@ func (t *targetConfig) build(at string, p *problems, lease time.Duration) {
 	rt := relay.Target{
 		Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
 		RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
-		Retry: relay.RetryPolicy{
-			Initial: t.Retry.Initial, Multiplier: t.Retry.Multiplier, Max: t.Retry.MaxBackoff,
-			MaxAttempts: t.Retry.MaxAttempts, MaxAge: t.Retry.MaxAge, MaxRetryAfter: t.Retry.MaxRetryAfter,
-		},
+		Retry: t.Retry.policy(),
 	}
 	for i, h := range t.Headers {
 		hat := fmt.Sprintf("%s.headers[%d]", at, i)
