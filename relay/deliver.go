@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 // The backlog stays in the store: only claimed deliveries are in memory.
 type dispatcher struct {
 	t       *Target
-	client  *http.Client // the target's: the shared transport, or its own (TLS, unix socket)
+	client  *targetClient
 	q       Queue
 	fwd     *forwarder
 	log     *slog.Logger
@@ -53,7 +52,7 @@ type dispatcher struct {
 	leaseRecoveries prometheus.Counter
 }
 
-func newDispatcher(t *Target, client *http.Client, q Queue, fwd *forwarder, log *slog.Logger, now func() time.Time,
+func newDispatcher(t *Target, client *targetClient, q Queue, fwd *forwarder, log *slog.Logger, now func() time.Time,
 	lease, poll time.Duration, m *metrics) *dispatcher {
 	d := &dispatcher{
 		t: t, client: client, q: q, fwd: fwd, now: now, lease: lease, poll: poll,

@@ -1,8 +1,8 @@
 package relay
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
 )
 
 // Target is one private HTTP service that deliveries are forwarded to.
@@ -45,40 +47,37 @@ type attemptResult struct {
 
 // forwarder sends one delivery to its target, through the target's client.
 type forwarder struct {
-	// shared is the transport of every target without TLS settings or a unix socket; the
-	// others have one of their own (newTargetClient).
-	shared    *http.Transport
 	now       func() time.Time
 	userAgent string
 }
 
-func newForwarder(now func() time.Time, userAgent string) *forwarder {
-	return &forwarder{shared: sharedTransport(), now: now, userAgent: userAgent}
-}
-
-func (f *forwarder) close() { f.shared.CloseIdleConnections() }
-
-func (f *forwarder) forward(ctx context.Context, client *http.Client, t *Target, d *Delivery) attemptResult {
-	ctx, cancel := context.WithTimeout(ctx, t.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.endpoint.url, bytes.NewReader(d.Message.Body))
-	if err != nil {
-		return attemptResult{err: fmt.Errorf("build request: %w", err)}
+func (f *forwarder) forward(ctx context.Context, c *targetClient, t *Target, d *Delivery) attemptResult {
+	deadline := time.Now().Add(t.Timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(t.endpoint.url)
+	req.Header.SetMethod(http.MethodPost)
+	req.SetBodyRaw(d.Message.Body)
 	m := &d.Message
-	h := req.Header
+	h := &req.Header
 	// The sender's forwarded headers, then the target's own, then the relay's: each may override
 	// the ones before (validation refuses relay-owned names in the first two anyway).
-	for name, v := range m.Headers {
-		h[name] = v
+	for name, vs := range m.Headers {
+		for _, v := range vs {
+			h.Add(name, v)
+		}
 	}
 	for _, sh := range t.Headers {
 		h.Set(sh.Name, sh.Value)
 	}
 	if m.ContentType != "" {
-		h.Set("Content-Type", m.ContentType)
+		h.SetContentType(m.ContentType)
 	}
-	h.Set("User-Agent", f.userAgent)
+	h.SetUserAgent(f.userAgent)
 	h.Set("X-Relay-Delivery-Id", d.ID)
 	h.Set("X-Relay-Route", m.Route)
 	h.Set("X-Relay-Provider", m.Provider)
@@ -99,21 +98,25 @@ func (f *forwarder) forward(ctx context.Context, client *http.Client, t *Target,
 		h.Set("Webhook-Signature", SignStandardWebhook(t.SigningKey, d.ID, ts, m.Body))
 	}
 
-	resp, err := client.Do(req)
-	if err != nil {
-		return attemptResult{err: err}
+	if err := c.client().DoDeadline(req, resp, deadline); err != nil {
+		if errors.Is(err, fasthttp.ErrTimeout) {
+			err = fmt.Errorf("no answer within the timeout of %v", t.Timeout)
+		}
+		return attemptResult{err: fmt.Errorf("POST %s: %w", t.URL, err)}
 	}
-	defer resp.Body.Close()
 	// Read the start of the answer for history and the dead-letter record, and drain a little
-	// more so the connection can be reused.
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, MaxAttemptResponse))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	res := attemptResult{status: resp.StatusCode, response: snippet}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+	// more so the connection can be reused (closing a stream not read to its end closes it).
+	body := resp.BodyStream()
+	snippet, _ := io.ReadAll(io.LimitReader(body, MaxAttemptResponse))
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+	_ = resp.CloseBodyStream()
+	code := resp.StatusCode()
+	res := attemptResult{status: code, response: snippet}
+	if code >= 200 && code < 300 {
 		return res
 	}
-	res.retryAfter, res.hasRetry = parseRetryAfter(resp.Header.Get("Retry-After"), f.now())
-	res.err = fmt.Errorf("target answered %d%s", resp.StatusCode, describeBody(snippet[:min(len(snippet), 256)]))
+	res.retryAfter, res.hasRetry = parseRetryAfter(string(resp.Header.Peek("Retry-After")), f.now())
+	res.err = fmt.Errorf("target answered %d%s", code, describeBody(snippet[:min(len(snippet), 256)]))
 	return res
 }
 

@@ -108,7 +108,7 @@ func New(cfg Config) (*Relay, error) {
 	r.endLife = endLife
 	r.breaker = &storeBreaker{store: cfg.Store, log: cfg.Logger, interval: cfg.StoreProbeInterval,
 		timeout: cfg.StoreTimeout, life: life}
-	r.fwd = newForwarder(cfg.Now, cfg.UserAgent)
+	r.fwd = &forwarder{now: cfg.Now, userAgent: cfg.UserAgent}
 	m, err := newMetrics(cfg.Metrics, newQueueCollector(r))
 	if err != nil {
 		return nil, fmt.Errorf("relay: metrics: %w", err)
@@ -143,7 +143,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 			targets[t.Name] = old
 			continue
 		}
-		client, err := newTargetClient(t, r.fwd.shared, r.log)
+		client, err := newTargetClient(t, r.log)
 		if err != nil {
 			return nil, nil, fmt.Errorf("relay: target %q: %w", t.Name, err)
 		}
@@ -540,12 +540,14 @@ func (r *Relay) StartWorkers() (stop func(ctx context.Context)) {
 		case <-ctx.Done():
 			r.log.Warn("deliveries still in flight at the end of the grace period; cancelling them")
 			stopWork()
+			for _, d := range w.started {
+				d.client.abort()
+			}
 			<-done
 		}
 		stopWork()
-		r.fwd.close()
 		for _, d := range w.started {
-			d.client.CloseIdleConnections() // the targets' own transports
+			d.client.closeIdle()
 		}
 	}
 }

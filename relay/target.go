@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,8 +14,12 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/hookrelay/hookrelay/relay/filewatch"
 )
@@ -82,12 +87,8 @@ func CheckTarget(t Target, lease time.Duration) error {
 	if err := validateTarget(&t, lease); err != nil {
 		return err
 	}
-	c, err := newTargetClient(&t, sharedTransport(), nil)
-	if err != nil {
-		return err
-	}
-	c.CloseIdleConnections()
-	return nil
+	_, err := newTargetClient(&t, nil)
+	return err
 }
 
 // endpoint is where a target's requests go: the URL to request and, for a unix socket target,
@@ -263,92 +264,157 @@ func (c *TargetTLS) files() []string {
 	return out
 }
 
-// sharedTransport is the transport of every target without TLS settings or a socket.
-func sharedTransport() *http.Transport {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	// Targets are private services: a proxy from the environment is not wanted in the way.
-	tr.Proxy = nil
-	tr.MaxIdleConnsPerHost = 256
-	return tr
-}
-
 // tlsReloadInterval is how often a target's TLS files are looked at (stat only), as the
 // listener's are.
 const tlsReloadInterval = 2 * time.Second
 
-// newTargetClient returns the client for t: one on the shared transport, or, for a target with
-// TLS settings or a unix socket, one with a transport of its own.
-func newTargetClient(t *Target, shared *http.Transport, log *slog.Logger) (*http.Client, error) {
-	c := &http.Client{
-		Transport: shared,
-		// A redirect from a private service is a misconfiguration; it is reported, not followed.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+// targetClient is how the relay reaches one target: a fasthttp client with the target's own pool
+// of keep-alive connections, socket and TLS settings, built again when its TLS files change.
+// net/http's client cost about 40 µs more CPU per delivery (docs/BENCHMARKS.md, "Hot path").
+type targetClient struct {
+	static *fasthttp.Client                   // a target without TLS files
+	files  *filewatch.Value[*fasthttp.Client] // one with them
+	log    *slog.Logger
+	next   atomic.Int64 // unix nanoseconds of the next look at the files
+	conns  connSet
+}
+
+func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	if t.TLS == nil && t.endpoint.socket == "" {
-		return c, nil
+	c := &targetClient{log: log.With("target", t.Name)}
+	var d net.Dialer
+	network, sock := "tcp", t.endpoint.socket
+	if sock != "" {
+		network = "unix"
 	}
-	base := shared.Clone()
-	if sock := t.endpoint.socket; sock != "" {
-		var d net.Dialer
-		base.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", sock)
+	dial := func(addr string, timeout time.Duration) (net.Conn, error) {
+		if sock != "" {
+			addr = sock
 		}
-	}
-	if t.TLS == nil {
-		c.Transport = base
-		return c, nil
-	}
-	cfg := *t.TLS
-	build := func() (*http.Transport, error) {
-		tc, err := loadClientTLS(&cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		conn, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		tr := base.Clone()
-		tr.TLSClientConfig = tc
-		return tr, nil
+		return c.conns.add(conn), nil
+	}
+	var cfg TargetTLS
+	if t.TLS != nil {
+		cfg = *t.TLS
+	}
+	build := func() (*fasthttp.Client, error) {
+		fc := &fasthttp.Client{
+			DialTimeout: dial,
+			// The dispatcher keeps at most Concurrency requests in flight; a connection being
+			// closed may still count for a moment, so wait for it rather than fail.
+			MaxConnsPerHost: t.Concurrency, MaxConnWaitTimeout: t.Timeout,
+			ReadBufferSize:     64 << 10, // also the largest response header accepted
+			StreamResponseBody: true,     // only the start of an answer is kept
+			// A POST is not retried by the client, but once for a keep-alive connection the
+			// target had closed: fasthttp finds that out only by sending on it (net/http's
+			// reader sees it first). The target may get it twice; deliveries are at least once.
+			RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+				return false, attempts == 1 && staleConn(err)
+			},
+			NoDefaultUserAgentHeader: true, DisablePathNormalizing: true,
+		}
+		if t.TLS != nil {
+			tc, err := loadClientTLS(&cfg)
+			if err != nil {
+				return nil, err
+			}
+			fc.TLSConfig = tc
+		}
+		return fc, nil
 	}
 	// Built once outside the watch too: its errors name the field of the file at fault.
-	tr, err := build()
+	fc, err := build()
 	if err != nil {
 		return nil, err
 	}
 	if len(cfg.files()) == 0 {
-		c.Transport = tr
+		c.static = fc
 		return c, nil
 	}
-	v, err := filewatch.New(build, cfg.files()...)
-	if err != nil {
+	if c.files, err = filewatch.New(build, cfg.files()...); err != nil {
 		return nil, fieldErr("tls", "%w", err)
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	c.Transport = &reloadingTransport{files: v, log: log.With("target", t.Name)}
 	return c, nil
 }
 
-// reloadingTransport is a target's TLS transport, built again when its CA or client certificate
-// files change. Connections already open keep the old settings until they close.
-type reloadingTransport struct {
-	files *filewatch.Value[*http.Transport]
-	log   *slog.Logger
-	next  atomic.Int64 // unix nanoseconds of the next look at the files
-}
-
-func (r *reloadingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if now := time.Now(); now.UnixNano() >= r.next.Load() {
-		r.next.Store(now.Add(tlsReloadInterval).UnixNano())
-		old := r.files.Get()
-		switch reloaded, err := r.files.Reload(); {
+// client returns the client to send with, looking at the TLS files every tlsReloadInterval.
+// Connections already open keep the old settings until they close.
+func (c *targetClient) client() *fasthttp.Client {
+	if c.files == nil {
+		return c.static
+	}
+	if now := time.Now(); now.UnixNano() >= c.next.Load() {
+		c.next.Store(now.Add(tlsReloadInterval).UnixNano())
+		old := c.files.Get()
+		switch reloaded, err := c.files.Reload(); {
 		case err != nil:
-			r.log.Error("target tls: the changed files do not load; keeping the current settings", "error", err)
+			c.log.Error("target tls: the changed files do not load; keeping the current settings", "error", err)
 		case reloaded:
 			old.CloseIdleConnections()
-			r.log.Info("target tls: CA or client certificate reloaded")
+			c.log.Info("target tls: CA or client certificate reloaded")
 		}
 	}
-	return r.files.Get().RoundTrip(req)
+	return c.files.Get()
 }
 
-func (r *reloadingTransport) CloseIdleConnections() { r.files.Get().CloseIdleConnections() }
+// staleConn reports whether err is how a keep-alive connection the other end closed fails.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// closeIdle closes the connections no request is using.
+func (c *targetClient) closeIdle() { c.client().CloseIdleConnections() }
+
+// abort closes every connection, cutting short the requests in flight (the end of a shutdown's
+// grace period): fasthttp takes no context.
+func (c *targetClient) abort() { c.conns.closeAll() }
+
+// connSet tracks a client's open connections, so that abort can close them.
+type connSet struct {
+	mu sync.Mutex
+	m  map[*trackedConn]struct{}
+}
+
+type trackedConn struct {
+	net.Conn
+	set *connSet
+}
+
+func (s *connSet) add(conn net.Conn) net.Conn {
+	tc := &trackedConn{Conn: conn, set: s}
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[*trackedConn]struct{}{}
+	}
+	s.m[tc] = struct{}{}
+	s.mu.Unlock()
+	return tc
+}
+
+func (c *trackedConn) Close() error {
+	c.set.mu.Lock()
+	delete(c.set.m, c)
+	c.set.mu.Unlock()
+	return c.Conn.Close()
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := make([]net.Conn, 0, len(s.m))
+	for c := range s.m {
+		conns = append(conns, c.Conn)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}

@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -253,5 +254,48 @@ func TestTargetDefaults(t *testing.T) {
 	}
 	if err := relay.Validate(relay.Config{Targets: []relay.Target{{Name: "app", URL: "http://127.0.0.1:1/"}}}); err != nil {
 		t.Errorf("a target with only a name and a URL: %v", err)
+	}
+}
+
+// A target that closes each keep-alive connection after its first answer, without saying so, as
+// a server whose idle timeout fires between two deliveries does: the next delivery, sent on the
+// closed connection, is sent again on a new one instead of failing its attempt.
+func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var served atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				served.Add(1)
+			}()
+		}
+	}()
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, baseTarget("http://"+ln.Addr().String()+"/hook"))
+	for i := range 3 {
+		h.post("/hooks/fashn", []byte(fashnBody(i)))
+		eventually(t, "delivery", func() bool {
+			return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == i+1
+		})
+	}
+	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
+		t.Errorf("%v attempts failed on a connection the target had closed, want 0", n)
+	}
+	if n := served.Load(); n != 3 {
+		t.Errorf("target answered %d requests, want 3", n)
 	}
 }
