@@ -15,13 +15,6 @@ import (
 	"github.com/hookrelay/hookrelay/relay"
 )
 
-// FotorSourceAddrs returns the addresses Fotor documents as the source of its webhooks, the default
-// allowlist of the fotor preset (docs/DESIGN.md section 5). A new slice each call: no package state to
-// mutate.
-func FotorSourceAddrs() []string {
-	return []string{"54.212.95.175", "44.236.127.35"}
-}
-
 // Allowlist admits only senders whose address is in a set of CIDR prefixes and single addresses,
 // IPv4 and IPv6. It is not changed after NewAllowlist, so one value serves concurrent requests.
 //

@@ -259,20 +259,6 @@ func TestReadAllowlistFile(t *testing.T) {
 	}
 }
 
-func TestFotorSourceAddrs(t *testing.T) {
-	got := filters.FotorSourceAddrs()
-	a := mustAllowlist(t, got...)
-	for _, s := range []string{"54.212.95.175", "44.236.127.35"} {
-		if !a.Contains(netip.MustParseAddr(s)) {
-			t.Errorf("%s missing", s)
-		}
-	}
-	got[0] = "0.0.0.0/0"
-	if filters.FotorSourceAddrs()[0] != "54.212.95.175" {
-		t.Error("changing the returned slice changed the defaults")
-	}
-}
-
 func BenchmarkAllowlist(b *testing.B) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var entries []string

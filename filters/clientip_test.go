@@ -174,7 +174,7 @@ func TestClientIPWithAllowlist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := mustAllowlist(t, filters.FotorSourceAddrs()...)
+	a := mustAllowlist(t, mustPreset(t, "fotor", nil).SourceAddrs()...)
 	tests := []struct {
 		peer    string
 		headers []string

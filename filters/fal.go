@@ -2,6 +2,7 @@ package filters
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -84,6 +85,19 @@ type FalConfig struct {
 	Logger *slog.Logger
 }
 
+// WithDefaults returns c with the defaults named on its fields set (JWKSURL only without a
+// JWKSFile): NewFal applies it, and the configuration layer shows it.
+func (c FalConfig) WithDefaults() FalConfig {
+	if c.JWKSURL == "" && c.JWKSFile == "" {
+		c.JWKSURL = FalJWKSURL
+	}
+	c.MaxAge, c.MinRefresh = cmp.Or(c.MaxAge, falDefaultMaxAge), cmp.Or(c.MinRefresh, falDefaultMinRefresh)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
 // Fal verifies fal's webhook signatures. It is safe for concurrent use.
 type Fal struct {
 	url        string // "" when the keys came from a file
@@ -118,26 +132,16 @@ func NewFal(c FalConfig) (*Fal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fal: %w", err)
 	}
+	c = c.WithDefaults()
 	f := &Fal{client: c.Client, win: win, maxAge: c.MaxAge, minRefresh: c.MinRefresh, now: win.now, log: c.Logger}
 	switch {
 	case c.MaxAge < 0 || c.MaxAge > falDefaultMaxAge:
 		return nil, fmt.Errorf("fal: JWKS max age %v is outside 0..%v", c.MaxAge, falDefaultMaxAge)
 	case c.MinRefresh < 0:
 		return nil, fmt.Errorf("fal: JWKS min refresh %v is negative", c.MinRefresh)
+	case c.MinRefresh > c.MaxAge:
+		return nil, fmt.Errorf("fal: JWKS min refresh %v exceeds max age %v", c.MinRefresh, c.MaxAge)
 	}
-	if f.maxAge == 0 {
-		f.maxAge = falDefaultMaxAge
-	}
-	if f.minRefresh == 0 {
-		f.minRefresh = falDefaultMinRefresh
-	}
-	if f.minRefresh > f.maxAge {
-		return nil, fmt.Errorf("fal: JWKS min refresh %v exceeds max age %v", f.minRefresh, f.maxAge)
-	}
-	if f.log == nil {
-		f.log = slog.New(slog.DiscardHandler)
-	}
-
 	if c.JWKSFile != "" {
 		if c.JWKSURL != "" {
 			return nil, errors.New("fal: set JWKS URL or JWKS file, not both")
@@ -151,9 +155,6 @@ func NewFal(c FalConfig) (*Fal, error) {
 	}
 
 	f.url = c.JWKSURL
-	if f.url == "" {
-		f.url = FalJWKSURL
-	}
 	if err := checkJWKSURL(f.url); err != nil {
 		return nil, fmt.Errorf("fal: JWKS URL: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -56,6 +57,10 @@ type Preset struct {
 	// otherStatus replaces a present status that statusMap lacks; "" keeps the raw value.
 	otherStatus string
 	ack         int
+	// The route's defaults when it names none: the allowlist of the addresses the provider
+	// documents as its webhooks' source (fotor signs nothing), and the verify type (fal signs).
+	sourceAddrs []string
+	verify      string
 }
 
 var _ relay.Extractor = (*Preset)(nil)
@@ -72,10 +77,11 @@ func NewPreset(name string, g *Generic) (*Preset, error) {
 	case "fal":
 		// Not gateway_request_id: it changes between delivery attempts and would defeat dedupe.
 		p = builtin(name, "request_id", "status", map[string]string{"OK": "succeeded", "ERROR": "failed"})
+		p.verify = "fal"
 	case "fotor":
 		p = builtin(name, "taskId", "status", map[string]string{"0": "processing", "1": "succeeded", "2": "failed"})
 		// Fotor's doc asks for a 200 to avoid duplicate notifications.
-		p.ack = http.StatusOK
+		p.ack, p.sourceAddrs = http.StatusOK, []string{"54.212.95.175", "44.236.127.35"}
 	case "abstrakt":
 		// Abstrakt already uses the normalised names.
 		p = builtin(name, "job_id", "status", nil)
@@ -155,6 +161,14 @@ func (p *Preset) Name() string { return p.name }
 // AckStatus is the HTTP status a sender gets for a newly stored webhook: 200 where the provider's
 // doc asks for it (fotor), otherwise 202.
 func (p *Preset) AckStatus() int { return p.ack }
+
+// SourceAddrs are the addresses the provider documents as the source of its webhooks (fotor's,
+// docs/DESIGN.md section 5): a route's allowlist unless it names one. A new slice each call.
+func (p *Preset) SourceAddrs() []string { return slices.Clone(p.sourceAddrs) }
+
+// Verify is the verify type of the provider's signature (fal): a route's unless it names one; ""
+// when the provider has none.
+func (p *Preset) Verify() string { return p.verify }
 
 // Extract reads the job ID and normalised status out of body. An error means the body is not a JSON
 // object or does not have the provider's shape; its message is safe to show the sender.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -209,16 +210,25 @@ func TestExtractErrors(t *testing.T) {
 
 func TestNewPreset(t *testing.T) {
 	for _, tt := range []struct {
-		name string
-		ack  int
-	}{{"fashn", 202}, {"fal", 202}, {"fotor", 200}, {"abstrakt", 202}, {"generic", 202}} {
+		name, verify string
+		ack          int
+		sources      []string
+	}{{"fashn", "", 202, nil}, {"fal", "fal", 202, nil}, {"fotor", "", 200, []string{"54.212.95.175", "44.236.127.35"}},
+		{"abstrakt", "", 202, nil}, {"generic", "", 202, nil}} {
 		var g *filters.Generic
 		if tt.name == "generic" {
 			g = &filters.Generic{JobIDPath: "id"}
 		}
 		p := mustPreset(t, tt.name, g)
-		if p.Name() != tt.name || p.AckStatus() != tt.ack {
-			t.Errorf("%s: Name %q, AckStatus %d; want %q, %d", tt.name, p.Name(), p.AckStatus(), tt.name, tt.ack)
+		if p.Name() != tt.name || p.AckStatus() != tt.ack || p.Verify() != tt.verify || !slices.Equal(p.SourceAddrs(), tt.sources) {
+			t.Errorf("%s: Name %q, AckStatus %d, Verify %q, SourceAddrs %v; want %q, %d, %q, %v", tt.name, p.Name(), p.AckStatus(),
+				p.Verify(), p.SourceAddrs(), tt.name, tt.ack, tt.verify, tt.sources)
+		}
+		if got := p.SourceAddrs(); len(got) > 0 {
+			got[0] = "0.0.0.0/0"
+			if p.SourceAddrs()[0] == got[0] {
+				t.Errorf("%s: changing the returned slice changed the defaults", tt.name)
+			}
 		}
 	}
 

@@ -107,7 +107,7 @@ func must[T any](t *testing.T) func(T, error) T {
 
 func TestRefusedBeforeTheBodyIsRead(t *testing.T) {
 	rt := route(t, "fotor", "fotor", "app")
-	rt.Guards = []relay.Guard{must[*filters.Allowlist](t)(filters.NewAllowlist(filters.FotorSourceAddrs()))}
+	rt.Guards = []relay.Guard{must[*filters.Allowlist](t)(filters.NewAllowlist(rt.Extractor.(*filters.Preset).SourceAddrs()))}
 	e := startEdge(t, nil, rt)
 
 	// The body never comes: an answer proves the relay did not wait for it.

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -151,7 +152,7 @@ func (r *Relay) build(routeList []Route, targetList []Target, clients ClientReso
 	}
 	routes := map[string]*Route{}
 	for i := range routeList {
-		rt := &routeList[i]
+		rt := new(routeList[i].WithDefaults())
 		if err := validateRoute(rt, targets); err != nil {
 			return nil, nil, fmt.Errorf("relay: route %q: %w", rt.Name, err)
 		}
@@ -308,26 +309,23 @@ func (c Config) WithDefaults() Config {
 // WithDefaults returns t with a zero timeout (30 s), concurrency (8) and each zero field of its
 // retry policy (DefaultRetryPolicy) set: New applies it, and the configuration layer shows it.
 func (t Target) WithDefaults() Target {
-	if t.Timeout == 0 {
-		t.Timeout = 30 * time.Second
-	}
-	if t.Concurrency == 0 {
-		t.Concurrency = 8
-	}
+	t.Timeout, t.Concurrency = cmp.Or(t.Timeout, 30*time.Second), cmp.Or(t.Concurrency, 8)
 	d, p := DefaultRetryPolicy(), &t.Retry
-	for _, f := range []struct{ v, def *time.Duration }{{&p.Initial, &d.Initial}, {&p.Max, &d.Max},
-		{&p.MaxAge, &d.MaxAge}, {&p.MaxRetryAfter, &d.MaxRetryAfter}} {
-		if *f.v == 0 {
-			*f.v = *f.def
-		}
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = d.Multiplier
-	}
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = d.MaxAttempts
-	}
+	p.Initial, p.Multiplier, p.Max = cmp.Or(p.Initial, d.Initial), cmp.Or(p.Multiplier, d.Multiplier), cmp.Or(p.Max, d.Max)
+	p.MaxAttempts, p.MaxAge, p.MaxRetryAfter = cmp.Or(p.MaxAttempts, d.MaxAttempts), cmp.Or(p.MaxAge, d.MaxAge), cmp.Or(p.MaxRetryAfter, d.MaxRetryAfter)
 	return t
+}
+
+// WithDefaults returns rt with a zero MaxBody (1 MiB), DedupeTTL (72h) and AckStatus (its
+// Extractor's, when that names one, else 202) set: New applies it, and the configuration layer
+// shows it.
+func (rt Route) WithDefaults() Route {
+	rt.MaxBody, rt.DedupeTTL = cmp.Or(rt.MaxBody, 1<<20), cmp.Or(rt.DedupeTTL, 72*time.Hour)
+	if a, ok := rt.Extractor.(interface{ AckStatus() int }); ok && rt.AckStatus == 0 {
+		rt.AckStatus = a.AckStatus() // a provider's doc may ask for 200
+	}
+	rt.AckStatus = cmp.Or(rt.AckStatus, http.StatusAccepted)
+	return rt
 }
 
 // validateTarget checks t and fills in what is derived from it (its endpoint). Every problem is a
@@ -402,16 +400,7 @@ func validateRoute(rt *Route, targets map[string]*dispatcher) error {
 			return fmt.Errorf("a filter (when) for %q, which is not one of the route's targets", name)
 		}
 	}
-	if err := CheckForwardHeaders(rt.ForwardHeaders); err != nil {
-		return err
-	}
-	if rt.MaxBody <= 0 || rt.DedupeTTL <= 0 {
-		return errors.New("max body and dedupe TTL must be positive")
-	}
-	if rt.AckStatus != http.StatusOK && rt.AckStatus != http.StatusAccepted {
-		return fmt.Errorf("ack status %d must be 200 or 202", rt.AckStatus)
-	}
-	return nil
+	return CheckRoute(*rt)
 }
 
 // Ready reports whether the relay can take webhooks: its store answers and every ReadyCheck

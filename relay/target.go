@@ -60,10 +60,13 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
-// CheckForwardHeaders validates a route's ForwardHeaders as New and Reload do, and returns every
-// problem as a FieldError (forward_headers[i], joined). relay check uses it.
-func CheckForwardHeaders(names []string) error {
+// CheckRoute validates rt's own settings, defaults applied, as New and Reload do: its forward
+// headers, body cap, dedupe TTL and answer status (not its targets or checks). Every problem is a
+// FieldError (joined). relay check uses it.
+func CheckRoute(rt Route) error {
+	rt = rt.WithDefaults()
 	var errs []error
+	names := rt.ForwardHeaders
 	for i, name := range names {
 		at := fmt.Sprintf("forward_headers[%d]", i)
 		canon := http.CanonicalHeaderKey(name)
@@ -77,6 +80,15 @@ func CheckForwardHeaders(names []string) error {
 		case slices.ContainsFunc(names[:i], func(s string) bool { return strings.EqualFold(s, name) }):
 			errs = append(errs, fieldErr(at, "%s is named twice", canon))
 		}
+	}
+	if rt.MaxBody <= 0 {
+		errs = append(errs, fieldErr("max_body", "must be positive, got %d", rt.MaxBody))
+	}
+	if rt.DedupeTTL <= 0 {
+		errs = append(errs, fieldErr("dedupe_ttl", "must be positive, got %v", rt.DedupeTTL))
+	}
+	if rt.AckStatus != http.StatusOK && rt.AckStatus != http.StatusAccepted {
+		errs = append(errs, fieldErr("ack_status", "%d must be 200 or 202", rt.AckStatus))
 	}
 	return errors.Join(errs...)
 }

@@ -244,6 +244,32 @@ func TestConfigDurations(t *testing.T) {
 	}
 }
 
+// Route.WithDefaults fills only zero fields, the answer status from the preset; New applies it,
+// and CheckRoute names each field it refuses.
+func TestRouteDefaults(t *testing.T) {
+	for provider, ack := range map[string]int{"fotor": http.StatusOK, "fashn": http.StatusAccepted} {
+		rt := route(t, "r", provider, "app")
+		rt.MaxBody, rt.DedupeTTL, rt.AckStatus = 0, 0, 0
+		if got := rt.WithDefaults(); got.MaxBody != 1<<20 || got.DedupeTTL != 72*time.Hour || got.AckStatus != ack {
+			t.Errorf("%s: max body %d, dedupe TTL %v, ack %d; want 1MiB, 72h, %d", provider, got.MaxBody, got.DedupeTTL, got.AckStatus, ack)
+		}
+		if err := relay.Validate(relay.Config{Routes: []relay.Route{rt}, Targets: []relay.Target{{Name: "app", URL: "http://127.0.0.1:1/"}}}); err != nil {
+			t.Errorf("%s: a route without max body, dedupe TTL and ack status: %v", provider, err)
+		}
+	}
+	if got := (relay.Route{MaxBody: 10, DedupeTTL: time.Minute, AckStatus: 200}).WithDefaults(); got.MaxBody != 10 ||
+		got.DedupeTTL != time.Minute || got.AckStatus != 200 {
+		t.Errorf("WithDefaults changed set fields: %+v", got)
+	}
+	err := relay.CheckRoute(relay.Route{ForwardHeaders: []string{"Connection"}, DedupeTTL: -time.Second, AckStatus: 201})
+	want := `forward_headers[0]: Connection is a hop-by-hop header; it describes a connection, not a webhook
+dedupe_ttl: must be positive, got -1s
+ack_status: 201 must be 200 or 202`
+	if err == nil || err.Error() != want {
+		t.Errorf("CheckRoute:\n%v\nwant\n%s", err, want)
+	}
+}
+
 // Target.WithDefaults fills only zero fields; New applies it, so a target may leave them out.
 func TestTargetDefaults(t *testing.T) {
 	got := relay.Target{Concurrency: 3, Retry: relay.RetryPolicy{MaxAttempts: 5}}.WithDefaults()

@@ -135,6 +135,18 @@ relay.yaml:17: routes[0].verify.secrets_env[0]: environment variable BROKEN_TEST
 		{`misspelt provider`, edit(`provider: fashn`, `provider: fashion`),
 			`relay.yaml: 1 problem:
 relay.yaml:12: routes[0].provider: "fashion" is not a provider; did you mean fashn?`},
+		{`misspelt provider on a route without checks`, edit(`provider: fashn`, `provider: fotr`, `    verify:
+      type: url_token
+      secrets_env: [BROKEN_TEST_TOKEN]
+`, ``),
+			`relay.yaml: 1 problem:
+relay.yaml:12: routes[0].provider: "fotr" is not a provider; did you mean fotor?`},
+		{`signing secret from an env var and a file`, edit(`    timeout: 5s`, `    timeout: 5s
+    signing_secret_env: BROKEN_TEST_UNSET
+    signing_secret_file: secret.txt`),
+			`relay.yaml: 2 problems:
+relay.yaml:6: targets[0]: set signing_secret_env or signing_secret_file, not both
+relay.yaml:9: targets[0].signing_secret_env: environment variable BROKEN_TEST_UNSET is not set; export it or remove the key`},
 		{`misspelt verify type`, edit(`type: url_token`, `type: url_tokn`),
 			`relay.yaml: 1 problem:
 relay.yaml:15: routes[0].verify.type: "url_tokn" is not a verify type; did you mean url_token?`},

@@ -145,16 +145,11 @@ type targetTLSConfig struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify,omitempty"`
 }
 
-// policy is the engine's retry policy of r.
-func (r retryConfig) policy() relay.RetryPolicy {
-	return relay.RetryPolicy{Initial: r.Initial, Multiplier: r.Multiplier, Max: r.MaxBackoff,
-		MaxAttempts: r.MaxAttempts, MaxAge: r.MaxAge, MaxRetryAfter: r.MaxRetryAfter}
-}
-
+// retryConfig is relay.RetryPolicy as the file writes it: the one converts to the other.
 type retryConfig struct {
 	Initial       time.Duration `yaml:"initial"`
 	Multiplier    float64       `yaml:"multiplier"`
-	MaxBackoff    time.Duration `yaml:"max_backoff"`
+	Max           time.Duration `yaml:"max_backoff"`
 	MaxAttempts   int           `yaml:"max_attempts"`
 	MaxAge        time.Duration `yaml:"max_age"`
 	MaxRetryAfter time.Duration `yaml:"max_retry_after"`
@@ -324,8 +319,6 @@ const (
 	defaultListen      = "127.0.0.1:8080"
 	defaultAdminListen = "127.0.0.1:9090"
 	defaultDataDir     = "./data"
-	defaultMaxBody     = 1 << 20
-	defaultDedupeTTL   = 72 * time.Hour
 	defaultRetention   = 72 * time.Hour
 )
 
@@ -400,51 +393,38 @@ func (c *fileConfig) applyDefaults() {
 	if c.Store.Type == "embedded" {
 		def(&c.Store.Path, filepath.Join(c.DataDir, "relay.db"))
 	}
-	if c.Store.Type == "redis" && c.Store.Redis != nil {
-		c.Store.Redis.applyDefaults()
-	}
-	dur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
 	// The engine's own defaults, so that check shows what serve runs with.
 	e := c.relayConfig().WithDefaults()
 	c.Timeouts = timeoutsConfig{ReadHeader: e.ReadHeaderTimeout, Read: e.ReadTimeout, Write: e.WriteTimeout, Idle: e.IdleTimeout}
 	c.Delivery = deliveryConfig{Lease: e.Lease, PollInterval: e.PollInterval, SweepInterval: e.SweepInterval, ShutdownGrace: e.ShutdownGrace}
 	for i := range c.Targets { // the engine's defaults, so that check shows what serve runs with
 		t := &c.Targets[i]
-		e := relay.Target{Timeout: t.Timeout, Concurrency: t.Concurrency, Retry: t.Retry.policy()}.WithDefaults()
-		p := e.Retry
-		t.Timeout, t.Concurrency = e.Timeout, e.Concurrency
-		t.Retry = retryConfig{Initial: p.Initial, Multiplier: p.Multiplier, MaxBackoff: p.Max, MaxAttempts: p.MaxAttempts,
-			MaxAge: p.MaxAge, MaxRetryAfter: p.MaxRetryAfter}
+		e := relay.Target{Timeout: t.Timeout, Concurrency: t.Concurrency, Retry: relay.RetryPolicy(t.Retry)}.WithDefaults()
+		t.Timeout, t.Concurrency, t.Retry = e.Timeout, e.Concurrency, retryConfig(e.Retry)
 	}
-	for i := range c.Routes {
-		r := &c.Routes[i]
-		if r.MaxBody == 0 {
-			r.MaxBody = defaultMaxBody
+}
+
+// applyDefaults fills what the route leaves out, so that check shows what serve runs with: the
+// engine's defaults (relay.Route.WithDefaults) and its provider's (filters.Preset: fal's
+// verification, fotor's source addresses), else the file's allowlist; fal's key source.
+func (r *routeConfig) applyDefaults(c *fileConfig) {
+	e, preset := relay.Route{MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, AckStatus: r.AckStatus}, r.built.preset
+	if preset != nil {
+		e.Extractor = preset
+		if r.Verify == nil && preset.Verify() != "" {
+			r.Verify = &verifyConfig{Type: preset.Verify()}
 		}
-		dur(&r.DedupeTTL, defaultDedupeTTL)
-		ownList := len(r.Allowlist) > 0 || len(r.AllowlistFiles) > 0
-		switch {
-		case !ownList && r.Provider == "fotor":
-			// Fotor signs nothing; its published source addresses are the check.
-			r.Allowlist = filters.FotorSourceAddrs()
-		case !ownList:
-			r.Allowlist, r.AllowlistFiles = c.Allowlist, c.AllowlistFiles
+	}
+	e = e.WithDefaults()
+	r.MaxBody, r.DedupeTTL, r.AckStatus = byteSize(e.MaxBody), e.DedupeTTL, e.AckStatus
+	if len(r.Allowlist)+len(r.AllowlistFiles) == 0 {
+		r.Allowlist, r.AllowlistFiles = c.Allowlist, c.AllowlistFiles
+		if preset != nil && preset.SourceAddrs() != nil {
+			r.Allowlist, r.AllowlistFiles = preset.SourceAddrs(), nil
 		}
-		if r.Verify == nil && r.Provider == "fal" {
-			r.Verify = &verifyConfig{Type: "fal"}
-		}
-		if v := r.Verify; v != nil && v.Type == "fal" && v.JWKSURL == "" && v.JWKSFile == "" {
-			v.JWKSURL = filters.FalJWKSURL
-		}
-		if r.AckStatus == 0 {
-			if p, err := filters.NewPreset(r.Provider, r.generic()); err == nil {
-				r.AckStatus = p.AckStatus()
-			}
-		}
+	}
+	if v := r.Verify; v != nil && v.Type == "fal" {
+		v.JWKSURL = filters.FalConfig{JWKSURL: v.JWKSURL, JWKSFile: v.JWKSFile}.WithDefaults().JWKSURL
 	}
 }
 
@@ -477,20 +457,11 @@ func (a *adminConfig) validate(p *problems) {
 			p.add(fmt.Sprintf("admin.hosts[%d]", i), "%q is not a DNS name (no scheme, port or path; IP addresses need no entry)", h)
 		}
 	}
-	if a.TokenEnv != "" && a.TokenFile != "" {
-		p.add("admin", "set token_env or token_file, not both")
-	}
-	tok, err := readSecret(a.TokenEnv, a.TokenFile)
+	tok := p.secret("admin", "token", a.TokenEnv, a.TokenFile)
 	switch {
-	case err != nil:
-		key := "token_env"
-		if a.TokenFile != "" {
-			key = "token_file"
-		}
-		p.add("admin."+key, "%v", err)
 	case tok != "" && len(tok) < 16:
-		p.add("admin.token_env", "the token is %d characters; use at least 16", len(tok))
-	case tok == "" && !isLoopback(host):
+		p.add("admin."+secretKey("token", a.TokenEnv), "the token is %d characters; use at least 16", len(tok))
+	case a.TokenEnv == "" && a.TokenFile == "" && !isLoopback(host):
 		p.add("admin.listen", "%s is not a loopback address: set admin.token_env or admin.token_file so the admin API needs a bearer token", a.Listen)
 	}
 	if tok != "" {
@@ -593,9 +564,6 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 		t := &c.Targets[i]
 		at := fmt.Sprintf("targets[%d]", i)
 		p.checkName(at, "target", t.Name, targets)
-		if t.SigningSecretEnv != "" && t.SigningSecretFile != "" {
-			p.add(at, "set signing_secret_env or signing_secret_file, not both")
-		}
 		t.build(at, &p, c.Delivery.Lease)
 	}
 
@@ -622,6 +590,7 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 			p.add(at+".provider", "%v", err)
 		}
 		r.built = builtRoute{preset: preset}
+		r.applyDefaults(c)
 		r.buildChecks(at, &p, log, c.redis, c.redisPrefix(), prev.route(r.Name))
 		if len(r.Targets) == 0 {
 			p.add(at+".targets", "none listed; name at least one target from the targets section")
@@ -638,13 +607,7 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 				continue
 			}
 			w, err := filters.NewWhen(preset, rt.When.Status, rt.When.Body)
-			for _, err := range unjoin(err) {
-				if fe, ok := errors.AsType[*relay.FieldError](err); ok {
-					p.add(tat+".when."+fe.Field, "%v", fe.Err)
-				} else {
-					p.add(tat+".when", "%v", err)
-				}
-			}
+			p.addErrs(tat+".when", err)
 			if err == nil {
 				if r.built.when == nil {
 					r.built.when = map[string]relay.Matcher{}
@@ -652,23 +615,9 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 				r.built.when[rt.Name] = w
 			}
 		}
-		// The file's own list, so that an index names its entry; the defaults are valid.
-		for _, err := range unjoin(relay.CheckForwardHeaders(r.ForwardHeaders)) {
-			if fe, ok := errors.AsType[*relay.FieldError](err); ok && strings.HasPrefix(fe.Field, "forward_headers[") {
-				p.add(at+"."+fe.Field, "%v", fe.Err)
-			} else {
-				p.add(at+".forward_headers", "%v", err)
-			}
-		}
-		if r.MaxBody <= 0 {
-			p.add(at+".max_body", "must be positive")
-		}
-		if r.DedupeTTL <= 0 {
-			p.add(at+".dedupe_ttl", "must be positive, got %v", r.DedupeTTL)
-		}
-		if preset != nil && r.AckStatus != 200 && r.AckStatus != 202 { // without a preset, no default was set
-			p.add(at+".ack_status", "%d must be 200 or 202", r.AckStatus)
-		}
+		// The file's own forward_headers, so that an index names its entry; the defaults are valid.
+		p.addErrs(at, relay.CheckRoute(relay.Route{ForwardHeaders: r.ForwardHeaders, MaxBody: int64(r.MaxBody),
+			DedupeTTL: r.DedupeTTL, AckStatus: r.AckStatus}))
 	}
 	return p
 }
@@ -677,14 +626,17 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 // headers, TLS files, the URL, retry policy), reporting each problem under the target's key path at,
 // each once.
 func (t *targetConfig) build(at string, p *problems, lease time.Duration) {
-	key, err := t.signingKey()
-	if err != nil {
-		p.add(at+".signing_secret_"+t.secretSource(), "%v", err)
+	var key []byte
+	if raw := p.secret(at, "signing_secret", t.SigningSecretEnv, t.SigningSecretFile); raw != "" {
+		var err error
+		if key, err = relay.ParseSigningSecret(raw); err != nil {
+			p.add(at+"."+secretKey("signing_secret", t.SigningSecretEnv), "the secret is not usable: %v", err)
+		}
 	}
 	rt := relay.Target{
 		Name: t.Name, URL: t.URL, Timeout: t.Timeout, Concurrency: t.Concurrency,
 		RateLimit: t.Rate, RateBurst: t.Burst, SigningKey: key,
-		Retry: t.Retry.policy(),
+		Retry: relay.RetryPolicy(t.Retry),
 	}
 	for i, h := range t.Headers {
 		hat := fmt.Sprintf("%s.headers[%d]", at, i)
@@ -694,12 +646,7 @@ func (t *targetConfig) build(at string, p *problems, lease time.Duration) {
 		}
 		v := h.Value
 		if v == "" {
-			if v, err = readSecret(h.ValueEnv, h.ValueFile); err != nil {
-				key := "value_env"
-				if h.ValueFile != "" {
-					key = "value_file"
-				}
-				p.add(hat+"."+key, "%v", err)
+			if v = p.secret(hat, "value", h.ValueEnv, h.ValueFile); v == "" {
 				continue
 			}
 		}
@@ -737,6 +684,17 @@ func (t *targetConfig) build(at string, p *problems, lease time.Duration) {
 	}
 }
 
+// addErrs adds each error joined in err under at, a relay.FieldError under at.<its field>.
+func (p *problems) addErrs(at string, err error) {
+	for _, err := range unjoin(err) {
+		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
+			p.add(at+"."+fe.Field, "%v", fe.Err)
+		} else {
+			p.add(at, "%v", err)
+		}
+	}
+}
+
 // unjoin lists the errors an errors.Join made; nil for nil.
 func unjoin(err error) []error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -753,13 +711,6 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func (t *targetConfig) secretSource() string {
-	if t.SigningSecretFile != "" {
-		return "file"
-	}
-	return "env"
 }
 
 // redactURL returns s with the password in its user information replaced by xxxxx, or, when s
@@ -860,17 +811,26 @@ func readSecret(env, file string) (string, error) {
 	return "", nil
 }
 
-// signingKey reads the target's secret from its env var or file; nil when it has none.
-func (t *targetConfig) signingKey() ([]byte, error) {
-	raw, err := readSecret(t.SigningSecretEnv, t.SigningSecretFile)
-	if err != nil || raw == "" {
-		return nil, err
+// secret reads the secret that env or file names (readSecret), reporting a problem at
+// at.<key>_env or at.<key>_file, or at at when both are set.
+func (p *problems) secret(at, key, env, file string) string {
+	if env != "" && file != "" {
+		p.add(at, "set %s_env or %s_file, not both", key, key)
 	}
-	key, err := relay.ParseSigningSecret(raw)
+	v, err := readSecret(env, file)
 	if err != nil {
-		return nil, fmt.Errorf("the secret is not usable: %w", err)
+		p.add(at+"."+secretKey(key, env), "%v", err)
 	}
-	return key, nil
+	return v
+}
+
+// secretKey names the key of the secret readSecret reads: <key>_env when an env var is named,
+// else <key>_file.
+func secretKey(key, env string) string {
+	if env != "" {
+		return key + "_env"
+	}
+	return key + "_file"
 }
 
 // buildChecks constructs the route's allowlist, rate limiter and verifier, reporting problems
@@ -934,7 +894,8 @@ func (r *routeConfig) buildChecks(at string, p *problems, log *slog.Logger, rdb 
 	default:
 		r.built.verifier = v.build(at+".verify", log, p)
 	}
-	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure {
+	// Without a provider its defaults are unknown: the route may not be open at all.
+	if r.Verify == nil && len(r.Allowlist)+len(r.AllowlistFiles) == 0 && !r.Insecure && r.built.preset != nil {
 		p.add(at, "accepts webhooks from anyone: add verify (url_token, or the provider's signature scheme), "+
 			"an allowlist, or insecure: true to accept that")
 	}
@@ -1057,9 +1018,7 @@ func (v *verifyConfig) build(at string, log *slog.Logger, p *problems) relay.Ver
 	case "url_token":
 		ver, err = filters.NewURLToken(secrets, v.Query)
 	}
-	for _, err := range unjoin(err) {
-		p.add(at, "%v", err)
-	}
+	p.addErrs(at, err)
 	return ver
 }
 

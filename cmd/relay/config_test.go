@@ -54,7 +54,7 @@ func TestDefaults(t *testing.T) {
 		"store":           c.Store.Type == "embedded" && c.Store.Path == filepath.Join("data", "relay.db"),
 		"timeout":         tg.Timeout == 30*time.Second,
 		"concurrency":     tg.Concurrency == 8,
-		"retry":           tg.Retry.Initial == time.Second && tg.Retry.Multiplier == 2 && tg.Retry.MaxBackoff == 10*time.Minute && tg.Retry.MaxAttempts == 20,
+		"retry":           tg.Retry.Initial == time.Second && tg.Retry.Multiplier == 2 && tg.Retry.Max == 10*time.Minute && tg.Retry.MaxAttempts == 20,
 		"max_body":        rt.MaxBody == 1<<20,
 		"dedupe_ttl":      rt.DedupeTTL == 72*time.Hour,
 		"ack_status":      rt.AckStatus == 202,
@@ -311,6 +311,8 @@ func TestSharedRateLimitAndReadinessOnRedis(t *testing.T) {
 func TestAdminConfig(t *testing.T) {
 	t.Setenv("HOOKRELAY_TEST_ADMIN", "admin-token-0123456789abcdef")
 	t.Setenv("HOOKRELAY_TEST_SHORT", "short")
+	shortFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, shortFile, "short6\n")
 	base := routeYAML("fashn", "    insecure: true\n")
 	for _, tc := range []struct {
 		admin, wantErr string
@@ -321,6 +323,8 @@ func TestAdminConfig(t *testing.T) {
 		{"admin: {listen: '0.0.0.0:9090'}", "admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token_env or admin.token_file"},
 		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_ADMIN}", ""},
 		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_SHORT}", "admin.token_env: the token is 5 characters"},
+		{"admin: {listen: '0.0.0.0:9090', token_file: " + shortFile + "}", "admin.token_file: the token is 6 characters"},
+		{"admin: {listen: '0.0.0.0:9090', token_env: HOOKRELAY_TEST_UNSET}", "admin.token_env: environment variable HOOKRELAY_TEST_UNSET is not set"},
 		{"admin: {listen: nowhere}", "admin.listen:"},
 	} {
 		c, _, err := parseConfig([]byte(tc.admin+"\n"+base), "test.yaml", io.Discard)

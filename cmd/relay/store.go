@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,38 +45,12 @@ type redisTLS struct {
 	ServerName string `yaml:"server_name,omitempty"`
 }
 
-func (r *redisConfig) applyDefaults() {
-	if r.Prefix == "" {
-		r.Prefix = "hookrelay"
-	}
-	if r.PoolSize == 0 {
-		r.PoolSize = 128 // above the concurrent webhooks and deliveries one replica has in flight
-	}
-	if r.DialTimeout == 0 {
-		r.DialTimeout = 2 * time.Second
-	}
-	if r.ReadTimeout == 0 {
-		r.ReadTimeout = 2 * time.Second
-	}
-	if r.WriteTimeout == 0 {
-		r.WriteTimeout = 2 * time.Second
-	}
-	if r.Shards == 0 {
-		r.Shards = 1
-	}
-	if r.ReplicaTimeout == 0 {
-		r.ReplicaTimeout = redisstore.DefaultReplicaTimeout
-	}
-}
-
-// validate reports problems under store.redis and builds the client options.
+// validate reports problems under store.redis and returns the client's options; redisstore
+// checks the settings and applies their defaults, which are kept here to show what serve runs with.
 func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 	const at = "store.redis"
-	// ContextTimeoutEnabled: without it go-redis ignores a context's deadline, and a webhook
-	// would wait out read_timeout (and the retries) rather than the relay's store timeout.
-	opts := &redis.UniversalOptions{DB: r.DB, MasterName: r.MasterName, PoolSize: r.PoolSize,
-		DialTimeout: r.DialTimeout, ReadTimeout: r.ReadTimeout, WriteTimeout: r.WriteTimeout,
-		ContextTimeoutEnabled: true}
+	opts := redis.UniversalOptions{Addrs: r.Addrs, DB: r.DB, MasterName: r.MasterName, PoolSize: r.PoolSize,
+		DialTimeout: r.DialTimeout, ReadTimeout: r.ReadTimeout, WriteTimeout: r.WriteTimeout}
 	switch {
 	case r.URL != "" && len(r.Addrs) > 0:
 		p.add(at, "set url or addrs, not both")
@@ -94,70 +67,35 @@ func (r *redisConfig) validate(p *problems) *redis.UniversalOptions {
 		if u.TLSConfig != nil {
 			r.TLS.Enabled = true
 		}
-	case len(r.Addrs) > 0:
-		opts.Addrs = r.Addrs
-	default:
+	case len(r.Addrs) == 0:
 		p.add(at, "set url (redis://host:6379/0) or addrs ([host:6379, ...])")
-	}
-	for i, a := range opts.Addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			p.add(fmt.Sprintf("%s.addrs[%d]", at, i), "%q is not host:port", a)
-		}
 	}
 	if r.MasterName != "" && r.URL != "" {
 		p.add(at+".master_name", "Sentinel needs addrs (the sentinels), not url")
 	}
-	if r.PoolSize < 1 {
-		p.add(at+".pool_size", "must be at least 1, got %d", r.PoolSize)
-	}
-	// The store's own rules (prefix, shards, replicas), as redisstore.New applies them.
-	for _, err := range unjoin(redisstore.Options{Prefix: r.Prefix, Shards: r.Shards, MinReplicas: r.MinReplicas,
-		ReplicaTimeout: r.ReplicaTimeout}.Check()) {
-		if fe, ok := errors.AsType[*relay.FieldError](err); ok {
-			p.add(at+"."+fe.Field, "%v", fe.Err)
-		} else {
-			p.add(at, "%v", err)
-		}
-	}
-	// The WAIT answers within the pipeline's read: it must end well before read_timeout.
-	if r.MinReplicas > 0 && (r.ReplicaTimeout <= 0 || r.ReplicaTimeout > r.ReadTimeout/2) {
-		p.add(at+".replica_timeout", "must be above 0 and at most half of read_timeout (%v), got %v", r.ReadTimeout, r.ReplicaTimeout)
-	}
 	if r.UsernameEnv != "" {
-		u, err := readSecret(r.UsernameEnv, "")
-		if err != nil {
-			p.add(at+".username_env", "%v", err)
-		}
-		opts.Username = u
+		opts.Username = p.secret(at, "username", r.UsernameEnv, "")
 	}
-	if r.PasswordEnv != "" && r.PasswordFile != "" {
-		p.add(at, "set password_env or password_file, not both")
-	}
-	pw, err := readSecret(r.PasswordEnv, r.PasswordFile)
-	if err != nil {
-		key := "password_env"
-		if r.PasswordFile != "" {
-			key = "password_file"
-		}
-		p.add(at+"."+key, "%v", err)
-	}
-	opts.Password = pw
-	if r.MasterName != "" {
-		opts.SentinelPassword = pw
-	}
+	opts.Password = p.secret(at, "password", r.PasswordEnv, r.PasswordFile)
 	if r.TLS.Enabled {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: r.TLS.ServerName}
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: r.TLS.ServerName}
 		if r.TLS.CAFile != "" {
 			pem, err := os.ReadFile(r.TLS.CAFile)
-			pool := x509.NewCertPool()
-			if err != nil || !pool.AppendCertsFromPEM(pem) {
+			opts.TLSConfig.RootCAs = x509.NewCertPool()
+			if err != nil || !opts.TLSConfig.RootCAs.AppendCertsFromPEM(pem) {
 				p.add(at+".tls.ca_file", "cannot read PEM certificates from %s", r.TLS.CAFile)
 			}
-			tc.RootCAs = pool
 		}
-		opts.TLSConfig = tc
 	}
-	return opts
+	opts, o, err := redisstore.ClientOptions(opts, r.storeOptions())
+	p.addErrs(at, err)
+	r.PoolSize, r.DialTimeout, r.ReadTimeout, r.WriteTimeout = opts.PoolSize, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout
+	r.Prefix, r.Shards, r.ReplicaTimeout = o.Prefix, o.Shards, o.ReplicaTimeout
+	return &opts
+}
+
+func (r *redisConfig) storeOptions() redisstore.Options {
+	return redisstore.Options{Prefix: r.Prefix, Shards: r.Shards, MinReplicas: r.MinReplicas, ReplicaTimeout: r.ReplicaTimeout}
 }
 
 // openStore opens the configured store. The Redis client, when there is one, is shared with the
@@ -166,8 +104,9 @@ func openStore(cfg *fileConfig, log *slog.Logger) (relay.Store, error) {
 	switch cfg.Store.Type {
 	case "redis":
 		rc := cfg.Store.Redis
-		s, err := redisstore.New(cfg.redis, redisstore.Options{Prefix: rc.Prefix, Logger: log,
-			History: *cfg.History.Retention, Shards: rc.Shards, MinReplicas: rc.MinReplicas, ReplicaTimeout: rc.ReplicaTimeout})
+		o := rc.storeOptions()
+		o.Logger, o.History = log, *cfg.History.Retention
+		s, err := redisstore.New(cfg.redis, o)
 		if err != nil {
 			return nil, err
 		}

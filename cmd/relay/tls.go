@@ -46,20 +46,25 @@ type acmeConfig struct {
 	roots *x509.CertPool // read by validate
 }
 
-const defaultACMECA = "https://acme-v02.api.letsencrypt.org/directory"
-
+// applyDefaults fills the section's own defaults (the listener here binds http_listen) and shows
+// the edge's (tlsedge), so that check prints what serve runs with.
 func (t *tlsConfig) applyDefaults() {
 	if t.Mode == "" {
 		t.Mode = "off"
 	}
 	if t.Mode == "acme" {
-		if t.ACME.CA == "" {
-			t.ACME.CA = defaultACMECA
-		}
+		t.ACME.CA = t.edgeConfig().CA
 		if t.ACME.HTTPListen == "" {
 			t.ACME.HTTPListen = ":80"
 		}
 	}
+}
+
+// edgeConfig translates the section, tlsedge's defaults applied; serve adds the bound listeners,
+// the certificate storage and the logger.
+func (t *tlsConfig) edgeConfig() tlsedge.Config {
+	return tlsedge.Config{Mode: t.Mode, CertFile: t.CertFile, KeyFile: t.KeyFile, Domains: t.ACME.Domains,
+		Email: t.ACME.Email, CA: t.ACME.CA, TrustedRoots: t.ACME.roots}.WithDefaults()
 }
 
 // validate reports problems under tls, reading the files it names. listen is the main listener.
@@ -166,7 +171,7 @@ func (a *acmeConfig) validate(p *problems) {
 		}
 	}
 	if u, err := url.Parse(a.CA); err != nil || u.Scheme != "https" || u.Host == "" {
-		p.add("tls.acme.ca", "%q is not an https:// ACME directory URL (default %s)", a.CA, defaultACMECA)
+		p.add("tls.acme.ca", "%q is not an https:// ACME directory URL (default %s)", a.CA, tlsedge.DefaultCA)
 	}
 	if a.TrustedRootsFile != "" {
 		raw, err := os.ReadFile(a.TrustedRootsFile)
@@ -220,26 +225,23 @@ func checkDomain(d string) error {
 // newEdge builds the TLS edge of the tls section; nil when mode is off. listenAddr and httpAddr
 // are the bound main and HTTP-01 listeners ("" when off), where the edge answers challenges.
 func newEdge(cfg *fileConfig, log *slog.Logger, listenAddr, httpAddr string) (*tlsedge.Edge, error) {
-	t := cfg.TLS
-	switch t.Mode {
-	case "files":
-		return tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: t.CertFile, KeyFile: t.KeyFile, Logger: log})
-	case "acme":
-		var storage certmagic.Storage
-		if cfg.redis != nil {
-			s, err := redisstore.NewCertStorage(cfg.redis, redisstore.CertStorageOptions{Prefix: cfg.redisPrefix()})
-			if err != nil {
-				return nil, err
-			}
-			storage = s
-		} else {
-			storage = &certmagic.FileStorage{Path: filepath.Join(cfg.DataDir, "certs")}
-		}
-		return tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeACME, Domains: t.ACME.Domains, Email: t.ACME.Email,
-			CA: t.ACME.CA, TrustedRoots: t.ACME.roots, ListenAddr: listenAddr, HTTPAddr: httpAddr,
-			Storage: storage, Logger: log})
+	if cfg.TLS.Mode == "off" {
+		return nil, nil
 	}
-	return nil, nil
+	ec := cfg.TLS.edgeConfig()
+	ec.Logger, ec.ListenAddr, ec.HTTPAddr = log, listenAddr, httpAddr
+	switch {
+	case ec.Mode != tlsedge.ModeACME:
+	case cfg.redis != nil:
+		s, err := redisstore.NewCertStorage(cfg.redis, redisstore.CertStorageOptions{Prefix: cfg.redisPrefix()})
+		if err != nil {
+			return nil, err
+		}
+		ec.Storage = s
+	default:
+		ec.Storage = &certmagic.FileStorage{Path: filepath.Join(cfg.DataDir, "certs")}
+	}
+	return tlsedge.New(ec)
 }
 
 // edgeReadyChecks feeds the edge's readiness (a certificate is loaded) into /readyz.

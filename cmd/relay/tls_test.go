@@ -47,7 +47,7 @@ func TestTLSConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TLS.ACME.CA != defaultACMECA || c.TLS.ACME.HTTPListen != ":80" {
+	if c.TLS.ACME.CA != "https://acme-v02.api.letsencrypt.org/directory" || c.TLS.ACME.HTTPListen != ":80" {
 		t.Errorf("acme defaults: %+v", c.TLS.ACME)
 	}
 }

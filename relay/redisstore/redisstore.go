@@ -49,6 +49,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -98,12 +99,22 @@ type Options struct {
 	// MinReplicas makes Enqueue wait until that many replicas have its write (Redis WAIT) and
 	// fail with ErrNotReplicated when they do not confirm within ReplicaTimeout (replicas.go).
 	MinReplicas int
-	// ReplicaTimeout bounds that wait; default DefaultReplicaTimeout.
+	// ReplicaTimeout bounds that wait; default 1s.
 	ReplicaTimeout time.Duration
 }
 
-// DefaultReplicaTimeout is Options.ReplicaTimeout when it is zero.
-const DefaultReplicaTimeout = time.Second
+// WithDefaults returns o with the defaults named on its fields set: New applies it, and the
+// configuration layer shows it.
+func (o Options) WithDefaults() Options {
+	if p, err := keyPrefix(o.Prefix); err == nil { // Check reports the error
+		o.Prefix = p
+	}
+	o.Shards, o.ReplicaTimeout = cmp.Or(o.Shards, 1), cmp.Or(o.ReplicaTimeout, time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
 
 // Store is a relay.Store on Redis. It is safe for concurrent use, also by several processes.
 type Store struct {
@@ -124,27 +135,30 @@ type Store struct {
 // Check validates o as New does. Each problem is a relay.FieldError named as the configuration
 // file names the option (prefix, shards, min_replicas, replica_timeout, history), so that the
 // configuration layer reports New's own rules under its key paths.
-func (o Options) Check() error {
+func (o Options) Check() error { return errors.Join(o.check()...) }
+
+func (o Options) check() []error {
 	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, &relay.FieldError{Field: field, Err: fmt.Errorf(format, args...)})
-	}
 	if _, err := keyPrefix(o.Prefix); err != nil {
-		bad("prefix", "%q must not contain braces: the keys have their own hash tag", o.Prefix)
+		errs = append(errs, fieldErr("prefix", "%q must not contain braces: the keys have their own hash tag", o.Prefix))
 	}
 	if o.Shards < 0 || o.Shards > MaxShards {
-		bad("shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", MaxShards, o.Shards)
+		errs = append(errs, fieldErr("shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", MaxShards, o.Shards))
 	}
 	if o.MinReplicas < 0 {
-		bad("min_replicas", "must be 0 (do not wait for replicas) or more, got %d", o.MinReplicas)
+		errs = append(errs, fieldErr("min_replicas", "must be 0 (do not wait for replicas) or more, got %d", o.MinReplicas))
 	}
 	if o.ReplicaTimeout < 0 {
-		bad("replica_timeout", "must not be negative, got %v", o.ReplicaTimeout)
+		errs = append(errs, fieldErr("replica_timeout", "must not be negative, got %v", o.ReplicaTimeout))
 	}
 	if o.History < 0 {
-		bad("history", "must not be negative, got %v", o.History)
+		errs = append(errs, fieldErr("history", "must not be negative, got %v", o.History))
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+func fieldErr(field, format string, args ...any) error {
+	return &relay.FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
 // New returns a store on client, which it owns from now on: Close closes it. New does not
@@ -157,16 +171,8 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	if err := opt.Check(); err != nil {
 		return nil, fmt.Errorf("redisstore: new: %w", err)
 	}
-	prefix, _ := keyPrefix(opt.Prefix)
-	if opt.Shards == 0 {
-		opt.Shards = 1
-	}
-	if opt.ReplicaTimeout == 0 {
-		opt.ReplicaTimeout = DefaultReplicaTimeout
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
+	opt = opt.WithDefaults()
+	prefix := opt.Prefix
 	if cc, ok := client.(*redis.ClusterClient); ok {
 		cc.AddHook(clusterPipes{cc})
 	}

@@ -119,6 +119,30 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
+// ClientOptions fills only zero settings, and names each setting it refuses as the file does.
+func TestClientOptions(t *testing.T) {
+	o, so, err := ClientOptions(redis.UniversalOptions{Addrs: []string{"127.0.0.1:26379"}, MasterName: "m", Password: "pw",
+		ReadTimeout: 5 * time.Second}, Options{MinReplicas: 1})
+	if err != nil || o.PoolSize != 128 || o.DialTimeout != 2*time.Second || o.ReadTimeout != 5*time.Second ||
+		!o.ContextTimeoutEnabled || o.SentinelPassword != "pw" || so.Prefix != "hookrelay" || so.Shards != 1 || so.ReplicaTimeout != time.Second {
+		t.Errorf("defaults: %+v, %+v, %v", o, so, err)
+	}
+	_, _, err = ClientOptions(redis.UniversalOptions{Addrs: []string{"nohost"}, PoolSize: -1},
+		Options{Shards: 5000, MinReplicas: 1, ReplicaTimeout: 1500 * time.Millisecond})
+	want := `shards: must be within 1..1024, got 5000 (1 keeps the layout of earlier releases)
+addrs[0]: "nohost" is not host:port
+pool_size: must be at least 1, got -1
+replica_timeout: must be above 0 and at most half of read_timeout (2s), got 1.5s`
+	if err == nil || err.Error() != want {
+		t.Errorf("got\n%v\nwant\n%s", err, want)
+	}
+	for _, err := range err.(interface{ Unwrap() []error }).Unwrap() {
+		if _, ok := errors.AsType[*relay.FieldError](err); !ok {
+			t.Errorf("%v is not a FieldError", err)
+		}
+	}
+}
+
 // Every key carries the prefix's hash tag: the scripts touch undeclared keys, which is only safe
 // on Cluster when they are all in one slot.
 func TestKeysShareHashTag(t *testing.T) {

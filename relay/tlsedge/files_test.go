@@ -140,3 +140,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// WithDefaults fills only zero fields; the CA is ACME's alone.
+func TestConfigDefaults(t *testing.T) {
+	acme := tlsedge.Config{Mode: tlsedge.ModeACME}.WithDefaults()
+	if acme.CA != "https://acme-v02.api.letsencrypt.org/directory" || acme.ReloadInterval != 2*time.Second || acme.Logger == nil || acme.Now == nil {
+		t.Errorf("acme: %+v", acme)
+	}
+	if c := (tlsedge.Config{Mode: tlsedge.ModeACME, CA: "https://ca.example/dir"}).WithDefaults(); c.CA != "https://ca.example/dir" {
+		t.Errorf("a given CA replaced by %q", c.CA)
+	}
+	if c := (tlsedge.Config{Mode: tlsedge.ModeFiles}).WithDefaults(); c.CA != "" {
+		t.Errorf("files mode got a CA: %q", c.CA)
+	}
+}

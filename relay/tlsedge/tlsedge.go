@@ -41,7 +41,7 @@ type Config struct {
 	// acme
 	Domains      []string
 	Email        string
-	CA           string         // directory URL; default Let's Encrypt production
+	CA           string         // directory URL; default DefaultCA
 	TrustedRoots *x509.CertPool // for the CA's own HTTPS; nil: the system roots
 	// ListenAddr is the main (TLS) listener's address: TLS-ALPN-01 is answered there.
 	ListenAddr string
@@ -52,6 +52,27 @@ type Config struct {
 
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // nil: time.Now
+}
+
+// DefaultCA is the ACME directory of Let's Encrypt's production CA, Config.CA when empty.
+const DefaultCA = certmagic.LetsEncryptProductionCA
+
+// WithDefaults returns cfg with the defaults named on its fields set: New applies it, and the
+// configuration layer shows it.
+func (cfg Config) WithDefaults() Config {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = 2 * time.Second
+	}
+	if cfg.Mode == ModeACME && cfg.CA == "" {
+		cfg.CA = DefaultCA
+	}
+	return cfg
 }
 
 // Edge provides the listener's TLS configuration and its readiness.
@@ -71,15 +92,7 @@ type Edge struct {
 // New checks cfg and builds an Edge. Files mode loads the pair now and fails when it is broken;
 // ACME mode contacts nobody until Start.
 func New(cfg Config) (*Edge, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.ReloadInterval <= 0 {
-		cfg.ReloadInterval = 2 * time.Second
-	}
+	cfg = cfg.WithDefaults()
 	e := &Edge{cfg: cfg, log: cfg.Logger, failed: map[string]string{}}
 	switch cfg.Mode {
 	case ModeFiles:
