@@ -323,8 +323,9 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 			// The dispatcher keeps at most Concurrency requests in flight; a connection being
 			// closed may still count for a moment, so wait for it rather than fail.
 			MaxConnsPerHost: t.Concurrency, MaxConnWaitTimeout: t.Timeout,
-			ReadBufferSize:     64 << 10, // also the largest response header accepted
-			StreamResponseBody: true,     // only the start of an answer is kept
+			MaxIdleConnDuration: 10 * time.Second,
+			ReadBufferSize:      64 << 10, // also the largest response header accepted
+			StreamResponseBody:  true,     // only the start of an answer is kept
 			// A POST is not retried by the client, but once for a keep-alive connection the
 			// target had closed: fasthttp finds that out only by sending on it (net/http's
 			// reader sees it first). The target may get it twice; deliveries are at least once.

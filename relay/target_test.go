@@ -325,3 +325,23 @@ func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
 		t.Errorf("target answered %d requests, want 3", n)
 	}
 }
+
+// An answer longer than what the relay reads (64 KiB), with a 60 KiB header, is still the
+// target's answer: the delivery is acknowledged, and the next one goes out on a new connection.
+func TestTargetLongAnswer(t *testing.T) {
+	long := strings.Repeat("x", 200<<10)
+	rec := newRecorder(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		w.Header().Set("X-Big", strings.Repeat("h", 60<<10))
+		io.WriteString(w, long)
+	})
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
+	for i := range 2 {
+		h.post("/hooks/fashn", []byte(fashnBody(i)))
+		eventually(t, "delivery", func() bool {
+			return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == i+1
+		})
+	}
+	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
+		t.Errorf("%v attempts failed, want 0", n)
+	}
+}
