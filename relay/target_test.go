@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -344,4 +345,37 @@ func TestTargetLongAnswer(t *testing.T) {
 	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
 		t.Errorf("%v attempts failed, want 0", n)
 	}
+}
+
+// A target that does not answer within its timeout fails the attempt with an error that says so,
+// and the connection it held is not reused.
+func TestTargetTimeout(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	rec := newRecorder(t, func(n int, r *http.Request, _ http.ResponseWriter) {
+		if n == 1 {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	})
+	tg := rec.target("app")
+	tg.Timeout = 200 * time.Millisecond
+	tg.Retry.MaxAttempts = 1
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	h.post("/hooks/fashn", []byte(fashnBody(0)))
+	var dead []*relay.Delivery
+	eventually(t, "dead letter", func() bool {
+		dead, _ = h.store.ListDead(context.Background(), relay.DeadFilter{})
+		return len(dead) == 1
+	})
+	if want := "no answer within the timeout of 200ms"; !strings.Contains(dead[0].LastError, want) {
+		t.Errorf("dead letter error %q, want it to say %q", dead[0].LastError, want)
+	}
+	// The next delivery gets an answer on a connection of its own.
+	h.post("/hooks/fashn", []byte(fashnBody(1)))
+	eventually(t, "second delivery", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
+	})
 }
