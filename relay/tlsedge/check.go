@@ -32,15 +32,37 @@ func Check(cfg Config) error {
 			add("mode", "off, but certificates are configured: set mode: files or mode: acme, or remove them")
 		}
 	case ModeFiles:
-		checkFiles(cfg, add)
 		if len(cfg.Domains) > 0 {
 			add("acme", "set, but tls.mode is files; set mode: acme or remove it")
 		}
+		checkFiles(cfg, add)
 	case ModeACME:
 		if cfg.CertFile != "" || cfg.KeyFile != "" {
 			add("cert_file", "set, but tls.mode is acme (certificates come from the CA); remove cert_file and key_file")
 		}
-		checkACME(cfg, add)
+		if len(cfg.Domains) == 0 {
+			add("acme.domains", "mode acme needs at least one domain name, e.g. [hooks.example.com]")
+		}
+		seen := map[string]bool{}
+		for i, d := range cfg.Domains {
+			if err := checkDomain(d); err != nil {
+				add(fmt.Sprintf("acme.domains[%d]", i), "%q %v", d, err)
+			} else if seen[strings.ToLower(d)] {
+				add(fmt.Sprintf("acme.domains[%d]", i), "%q is listed twice", d)
+			}
+			seen[strings.ToLower(d)] = true
+		}
+		if e := cfg.Email; e != "" {
+			if m, err := mail.ParseAddress(e); err != nil || m.Name != "" || m.Address != e || !strings.Contains(e[strings.LastIndex(e, "@")+1:], ".") {
+				add("acme.email", "%q is not an email address like ops@example.com (the CA writes there about expiring certificates)", e)
+			}
+		}
+		if u, err := url.Parse(cfg.CA); err != nil || u.Scheme != "https" || u.Host == "" {
+			add("acme.ca", "%q is not an https:// ACME directory URL (default %s)", cfg.CA, DefaultCA)
+		}
+		if _, err := loadRoots(cfg.TrustedRootsFile); err != nil {
+			add("acme.trusted_roots_file", "%v", err)
+		}
 	default:
 		add("mode", "%q is not off, files or acme", cfg.Mode)
 	}
@@ -81,37 +103,8 @@ func checkFiles(cfg Config, add func(field, format string, args ...any)) {
 	}
 	if _, err := LoadPair(cfg.CertFile, cfg.KeyFile); err != nil {
 		add("key_file", "is not the key of the certificate in tls.cert_file, or does not parse: %v", err)
-		return
-	}
-	if cfg.Now().After(leaf.NotAfter) {
+	} else if cfg.Now().After(leaf.NotAfter) {
 		add("cert_file", "the certificate expired at %s; renew it", leaf.NotAfter.Format(time.RFC3339))
-	}
-}
-
-func checkACME(cfg Config, add func(field, format string, args ...any)) {
-	if len(cfg.Domains) == 0 {
-		add("acme.domains", "mode acme needs at least one domain name, e.g. [hooks.example.com]")
-	}
-	seen := map[string]bool{}
-	for i, d := range cfg.Domains {
-		at := fmt.Sprintf("acme.domains[%d]", i)
-		if err := checkDomain(d); err != nil {
-			add(at, "%q %v", d, err)
-		} else if seen[strings.ToLower(d)] {
-			add(at, "%q is listed twice", d)
-		}
-		seen[strings.ToLower(d)] = true
-	}
-	if e := cfg.Email; e != "" {
-		if m, err := mail.ParseAddress(e); err != nil || m.Name != "" || m.Address != e || !strings.Contains(e[strings.LastIndex(e, "@")+1:], ".") {
-			add("acme.email", "%q is not an email address like ops@example.com (the CA writes there about expiring certificates)", e)
-		}
-	}
-	if u, err := url.Parse(cfg.CA); err != nil || u.Scheme != "https" || u.Host == "" {
-		add("acme.ca", "%q is not an https:// ACME directory URL (default %s)", cfg.CA, DefaultCA)
-	}
-	if _, err := loadRoots(cfg.TrustedRootsFile); err != nil {
-		add("acme.trusted_roots_file", "%v", err)
 	}
 }
 
