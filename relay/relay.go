@@ -326,11 +326,9 @@ func (rt Route) WithDefaults() Route {
 	}
 	rt.AckStatus = cmp.Or(rt.AckStatus, http.StatusAccepted)
 	if v, ok := rt.Verifier.(interface{ ForwardHeaders() []string }); ok {
-		own := rt.ForwardHeaders
-		rt.ForwardHeaders = slices.Clip(own) // the caller's slice is not written to
 		for _, h := range v.ForwardHeaders() {
-			if !containsFold(own, h) {
-				rt.ForwardHeaders = append(rt.ForwardHeaders, h)
+			if !containsFold(rt.ForwardHeaders, h) { // clipped: the caller's array is not written to
+				rt.ForwardHeaders = append(slices.Clip(rt.ForwardHeaders), h)
 			}
 		}
 	}

@@ -615,8 +615,7 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 				r.built.when[rt.Name] = w
 			}
 		}
-		// The verifier's forward headers (GitHub's) follow the file's, so that check shows them
-		// and an index still names the file's entry.
+		// The verifier's forward headers (GitHub's) after the file's: check shows them, indexes stay.
 		r.ForwardHeaders = relay.Route{ForwardHeaders: r.ForwardHeaders, Verifier: r.built.verifier}.WithDefaults().ForwardHeaders
 		p.addErrs(at, relay.CheckRoute(relay.Route{ForwardHeaders: r.ForwardHeaders, MaxBody: int64(r.MaxBody),
 			DedupeTTL: r.DedupeTTL, AckStatus: r.AckStatus}))

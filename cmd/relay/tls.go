@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -74,10 +75,7 @@ func (t *tlsConfig) summary(listen string) string {
 		if err != nil {
 			return "files: " + err.Error()
 		}
-		names := strings.Join(pair.Leaf.DNSNames, ", ")
-		if names == "" {
-			names = pair.Leaf.Subject.CommonName
-		}
+		names := cmp.Or(strings.Join(pair.Leaf.DNSNames, ", "), pair.Leaf.Subject.CommonName)
 		return fmt.Sprintf("files: certificate for %s valid until %s, reloaded when the files change",
 			names, pair.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	case tlsedge.ModeACME:
@@ -112,14 +110,6 @@ func newEdge(cfg *fileConfig, log *slog.Logger, listenAddr, httpAddr string) (*t
 	return tlsedge.New(ec)
 }
 
-// edgeReadyChecks feeds the edge's readiness (a certificate is loaded) into /readyz.
-func edgeReadyChecks(edge *tlsedge.Edge) []func(context.Context) error {
-	if edge == nil {
-		return nil
-	}
-	return []func(context.Context) error{edge.Ready}
-}
-
 // listenHTTP01 binds tls.acme.http_listen when ACME uses it; nil otherwise.
 func listenHTTP01(cfg *fileConfig) (net.Listener, error) {
 	if cfg.TLS.Mode != "acme" || cfg.TLS.ACME.HTTPListen == "off" {
@@ -147,10 +137,7 @@ func serveEdge(ctx context.Context, edge *tlsedge.Edge, cfg *fileConfig, ln, hln
 				log.Error("tls: the HTTP-01 listener failed", "error", err)
 			}
 		}()
-		go func() {
-			<-ctx.Done()
-			_ = srv.Close()
-		}()
+		context.AfterFunc(ctx, func() { _ = srv.Close() })
 		log.Info("tls: HTTP-01 and redirect listening", "addr", hln.Addr().String())
 	}
 	if err := edge.Start(ctx); err != nil {

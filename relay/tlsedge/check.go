@@ -117,11 +117,10 @@ func loadRoots(file string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(raw) {
-		return nil, fmt.Errorf("%s holds no PEM certificates", file)
+	if pool := x509.NewCertPool(); pool.AppendCertsFromPEM(raw) {
+		return pool, nil
 	}
-	return pool, nil
+	return nil, fmt.Errorf("%s holds no PEM certificates", file)
 }
 
 // checkDomain accepts a DNS name a public CA can validate by HTTP-01 or TLS-ALPN-01: no IP

@@ -4,6 +4,7 @@
 package tlsedge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -39,11 +40,10 @@ type Config struct {
 	ReloadInterval time.Duration
 
 	// acme
-	Domains []string
-	Email   string
-	CA      string // directory URL; default DefaultCA
-	// TrustedRootsFile holds PEM roots for the CA's own HTTPS; empty: the system roots.
-	TrustedRootsFile string
+	Domains          []string
+	Email            string
+	CA               string // directory URL; default DefaultCA
+	TrustedRootsFile string // PEM roots for the CA's own HTTPS; empty: the system roots
 	// ListenAddr is the main (TLS) listener's address: TLS-ALPN-01 is answered there.
 	ListenAddr string
 	// HTTPAddr is the port-80 listener's address for HTTP-01; empty disables HTTP-01.
@@ -70,9 +70,7 @@ func (cfg Config) WithDefaults() Config {
 	if cfg.ReloadInterval <= 0 {
 		cfg.ReloadInterval = 2 * time.Second
 	}
-	if cfg.Mode == "" {
-		cfg.Mode = ModeOff
-	}
+	cfg.Mode = cmp.Or(cfg.Mode, ModeOff)
 	if cfg.Mode == ModeACME && cfg.CA == "" {
 		cfg.CA = DefaultCA
 	}
@@ -227,10 +225,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	if err := e.magic.ManageAsync(ctx, e.cfg.Domains); err != nil {
 		return fmt.Errorf("tlsedge: manage certificates: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		e.cache.Stop()
-	}()
+	context.AfterFunc(ctx, e.cache.Stop)
 	e.log.Info("tls: managing certificates", "domains", e.cfg.Domains, "ca", e.issuer.CA,
 		"http_01", !e.issuer.DisableHTTPChallenge, "tls_alpn_01", true)
 	return nil

@@ -36,8 +36,7 @@ import (
 type CA struct {
 	// Directory is the ACME directory URL.
 	Directory string
-	// ServerRootsFile holds, as PEM, the roots of the CA's own HTTPS endpoint (the ACME client
-	// needs them).
+	// ServerRootsFile holds the roots of the CA's own HTTPS endpoint as PEM, for the ACME client.
 	ServerRootsFile string
 	// IssuerRoots trusts the certificates the CA issues.
 	IssuerRoots *x509.CertPool
