@@ -27,5 +27,9 @@ func NewGitHub(secrets []string) (*GitHub, error) {
 	return &GitHub{h: h}, nil
 }
 
+// ForwardHeaders are the headers a GitHub route passes to its targets beside its own
+// (relay.Route.WithDefaults): the event type, which the body does not carry, and the delivery ID.
+func (g *GitHub) ForwardHeaders() []string { return []string{"X-GitHub-Event", "X-GitHub-Delivery"} }
+
 // Verify checks X-Hub-Signature-256 against every secret.
 func (g *GitHub) Verify(r *http.Request, body []byte) error { return g.h.Verify(r, body) }

@@ -1,10 +1,12 @@
 package filters_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hookrelay/hookrelay/filters"
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // GitHub's published test vector (docs/DESIGN.md section 5, from GitHub's "Validating webhook
@@ -67,5 +69,26 @@ func TestNewGitHubErrors(t *testing.T) {
 		if v, err := filters.NewGitHub(tt.secrets); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("NewGitHub(%q) = %v, %v; want error containing %q", tt.secrets, v, err, tt.want)
 		}
+	}
+}
+
+// A GitHub route forwards the event and delivery headers beside its own, each once, and the
+// route's own slice is not written to.
+func TestGitHubForwardHeaders(t *testing.T) {
+	g, err := filters.NewGitHub([]string{ghVecSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := make([]string, 2, 8) // room to append into, which WithDefaults must not use
+	copy(own, []string{"X-Request-Id", "x-github-event"})
+	got := relay.Route{Verifier: g, ForwardHeaders: own}.WithDefaults().ForwardHeaders
+	if want := []string{"X-Request-Id", "x-github-event", "X-GitHub-Delivery"}; !slices.Equal(got, want) {
+		t.Errorf("ForwardHeaders = %q, want %q", got, want)
+	}
+	if own[:3][2] != "" {
+		t.Errorf("the route's own slice was written to: %q", own[:3])
+	}
+	if got := (relay.Route{Verifier: g}).WithDefaults().ForwardHeaders; !slices.Equal(got, []string{"X-GitHub-Event", "X-GitHub-Delivery"}) {
+		t.Errorf("with none of its own: %q", got)
 	}
 }

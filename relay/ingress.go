@@ -45,8 +45,8 @@ type Route struct {
 	VerifiedGuards []Guard
 	// TokenInPath routes Path/<token> here too; the segment is secret, so it is never logged.
 	TokenInPath bool
-	// ForwardHeaders names the sender's headers passed to targets unchanged (a GitHub event type,
-	// a signature the service checks itself). Stored with the message.
+	// ForwardHeaders names the sender's headers passed to targets unchanged (a signature the
+	// service checks itself; WithDefaults adds the Verifier's, GitHub's event). Stored with the message.
 	ForwardHeaders []string
 	// When filters per target: a target named here gets only the webhooks its Matcher accepts;
 	// the others get every webhook. A webhook no target wants is acknowledged but not stored.

@@ -317,14 +317,21 @@ func (t Target) WithDefaults() Target {
 }
 
 // WithDefaults returns rt with a zero MaxBody (1 MiB), DedupeTTL (72h) and AckStatus (its
-// Extractor's, when that names one, else 202) set: New applies it, and the configuration layer
-// shows it.
+// Extractor's, when that names one, else 202) set, and the forward headers its Verifier names
+// (GitHub's event) added after its own: New applies it, and the configuration layer shows it.
 func (rt Route) WithDefaults() Route {
 	rt.MaxBody, rt.DedupeTTL = cmp.Or(rt.MaxBody, 1<<20), cmp.Or(rt.DedupeTTL, 72*time.Hour)
 	if a, ok := rt.Extractor.(interface{ AckStatus() int }); ok && rt.AckStatus == 0 {
 		rt.AckStatus = a.AckStatus() // a provider's doc may ask for 200
 	}
 	rt.AckStatus = cmp.Or(rt.AckStatus, http.StatusAccepted)
+	if v, ok := rt.Verifier.(interface{ ForwardHeaders() []string }); ok {
+		for _, h := range v.ForwardHeaders() {
+			if !containsFold(rt.ForwardHeaders, h) { // clipped: the caller's array is not written to
+				rt.ForwardHeaders = append(slices.Clip(rt.ForwardHeaders), h)
+			}
+		}
+	}
 	return rt
 }
 

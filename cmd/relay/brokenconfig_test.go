@@ -254,6 +254,41 @@ relay.yaml:14: routes[0].allowlist[1]: allowlist entry "300.1.2.3" is not an IP 
 `),
 			`relay.yaml: 1 problem:
 relay.yaml:17: history.retention: must be 0 (history off) or positive, got -1h0m0s`},
+		{`unknown tls mode`, appendTo(`tls: {mode: on}
+`),
+			`relay.yaml: 1 problem:
+relay.yaml:17: tls.mode: "on" is not off, files or acme`},
+		{`tls certificate without its key`, appendTo(`tls:
+  mode: files
+  cert_file: edge.crt
+`),
+			`relay.yaml: 1 problem:
+relay.yaml:17: tls.key_file: mode files needs the private key's PEM file`},
+		{`tls files unreadable`, appendTo(`tls:
+  mode: files
+  cert_file: missing.crt
+  key_file: missing.key
+`),
+			`relay.yaml: 2 problems:
+relay.yaml:19: tls.cert_file: cannot read: open missing.crt: no such file or directory
+relay.yaml:20: tls.key_file: cannot read: open missing.key: no such file or directory`},
+		{`acme domain with an underscore`, appendTo(`tls:
+  mode: acme
+  acme:
+    domains: [hooks.example.com, hooks_example.com]
+`),
+			`relay.yaml: 1 problem:
+relay.yaml:20: tls.acme.domains[1]: "hooks_example.com" has a character '_' not allowed in a domain name (use the punycode xn-- form)`},
+		{`acme email and CA not usable`, appendTo(`tls:
+  mode: acme
+  acme:
+    domains: [hooks.example.com]
+    email: ops@example
+    ca: http://ca.example.com/directory
+`),
+			`relay.yaml: 2 problems:
+relay.yaml:21: tls.acme.email: "ops@example" is not an email address like ops@example.com (the CA writes there about expiring certificates)
+relay.yaml:22: tls.acme.ca: "http://ca.example.com/directory" is not an https:// ACME directory URL (default https://acme-v02.api.letsencrypt.org/directory)`},
 		{`unknown status in a filter`, edit(`    targets: [app]`, `    targets:
       - name: app
         when: {status: [done]}`),

@@ -165,8 +165,8 @@ type routeConfig struct {
 	RequireJobID bool           `yaml:"require_job_id"`
 	AckStatus    int            `yaml:"ack_status"`
 	Generic      *genericConfig `yaml:"generic,omitempty"`
-	// ForwardHeaders names sender headers passed to the targets unchanged, beside the defaults of
-	// the route's verify type (GitHub: X-GitHub-Event, X-GitHub-Delivery).
+	// ForwardHeaders names sender headers passed to the targets unchanged; the verifier's own
+	// (GitHub: X-GitHub-Event, X-GitHub-Delivery) are added after them (relay.Route.WithDefaults).
 	ForwardHeaders []string `yaml:"forward_headers,omitempty"`
 
 	Allowlist      []string      `yaml:"allowlist"`
@@ -615,7 +615,8 @@ func (c *fileConfig) validate(log *slog.Logger, prev *fileConfig) problems {
 				r.built.when[rt.Name] = w
 			}
 		}
-		// The file's own forward_headers, so that an index names its entry; the defaults are valid.
+		// The verifier's forward headers (GitHub's) after the file's: check shows them, indexes stay.
+		r.ForwardHeaders = relay.Route{ForwardHeaders: r.ForwardHeaders, Verifier: r.built.verifier}.WithDefaults().ForwardHeaders
 		p.addErrs(at, relay.CheckRoute(relay.Route{ForwardHeaders: r.ForwardHeaders, MaxBody: int64(r.MaxBody),
 			DedupeTTL: r.DedupeTTL, AckStatus: r.AckStatus}))
 	}
@@ -1022,25 +1023,6 @@ func (v *verifyConfig) build(at string, log *slog.Logger, p *problems) relay.Ver
 	return ver
 }
 
-// defaultForwardHeaders are the sender headers a verify type passes on unless the route names
-// them itself: for GitHub the header is the event.
-var defaultForwardHeaders = map[string][]string{"github": {"X-GitHub-Event", "X-GitHub-Delivery"}}
-
-// forwardHeaders is the route's forward_headers after the defaults of its verify type; a default
-// that the file names again is kept once.
-func (r *routeConfig) forwardHeaders() []string {
-	var out []string
-	if r.Verify != nil {
-		out = append(out, defaultForwardHeaders[r.Verify.Type]...)
-	}
-	for _, h := range r.ForwardHeaders {
-		if !slices.ContainsFunc(out, func(d string) bool { return strings.EqualFold(d, h) }) {
-			out = append(out, h)
-		}
-	}
-	return out
-}
-
 // relayConfig turns the validated file config into the engine's, without what only serve has
 // (store, logger, metrics, readiness checks): serve completes it, check validates it as it is.
 func (c *fileConfig) relayConfig() relay.Config {
@@ -1059,7 +1041,7 @@ func (c *fileConfig) relayConfig() relay.Config {
 			MaxBody: int64(r.MaxBody), DedupeTTL: r.DedupeTTL, RequireJobID: r.RequireJobID, AckStatus: r.AckStatus,
 			Guards: r.built.guards, Verifier: r.built.verifier, VerifiedGuards: r.built.verifiedGuards,
 			TokenInPath:    r.Verify != nil && r.Verify.Type == "url_token" && r.Verify.Query == "",
-			ForwardHeaders: r.forwardHeaders(),
+			ForwardHeaders: r.ForwardHeaders,
 		})
 	}
 	return rc

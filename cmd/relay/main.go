@@ -174,7 +174,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	reg := newRegistry(edge)
 	rc := cfg.relayConfig()
-	rc.Store, rc.Logger, rc.Metrics, rc.ReadyChecks = store, log, reg, edgeReadyChecks(edge)
+	rc.Store, rc.Logger, rc.Metrics = store, log, reg
+	if edge != nil { // ready once a certificate is loaded
+		rc.ReadyChecks = []func(context.Context) error{edge.Ready}
+	}
 	r, err := relay.New(rc)
 	if err != nil {
 		return err

@@ -484,8 +484,25 @@ func TestForwardHeadersConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Authorization named explicitly: %v", err)
 	}
-	if got := c.Routes[0].forwardHeaders(); !slices.Equal(got, []string{"Authorization", "X-GitHub-Event"}) {
+	if got := c.Routes[0].ForwardHeaders; !slices.Equal(got, []string{"Authorization", "X-GitHub-Event"}) {
 		t.Errorf("forward headers %q", got)
+	}
+	// A GitHub route's verifier adds its headers after the file's (once), and check prints them.
+	t.Setenv("HOOKRELAY_T_GITHUB", "github-secret-gh-9876543210zyx")
+	path := filepath.Join(t.TempDir(), "relay.yaml")
+	writeFile(t, path, minimal+`  - name: gh
+    path: /hooks/gh
+    provider: fashn
+    targets: [app]
+    verify: {type: github, secrets_env: [HOOKRELAY_T_GITHUB]}
+    forward_headers: [X-Request-Id, x-github-event]
+`)
+	var out strings.Builder
+	if err := cmdCheck([]string{"-config", path}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if want := "forward_headers:\n      - X-Request-Id\n      - x-github-event\n      - X-GitHub-Delivery\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("relay check does not show the effective forward headers %q:\n%s", want, out.String())
 	}
 }
 

@@ -59,7 +59,7 @@ func startEdge(t *testing.T, ca *acmetest.CA, withHTTP bool, storage certmagic.S
 	}
 	// The name in upper case: the edge normalises it as certmagic does.
 	cfg := tlsedge.Config{Mode: tlsedge.ModeACME, Domains: []string{strings.ToUpper(domain)}, Email: "ops@relay.test",
-		CA: ca.Directory, TrustedRoots: ca.ServerRoots, ListenAddr: ln.Addr().String(),
+		CA: ca.Directory, TrustedRootsFile: ca.ServerRootsFile, ListenAddr: ln.Addr().String(),
 		Storage: storage, Logger: log}
 	var hln net.Listener
 	if withHTTP {

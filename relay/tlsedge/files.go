@@ -3,7 +3,6 @@ package tlsedge
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -38,9 +37,6 @@ func LoadPair(certFile, keyFile string) (*tls.Certificate, error) {
 }
 
 func newFilePair(certFile, keyFile string, log *slog.Logger) (*filePair, error) {
-	if certFile == "" || keyFile == "" {
-		return nil, errors.New("tlsedge: files mode needs a certificate file and a key file")
-	}
 	pair, err := filewatch.New(func() (*tls.Certificate, error) { return LoadPair(certFile, keyFile) }, certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tlsedge: %w", err)

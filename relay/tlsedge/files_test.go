@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+
+	"github.com/hookrelay/hookrelay/relay"
 	"github.com/hookrelay/hookrelay/relay/tlsedge"
 	"github.com/hookrelay/hookrelay/relay/tlsedge/acmetest"
 )
@@ -121,12 +125,87 @@ func TestFilesNewRefusesBrokenPair(t *testing.T) {
 	}
 	expired, key := acmetest.SelfSigned(t, time.Now().Add(-time.Minute), "a.relay.test")
 	writePair(t, certFile, keyFile, expired, key)
-	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile})
+	if _, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile}); err == nil ||
+		!strings.Contains(err.Error(), "cert_file: the certificate expired at") {
+		t.Errorf("New with an expired certificate = %v", err)
+	}
+	// A certificate that expires while the edge runs makes it unready.
+	now := time.Now()
+	cert, key = acmetest.SelfSigned(t, now.Add(time.Minute), "a.relay.test")
+	writePair(t, certFile, keyFile, cert, key)
+	edge, err := tlsedge.New(tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := edge.Ready(context.Background()); err != nil {
+		t.Errorf("Ready before expiry = %v", err)
+	}
+	now = now.Add(2 * time.Minute)
 	if err := edge.Ready(context.Background()); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("Ready with an expired certificate = %v", err)
+	}
+}
+
+// Check names each problem's field as the tls section spells it, and New refuses what Check
+// refuses.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	cert, key := acmetest.SelfSigned(t, time.Now().Add(time.Hour), "a.relay.test")
+	writePair(t, certFile, keyFile, cert, key)
+	acme := func(c tlsedge.Config) tlsedge.Config {
+		c.Mode, c.ListenAddr, c.Storage = tlsedge.ModeACME, "127.0.0.1:0", &certmagic.FileStorage{Path: dir}
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  tlsedge.Config
+		want []string // "field: message start", in order
+	}{
+		{"unknown mode", tlsedge.Config{Mode: "on"}, []string{`mode: "on" is not off, files or acme`}},
+		{"off with a certificate", tlsedge.Config{CertFile: certFile}, []string{"mode: off, but certificates are configured"}},
+		{"cert without key", tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile}, []string{"key_file: mode files needs the private key's PEM file"}},
+		{"cert unreadable", tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: filepath.Join(dir, "none.pem"), KeyFile: keyFile},
+			[]string{"cert_file: cannot read: open " + filepath.Join(dir, "none.pem")}},
+		{"files with domains", tlsedge.Config{Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile, Domains: []string{"a.example.com"}},
+			[]string{"acme: set, but tls.mode is files"}},
+		{"acme with a certificate", acme(tlsedge.Config{CertFile: certFile, Domains: []string{"a.example.com"}}),
+			[]string{"cert_file: set, but tls.mode is acme"}},
+		{"acme, every field wrong", acme(tlsedge.Config{Domains: []string{"a.example.com", "A.example.com", "10.0.0.1"}, Email: "ops",
+			CA: "http://ca.example.com/dir", TrustedRootsFile: certFile + ".missing"}),
+			[]string{`acme.domains[1]: "A.example.com" is listed twice`, `acme.domains[2]: "10.0.0.1" is an IP address`,
+				`acme.email: "ops" is not an email address`, `acme.ca: "http://ca.example.com/dir" is not an https://`,
+				"acme.trusted_roots_file: cannot read: open " + certFile + ".missing"}},
+		{"acme without domains", acme(tlsedge.Config{}), []string{"acme.domains: mode acme needs at least one domain name"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tlsedge.Check(tc.cfg)
+			var got []string
+			for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+				fe, ok := errors.AsType[*relay.FieldError](e)
+				if !ok {
+					t.Fatalf("%v is not a relay.FieldError", e)
+				}
+				got = append(got, fe.Error())
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("Check = %q, want %q", got, tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.HasPrefix(got[i], w) {
+					t.Errorf("problem %d = %q, want it to start %q", i, got[i], w)
+				}
+			}
+			if _, nerr := tlsedge.New(tc.cfg); nerr == nil || !strings.Contains(nerr.Error(), got[0]) {
+				t.Errorf("New = %v, want %q", nerr, got[0])
+			}
+		})
+	}
+	for _, c := range []tlsedge.Config{{}, {Mode: tlsedge.ModeFiles, CertFile: certFile, KeyFile: keyFile},
+		acme(tlsedge.Config{Domains: []string{"hooks.example.com"}, Email: "ops@example.com"})} {
+		if err := tlsedge.Check(c); err != nil {
+			t.Errorf("Check(%+v) = %v", c, err)
+		}
 	}
 }
 

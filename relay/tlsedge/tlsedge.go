@@ -4,9 +4,9 @@
 package tlsedge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,13 +25,14 @@ import (
 
 // Modes.
 const (
+	ModeOff   = "off" // no edge: New refuses it, Check accepts it without certificate settings
 	ModeFiles = "files"
 	ModeACME  = "acme"
 )
 
 // Config configures an Edge.
 type Config struct {
-	Mode string // ModeFiles or ModeACME
+	Mode string // ModeOff (default), ModeFiles or ModeACME
 
 	// files
 	CertFile, KeyFile string
@@ -39,10 +40,10 @@ type Config struct {
 	ReloadInterval time.Duration
 
 	// acme
-	Domains      []string
-	Email        string
-	CA           string         // directory URL; default DefaultCA
-	TrustedRoots *x509.CertPool // for the CA's own HTTPS; nil: the system roots
+	Domains          []string
+	Email            string
+	CA               string // directory URL; default DefaultCA
+	TrustedRootsFile string // PEM roots for the CA's own HTTPS; empty: the system roots
 	// ListenAddr is the main (TLS) listener's address: TLS-ALPN-01 is answered there.
 	ListenAddr string
 	// HTTPAddr is the port-80 listener's address for HTTP-01; empty disables HTTP-01.
@@ -69,6 +70,7 @@ func (cfg Config) WithDefaults() Config {
 	if cfg.ReloadInterval <= 0 {
 		cfg.ReloadInterval = 2 * time.Second
 	}
+	cfg.Mode = cmp.Or(cfg.Mode, ModeOff)
 	if cfg.Mode == ModeACME && cfg.CA == "" {
 		cfg.CA = DefaultCA
 	}
@@ -89,10 +91,13 @@ type Edge struct {
 	failed map[string]string // domain -> last obtain error, until a certificate arrives
 }
 
-// New checks cfg and builds an Edge. Files mode loads the pair now and fails when it is broken;
-// ACME mode contacts nobody until Start.
+// New checks cfg as Check does and builds an Edge. Files mode loads the pair now; ACME mode
+// contacts nobody until Start.
 func New(cfg Config) (*Edge, error) {
 	cfg = cfg.WithDefaults()
+	if err := Check(cfg); err != nil {
+		return nil, fmt.Errorf("tlsedge: %w", err)
+	}
 	e := &Edge{cfg: cfg, log: cfg.Logger, failed: map[string]string{}}
 	switch cfg.Mode {
 	case ModeFiles:
@@ -106,7 +111,7 @@ func New(cfg Config) (*Edge, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("tlsedge: mode %q is not %s or %s", cfg.Mode, ModeFiles, ModeACME)
+		return nil, errors.New("tlsedge: mode off builds no edge")
 	}
 	return e, nil
 }
@@ -126,9 +131,6 @@ func portOf(addr string) (string, int, error) {
 func (e *Edge) setupACME() error {
 	e.cfg.Domains = slices.Clone(e.cfg.Domains)
 	c := e.cfg
-	if len(c.Domains) == 0 {
-		return errors.New("tlsedge: acme needs at least one domain")
-	}
 	// certmagic keys its cache by the normalised name; Ready and NotAfter look names up there.
 	for i, d := range c.Domains {
 		c.Domains[i] = strings.ToLower(strings.TrimSuffix(d, "."))
@@ -139,6 +141,10 @@ func (e *Edge) setupACME() error {
 	host, tlsPort, err := portOf(c.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("tlsedge: listen address: %w", err)
+	}
+	roots, err := loadRoots(c.TrustedRootsFile)
+	if err != nil {
+		return fmt.Errorf("tlsedge: trusted roots: %w", err)
 	}
 	zl := zapToSlog(e.log)
 	// The cache calls back for the config of each certificate; there is one config.
@@ -154,7 +160,7 @@ func (e *Edge) setupACME() error {
 		OCSP:              certmagic.OCSPConfig{DisableStapling: true}, // the big CAs dropped OCSP
 	})
 	iss := certmagic.ACMEIssuer{
-		CA: c.CA, Email: c.Email, Agreed: true, TrustedRoots: c.TrustedRoots, Logger: zl,
+		CA: c.CA, Email: c.Email, Agreed: true, TrustedRoots: roots, Logger: zl,
 		// The solvers "listen" on these; finding our own listeners there (the port taken), they
 		// leave the answering to them: HTTP-01 to HTTPHandler, TLS-ALPN-01 to GetCertificate.
 		ListenHost: host, AltTLSALPNPort: tlsPort,
@@ -219,10 +225,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	if err := e.magic.ManageAsync(ctx, e.cfg.Domains); err != nil {
 		return fmt.Errorf("tlsedge: manage certificates: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		e.cache.Stop()
-	}()
+	context.AfterFunc(ctx, e.cache.Stop)
 	e.log.Info("tls: managing certificates", "domains", e.cfg.Domains, "ca", e.issuer.CA,
 		"http_01", !e.issuer.DisableHTTPChallenge, "tls_alpn_01", true)
 	return nil

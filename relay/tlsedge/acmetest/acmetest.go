@@ -36,9 +36,7 @@ import (
 type CA struct {
 	// Directory is the ACME directory URL.
 	Directory string
-	// ServerRoots trusts the CA's own HTTPS endpoint (the ACME client needs it); ServerRootsFile
-	// holds the same as PEM.
-	ServerRoots     *x509.CertPool
+	// ServerRootsFile holds the roots of the CA's own HTTPS endpoint as PEM, for the ACME client.
 	ServerRootsFile string
 	// IssuerRoots trusts the certificates the CA issues.
 	IssuerRoots *x509.CertPool
@@ -106,8 +104,6 @@ func Start(t testing.TB, opt Options) *CA {
 	t.Cleanup(srv.Close)
 
 	c.Directory = srv.URL + wfe.DirectoryPath
-	c.ServerRoots = x509.NewCertPool()
-	c.ServerRoots.AddCert(srv.Certificate())
 	c.ServerRootsFile = filepath.Join(t.TempDir(), "acme-server-roots.pem")
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	if err := os.WriteFile(c.ServerRootsFile, pemBytes, 0o600); err != nil {
