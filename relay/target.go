@@ -311,7 +311,7 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 		if err != nil {
 			return nil, err
 		}
-		return c.conns.add(conn), nil
+		return c.conns.add(conn)
 	}
 	var cfg TargetTLS
 	if t.TLS != nil {
@@ -391,26 +391,34 @@ func (c *targetClient) closeIdle() { c.client().CloseIdleConnections() }
 // grace period): fasthttp takes no context.
 func (c *targetClient) abort() { c.conns.closeAll() }
 
-// connSet tracks a client's open connections, so that abort can close them.
+// connSet tracks a client's open connections, so that abort can close them. Once aborted it
+// refuses new ones, so that a request cut short is not sent again on a fresh connection.
 type connSet struct {
-	mu sync.Mutex
-	m  map[*trackedConn]struct{}
+	mu      sync.Mutex
+	m       map[*trackedConn]struct{}
+	aborted bool
 }
+
+var errAborted = errors.New("the relay is shutting down")
 
 type trackedConn struct {
 	net.Conn
 	set *connSet
 }
 
-func (s *connSet) add(conn net.Conn) net.Conn {
+func (s *connSet) add(conn net.Conn) (net.Conn, error) {
 	tc := &trackedConn{Conn: conn, set: s}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aborted {
+		conn.Close()
+		return nil, errAborted
+	}
 	if s.m == nil {
 		s.m = map[*trackedConn]struct{}{}
 	}
 	s.m[tc] = struct{}{}
-	s.mu.Unlock()
-	return tc
+	return tc, nil
 }
 
 func (c *trackedConn) Close() error {
@@ -422,6 +430,7 @@ func (c *trackedConn) Close() error {
 
 func (s *connSet) closeAll() {
 	s.mu.Lock()
+	s.aborted = true
 	conns := make([]net.Conn, 0, len(s.m))
 	for c := range s.m {
 		conns = append(conns, c.Conn)
