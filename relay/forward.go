@@ -61,6 +61,7 @@ func (f *forwarder) forward(ctx context.Context, c *targetClient, t *Target, d *
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI(t.endpoint.url)
 	req.Header.SetMethod(http.MethodPost)
+	req.Header.SetNoDefaultContentType(true) // as net/http: none unless the sender sent one
 	req.SetBodyRaw(d.Message.Body)
 	m := &d.Message
 	h := &req.Header
@@ -99,17 +100,26 @@ func (f *forwarder) forward(ctx context.Context, c *targetClient, t *Target, d *
 	}
 
 	if err := c.client().DoDeadline(req, resp, deadline); err != nil {
-		if errors.Is(err, fasthttp.ErrTimeout) {
+		switch {
+		case errors.Is(err, fasthttp.ErrTimeout):
 			err = fmt.Errorf("no answer within the timeout of %v", t.Timeout)
+		case errors.Is(err, fasthttp.ErrConnectionClosed):
+			// fasthttp's own text advises the server's author; say what the operator sees.
+			err = errors.New("the target closed the connection without answering (with TLS, this is also how a refused client certificate shows)")
 		}
-		return attemptResult{err: fmt.Errorf("POST %s: %w", t.URL, err)}
+		return attemptResult{err: fmt.Errorf("POST %s: %w", t.endpoint.shown, err)}
 	}
 	// Read the start of the answer for history and the dead-letter record, and drain a little
 	// more so the connection can be reused (closing a stream not read to its end closes it).
-	body := resp.BodyStream()
-	snippet, _ := io.ReadAll(io.LimitReader(body, MaxAttemptResponse))
-	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
-	_ = resp.CloseBodyStream()
+	// An answer without a body (204, 304) has no stream.
+	var snippet []byte
+	if body := resp.BodyStream(); body != nil {
+		snippet, _ = io.ReadAll(io.LimitReader(body, MaxAttemptResponse))
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+		_ = resp.CloseBodyStream()
+	} else {
+		snippet = append(snippet, resp.Body()[:min(len(resp.Body()), MaxAttemptResponse)]...)
+	}
 	code := resp.StatusCode()
 	res := attemptResult{status: code, response: snippet}
 	if code >= 200 && code < 300 {

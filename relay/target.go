@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -106,7 +105,8 @@ func CheckTarget(t Target, lease time.Duration) error {
 // endpoint is where a target's requests go: the URL to request and, for a unix socket target,
 // the socket to dial instead of the URL's host.
 type endpoint struct {
-	url    string
+	url    string // escaped, as sent
+	shown  string // url without a password, for errors and logs
 	socket string
 }
 
@@ -129,13 +129,13 @@ func parseEndpoint(raw string) (endpoint, error) {
 		if err != nil || !strings.HasPrefix(path, "/") || u.Host != "localhost" {
 			return endpoint{}, fmt.Errorf("%q: the HTTP path after the socket must start with /, e.g. unix:///run/app.sock:/hooks", raw)
 		}
-		return endpoint{url: u.String(), socket: socket}, nil
+		return endpoint{url: u.String(), shown: raw, socket: socket}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return endpoint{}, fmt.Errorf("%q is not an absolute http:// or https:// URL, nor unix:///path/to.sock:/path", raw)
 	}
-	return endpoint{url: raw}, nil
+	return endpoint{url: u.String(), shown: u.Redacted()}, nil
 }
 
 // Headers the relay sets itself, or that describe the connection rather than the message: a
@@ -305,8 +305,12 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 		if sock != "" {
 			addr = sock
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
+		ctx := context.Background()
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
 		conn, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
@@ -326,11 +330,10 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 			MaxIdleConnDuration: 10 * time.Second,
 			ReadBufferSize:      64 << 10, // also the largest response header accepted
 			StreamResponseBody:  true,     // only the start of an answer is kept
-			// A POST is not retried by the client, but once for a keep-alive connection the
-			// target had closed: fasthttp finds that out only by sending on it (net/http's
-			// reader sees it first). The target may get it twice; deliveries are at least once.
+			// A POST is sent again only when nothing of it was written: on a keep-alive
+			// connection the target closed while it was idle (trackedConn.Write).
 			RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-				return false, attempts == 1 && staleConn(err)
+				return false, attempts == 1 && errors.Is(err, errStaleIdle)
 			},
 			NoDefaultUserAgentHeader: true, DisablePathNormalizing: true,
 		}
@@ -378,12 +381,6 @@ func (c *targetClient) client() *fasthttp.Client {
 	return c.files.Get()
 }
 
-// staleConn reports whether err is how a keep-alive connection the other end closed fails.
-func staleConn(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
 // closeIdle closes the connections no request is using.
 func (c *targetClient) closeIdle() { c.client().CloseIdleConnections() }
 
@@ -403,7 +400,55 @@ var errAborted = errors.New("the relay is shutting down")
 
 type trackedConn struct {
 	net.Conn
-	set *connSet
+	set      *connSet
+	answered bool // a response was read since the last request was written
+}
+
+// errStaleIdle is a keep-alive connection found closed by the target before anything was sent.
+var errStaleIdle = errors.New("the target had closed the idle keep-alive connection")
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.answered = true
+	}
+	return n, err
+}
+
+// Write starts each request after the first on a connection by looking whether the target
+// closed it meanwhile: fasthttp finds that out only by sending (net/http's reader sees it
+// first). A closed one fails with errStaleIdle before a byte is written, so that the request
+// can go again on a new connection.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if c.answered {
+		c.answered = false
+		if c.peerClosed() {
+			return 0, errStaleIdle
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// peerClosed peeks without waiting: an idle HTTP/1.1 connection has nothing to read unless the
+// target closed it (end of stream, a reset, a TLS close alert); a pending TLS session ticket
+// also counts, and costs only a new connection.
+func (c *trackedConn) peerClosed() bool {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	open := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = errors.Is(rerr, syscall.EAGAIN)
+		return true
+	})
+	return err != nil || !open
 }
 
 func (s *connSet) add(conn net.Conn) (net.Conn, error) {

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -378,4 +379,106 @@ func TestTargetTimeout(t *testing.T) {
 	eventually(t, "second delivery", func() bool {
 		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == 1
 	})
+}
+
+// Answers without a body (204, 304) and with an empty one are answers like any other.
+func TestTargetAnswersWithoutBody(t *testing.T) {
+	for _, code := range []int{http.StatusNoContent, http.StatusNotModified, http.StatusOK} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			rec := newRecorder(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(code) })
+			tg := rec.target("app")
+			tg.Retry.MaxAttempts = 1
+			h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+			h.post("/hooks/fashn", []byte(fashnDone))
+			outcome := "delivered"
+			if code == http.StatusNotModified { // a 3xx is not a delivery (DELIVERY.md)
+				outcome = "dead_letter"
+			}
+			eventually(t, outcome, func() bool {
+				return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", outcome)) == 1
+			})
+		})
+	}
+}
+
+// A target that read the request and then closed the connection without answering may have
+// acted on it: the attempt fails and the request is not sent again within it.
+func TestTargetClosingAfterReadingIsNotResent(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var got atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.Copy(io.Discard, req.Body)
+					got.Add(1)
+				}
+			}()
+		}
+	}()
+	tg := baseTarget("http://" + ln.Addr().String() + "/hook")
+	tg.Retry.MaxAttempts = 1
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	h.post("/hooks/fashn", []byte(fashnDone))
+	var dead []*relay.Delivery
+	eventually(t, "dead letter", func() bool {
+		dead, _ = h.store.ListDead(context.Background(), relay.DeadFilter{})
+		return len(dead) == 1
+	})
+	if n := got.Load(); n != 1 {
+		t.Errorf("the target got the request %d times in one attempt, want 1", n)
+	}
+	if want := "closed the connection without answering"; !strings.Contains(dead[0].LastError, want) {
+		t.Errorf("error %q, want it to say %q", dead[0].LastError, want)
+	}
+}
+
+// What is sent follows the configured URL, escaped; errors never show its password; no
+// Content-Type is made up when the sender sent none.
+func TestTargetURLAndHeaders(t *testing.T) {
+	var uri atomic.Value
+	rec := newRecorder(t, func(_ int, r *http.Request, _ http.ResponseWriter) { uri.Store(r.RequestURI) })
+	tg := rec.target("app")
+	tg.URL = rec.srv.URL + "/a b/café?q=1"
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	resp, err := http.Post(h.url+"/hooks/fashn", "", strings.NewReader(fashnDone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	eventually(t, "delivery", func() bool { return len(rec.got()) == 1 })
+	if got, want := uri.Load(), "/a%20b/caf%C3%A9?q=1"; got != want {
+		t.Errorf("request URI %q, want %q", got, want)
+	}
+	if ct := rec.got()[0].header.Values("Content-Type"); len(ct) != 0 {
+		t.Errorf("Content-Type %q sent, want none (the sender sent none)", ct)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close() // nothing listens there
+	tg = baseTarget("http://relay:s3cr3t-pass@" + closed + "/hook")
+	tg.Retry.MaxAttempts = 1
+	h = startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	h.post("/hooks/fashn", []byte(fashnDone))
+	var dead []*relay.Delivery
+	eventually(t, "dead letter", func() bool {
+		dead, _ = h.store.ListDead(context.Background(), relay.DeadFilter{})
+		return len(dead) == 1
+	})
+	if strings.Contains(dead[0].LastError, "s3cr3t-pass") || !strings.Contains(dead[0].LastError, "relay:xxxxx@") {
+		t.Errorf("error %q shows the URL's password, or not the URL", dead[0].LastError)
+	}
 }
