@@ -331,11 +331,13 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 			ReadBufferSize:      64 << 10, // also the largest response header accepted
 			StreamResponseBody:  true,     // only the start of an answer is kept
 			// A POST is sent again only when nothing of it was written: on a keep-alive
-			// connection the target closed while it was idle (trackedConn.Write).
-			RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-				return false, attempts == 1 && errors.Is(err, errStaleIdle)
+			// connection the target closed while it was idle (trackedConn.Write). A target
+			// that restarted closed them all, so each pooled one may be tried, then a new one.
+			RetryIfErr: func(_ *fasthttp.Request, _ int, err error) (bool, bool) {
+				return false, errors.Is(err, errStaleIdle)
 			},
-			NoDefaultUserAgentHeader: true, DisablePathNormalizing: true,
+			MaxIdemponentCallAttempts: t.Concurrency + 1,
+			NoDefaultUserAgentHeader:  true, DisablePathNormalizing: true,
 		}
 		if t.TLS != nil {
 			tc, err := loadClientTLS(&cfg)

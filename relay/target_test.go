@@ -482,3 +482,34 @@ func TestTargetURLAndHeaders(t *testing.T) {
 		t.Errorf("error %q shows the URL's password, or not the URL", dead[0].LastError)
 	}
 }
+
+// A target that restarted closed every pooled connection at once: the next delivery tries them,
+// finds each closed before writing, and goes out on a new one without a failed attempt.
+func TestTargetRestartClosedEveryPooledConnection(t *testing.T) {
+	const conns = 4
+	var inFlight sync.WaitGroup
+	inFlight.Add(conns)
+	rec := newRecorder(t, func(n int, _ *http.Request, _ http.ResponseWriter) {
+		if n <= conns {
+			inFlight.Done()
+			inFlight.Wait() // all four at once, so that each has its own connection
+		}
+	})
+	tg := rec.target("app")
+	tg.Concurrency = conns
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	for i := range conns {
+		h.post("/hooks/fashn", []byte(fashnBody(i)))
+	}
+	eventually(t, "four deliveries", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == conns
+	})
+	rec.srv.CloseClientConnections()
+	h.post("/hooks/fashn", []byte(fashnBody(conns)))
+	eventually(t, "the fifth delivery", func() bool {
+		return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == conns+1
+	})
+	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
+		t.Errorf("%v attempts failed on connections the target had closed, want 0", n)
+	}
+}

@@ -123,7 +123,12 @@ func TestReplicaKilledOtherTakesOver(t *testing.T) {
 	close(jt.hold)
 
 	killedAt := time.Now()
-	startProc(t, nil, "serve", "-config", cfg)
+	bproc := startProc(t, nil, "serve", "-config", cfg)
+	defer func() {
+		if t.Failed() {
+			t.Log(bproc.logs())
+		}
+	}()
 	waitUntil(t, "every job delivered by replica b", func() bool {
 		got := jt.snapshot()
 		if len(got) != n {
