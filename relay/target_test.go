@@ -294,7 +294,7 @@ func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var served atomic.Int32
+	var served, closed atomic.Int32
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -302,7 +302,7 @@ func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
 				return
 			}
 			go func() {
-				defer c.Close()
+				defer func() { c.Close(); closed.Add(1) }()
 				req, err := http.ReadRequest(bufio.NewReader(c))
 				if err != nil {
 					return
@@ -319,6 +319,8 @@ func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
 		eventually(t, "delivery", func() bool {
 			return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == i+1
 		})
+		// The target has closed the connection before the next delivery, not while it goes out.
+		eventually(t, "the target to close", func() bool { return int(closed.Load()) == i+1 })
 	}
 	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
 		t.Errorf("%v attempts failed on a connection the target had closed, want 0", n)
