@@ -461,10 +461,18 @@ func TestGracefulShutdownFinishesDeliveriesInFlight(t *testing.T) {
 
 func TestGracefulShutdownGivesBackDeliveriesPastGrace(t *testing.T) {
 	rec := newRecorder(t, func(_ int, r *http.Request, _ http.ResponseWriter) { <-r.Context().Done() })
-	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, rec.target("app"))
+	tg := rec.target("app")
+	tg.Timeout = 90 * time.Second // far past the grace: only closing the connection ends the attempt
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
 	h.post("/hooks/fashn", []byte(fashnDone))
 	eventually(t, "delivery in flight", func() bool { return len(rec.got()) == 1 })
-	h.stop() // grace is 2 s; the target never answers
+	stopped := make(chan struct{})
+	go func() { h.stop(); close(stopped) }() // grace is 2 s; the target never answers
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second): // a liveness bound, not a speed claim
+		t.Fatal("shutdown still waits for the target 28 s after its grace ended")
+	}
 	if n := len(rec.got()); n != 1 {
 		t.Errorf("the target got %d requests, want 1: a request cut short is not sent again", n)
 	}

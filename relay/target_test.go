@@ -289,31 +289,18 @@ func TestTargetDefaults(t *testing.T) {
 // a server whose idle timeout fires between two deliveries does: the next delivery, sent on the
 // closed connection, is sent again on a new one instead of failing its attempt.
 func TestTargetClosedKeepAliveIsNotAFailure(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var served, closed atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer func() { c.Close(); closed.Add(1) }()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, req.Body)
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				served.Add(1)
-			}()
+	addr := rawTarget(t, func(c net.Conn) {
+		defer func() { c.Close(); closed.Add(1) }()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
 		}
-	}()
-	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, baseTarget("http://"+ln.Addr().String()+"/hook"))
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		served.Add(1)
+	})
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, baseTarget("http://"+addr+"/hook"))
 	for i := range 3 {
 		h.post("/hooks/fashn", []byte(fashnBody(i)))
 		eventually(t, "delivery", func() bool {
@@ -406,28 +393,15 @@ func TestTargetAnswersWithoutBody(t *testing.T) {
 // A target that read the request and then closed the connection without answering may have
 // acted on it: the attempt fails and the request is not sent again within it.
 func TestTargetClosingAfterReadingIsNotResent(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var got atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.Copy(io.Discard, req.Body)
-					got.Add(1)
-				}
-			}()
+	addr := rawTarget(t, func(c net.Conn) {
+		defer c.Close()
+		if req, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.Copy(io.Discard, req.Body)
+			got.Add(1)
 		}
-	}()
-	tg := baseTarget("http://" + ln.Addr().String() + "/hook")
+	})
+	tg := baseTarget("http://" + addr + "/hook")
 	tg.Retry.MaxAttempts = 1
 	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
 	h.post("/hooks/fashn", []byte(fashnDone))
@@ -514,4 +488,25 @@ func TestTargetRestartClosedEveryPooledConnection(t *testing.T) {
 	if n := sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "retry"); n != 0 {
 		t.Errorf("%v attempts failed on connections the target had closed, want 0", n)
 	}
+}
+
+// rawTarget serves each TCP connection with handle, for targets that misbehave below HTTP, and
+// returns its address.
+func rawTarget(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return ln.Addr().String()
 }

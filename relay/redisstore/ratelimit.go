@@ -139,26 +139,24 @@ var gcraScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local ipInterval, ipSpan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rInterval, rSpan = tonumber(ARGV[6]), tonumber(ARGV[7])
-local ipTat, rTat
+-- take returns a cell's TAT once the request is added, or nil and the wait until it would admit.
+local function take(tat, interval, span)
+  tat = math.max(tat or now, now) + interval
+  if tat - now > span then
+    return nil, tat - span - now
+  end
+  return tat
+end
+local ipTat, rTat, wait
 if ipInterval > 0 then
   -- Senders whose bucket is full again are the same as absent ones.
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  local tat = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2])) or now
-  if tat < now then tat = now end
-  tat = tat + ipInterval
-  if tat - now > ipSpan then
-    return {1, tat - ipSpan - now}
-  end
-  ipTat = tat
+  ipTat, wait = take(tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2])), ipInterval, ipSpan)
+  if not ipTat then return {1, wait} end
 end
 if rInterval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2])) or now
-  if tat < now then tat = now end
-  tat = tat + rInterval
-  if tat - now > rSpan then
-    return {2, tat - rSpan - now}
-  end
-  rTat = tat
+  rTat, wait = take(tonumber(redis.call('GET', KEYS[2])), rInterval, rSpan)
+  if not rTat then return {2, wait} end
 end
 if ipTat then
   redis.call('ZADD', KEYS[1], string.format('%.0f', ipTat), ARGV[2])

@@ -243,39 +243,24 @@ func TestRedisRateLimiterKeys(t *testing.T) {
 	}
 }
 
-// keySlot is Redis Cluster's HASH_SLOT of key: CRC16 (XMODEM) of its hash tag, modulo 16384. A
-// standalone server refuses CLUSTER KEYSLOT, and go-redis keeps its own in an internal package.
-func keySlot(key string) uint16 {
+// keySlot is Redis Cluster's HASH_SLOT of key: the store's slot function on its hash tag. A
+// standalone server refuses CLUSTER KEYSLOT.
+func keySlot(key string) int {
 	if s := strings.IndexByte(key, '{'); s >= 0 {
 		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
 			key = key[s+1 : s+1+e]
 		}
 	}
-	return crc16(key) % 16384
-}
-
-func crc16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
+	return redisstore.SlotOf(key)
 }
 
 func TestKeySlot(t *testing.T) {
-	// The test vector of the Cluster specification, and slots from its examples.
-	if got := crc16("123456789"); got != 0x31C3 {
-		t.Fatalf("crc16 = %#x, want 0x31c3", got)
+	// The CRC16 test vector of the Cluster specification (0x31C3), and slots from its examples.
+	if got := redisstore.SlotOf("123456789"); got != 0x31C3 {
+		t.Fatalf("slot of 123456789 = %#x, want 0x31c3", got)
 	}
-	if keySlot("{user1000}.following") != keySlot("{user1000}.followers") || keySlot("foo{}{bar}") != crc16("foo{}{bar}")%16384 ||
-		keySlot("foo{{bar}}zap") != crc16("{bar")%16384 || keySlot("foo") != 12182 {
+	if keySlot("{user1000}.following") != keySlot("{user1000}.followers") || keySlot("foo{}{bar}") != redisstore.SlotOf("foo{}{bar}") ||
+		keySlot("foo{{bar}}zap") != redisstore.SlotOf("{bar") || keySlot("foo") != 12182 {
 		t.Fatal("keySlot does not follow the specification")
 	}
 }
