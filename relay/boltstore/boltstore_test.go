@@ -514,3 +514,43 @@ func BenchmarkEnqueueParallel(b *testing.B) { benchmarkEnqueue(b, true) }
 
 // One caller at a time pays one fsync per enqueue (plus the batch delay).
 func BenchmarkEnqueueSerial(b *testing.B) { benchmarkEnqueue(b, false) }
+
+// Buckets keyed by time fill their pages before they split: appending at bbolt's default split
+// point (half full) would leave every page half empty and write twice the pages.
+func TestAppendedBucketsFillTheirPages(t *testing.T) {
+	ctx := t.Context()
+	s := openTest(t, filepath.Join(t.TempDir(), "relay.db"), Options{History: time.Hour})
+	defer s.Close()
+	const n = 1500
+	body := bytes.Repeat([]byte("x"), 300)
+	for i := range n {
+		m := testMsg(fmt.Sprintf("%026d", i), "a")
+		m.Body = body
+		if _, err := s.Enqueue(ctx, m, fmt.Sprintf("key-%06d", i), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := s.Claim(ctx, "a", at(1), time.Hour, n)
+	if err != nil || len(ds) != n {
+		t.Fatalf("Claim = %d deliveries, %v", len(ds), err)
+	}
+	for _, d := range ds {
+		d.Tried = &relay.Attempt{Number: 1, Start: at(1), Status: http.StatusOK}
+		if err := s.Ack(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bMessages, bDeliveries, bAttempts, bDedupeExp} {
+			st := tx.Bucket(name).Stats()
+			if fill := float64(st.LeafInuse) / float64(st.LeafAlloc); fill < 0.7 {
+				t.Errorf("%s: leaf pages %.0f%% full (%d keys on %d pages), want at least 70%%",
+					name, 100*fill, st.KeyN, st.LeafPageN)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -48,6 +48,7 @@ func (s *Store) commit(batch []write) {
 	for len(batch) > 0 {
 		failed, ferr := -1, error(nil)
 		err := s.db.Update(func(tx *bolt.Tx) error {
+			fillAppended(tx)
 			for i, w := range batch {
 				if err := w.fn(tx); err != nil {
 					failed, ferr = i, err
@@ -66,3 +67,22 @@ func (s *Store) commit(batch []write) {
 		batch = append(batch[:failed], batch[failed+1:]...)
 	}
 }
+
+// appended are the buckets whose keys grow with time (message IDs and time keys lead them), so
+// that writes land on their last page.
+var appended = [][]byte{bMessages, bDeliveries, bLeased, bDedupeExp, bDeadIdx, bDups, bAttempts}
+
+// fillAppended lets the pages of the appended buckets fill up before bbolt splits them. At its
+// default of half full, appending writes twice the pages, and the file holds them half empty.
+func fillAppended(tx *bolt.Tx) {
+	for _, name := range appended {
+		tx.Bucket(name).FillPercent = appendedFill
+	}
+	due := tx.Bucket(bDue)
+	_ = due.ForEachBucket(func(k []byte) error {
+		due.Bucket(k).FillPercent = appendedFill
+		return nil
+	})
+}
+
+const appendedFill = 0.9
