@@ -32,10 +32,6 @@ type dispatcher struct {
 	// than piling up goroutines and bodies.
 	settling chan struct{}
 	wg       sync.WaitGroup
-	// aheadMax is how many deliveries a claim may take beyond the free slots (run): a slot-full,
-	// or none when the lease is too short for one to wait out an attempt in memory and still
-	// have a whole attempt before its lease runs out.
-	aheadMax int
 
 	// Hand-offs: deliveries that ingress stored already leased to this dispatcher (docs/DESIGN.md
 	// section 2.2). Ingress reserves room before the store write, so handOff never blocks, and
@@ -71,9 +67,6 @@ func newDispatcher(t *Target, client *targetClient, q Queue, fwd *forwarder, log
 		slots:           make(chan struct{}, t.Concurrency),
 		settling:        make(chan struct{}, t.Concurrency),
 		handoffs:        make(chan *Delivery, t.Concurrency),
-	}
-	if lease >= 2*t.Timeout {
-		d.aheadMax = t.Concurrency
 	}
 	if t.RateLimit > 0 {
 		d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(t.RateBurst, 1))
@@ -124,19 +117,13 @@ func (d *dispatcher) handOff(dl *Delivery) {
 	d.release(dl)
 }
 
-// take starts a handed-off delivery.
+// take starts a handed-off delivery. One whose lease could run out before its attempt ends (it
+// can wait only when a claim took its slot between reserve and take) is left to expire in the
+// store instead, where a claim finds it: delivering it now could race that claim.
 func (d *dispatcher) take(work context.Context, dl *Delivery) {
 	d.hmu.Lock()
 	d.reserved--
 	d.hmu.Unlock()
-	d.startLeased(work, dl)
-}
-
-// startLeased starts a delivery that waited in memory with its lease. One whose lease could run
-// out before its attempt ends (a hand-off whose slot a claim took between reserve and take, a
-// claimed-ahead delivery behind slow attempts) is left to expire in the store instead, where a
-// claim finds it: delivering it now could race that claim.
-func (d *dispatcher) startLeased(work context.Context, dl *Delivery) {
 	if d.now().Add(d.t.Timeout).After(dl.DueAt) {
 		d.noteDue(dl.DueAt)
 		return
@@ -185,20 +172,10 @@ func (d *dispatcher) start(work context.Context, dl *Delivery) {
 
 // run takes hand-offs and claims due deliveries from the store, and starts them, until ctx is
 // done. Deliveries run under work, which outlives ctx so that a shutdown can give them a grace
-// period; wait for them with d.wg. Hand-offs and claimed-ahead deliveries still waiting when ctx
-// ends are given back to the store. The starter opens hand-offs first (openHandoffs).
-//
-// A claim takes up to aheadMax more than the free slots (ahead): a slot that comes free starts
-// one of those at once instead of waiting for the next claim's commit, which left slots idle and
-// let a backlog grow under sustained load (docs/BENCHMARKS.md, "Claiming ahead").
+// period; wait for them with d.wg. Hand-offs still waiting when ctx ends are given back to the
+// store. The starter opens hand-offs first (openHandoffs).
 func (d *dispatcher) run(ctx, work context.Context) {
 	defer d.close()
-	var ahead []*Delivery
-	defer func() {
-		for _, dl := range ahead {
-			d.release(dl)
-		}
-	}()
 	d.dueMu.Lock()
 	d.storeDue = time.Time{} // look in the store at once
 	d.dueMu.Unlock()
@@ -208,12 +185,6 @@ func (d *dispatcher) run(ctx, work context.Context) {
 		slotsFree := cap(d.slots) - len(d.slots)
 		free := slotsFree - d.reserved // what claims may take: reserved slots are for hand-offs
 		d.hmu.Unlock()
-		if free > 0 && len(ahead) > 0 {
-			dl := ahead[0]
-			ahead = ahead[1:]
-			d.startLeased(work, dl)
-			continue
-		}
 		if slotsFree <= 0 {
 			d.sleep(ctx, 0, d.freed, false)
 			continue
@@ -244,8 +215,7 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			}
 			continue
 		}
-		want := free + d.aheadMax - len(ahead)
-		batch, err := d.q.Claim(ctx, d.t.Name, now, d.lease, want)
+		batch, err := d.q.Claim(ctx, d.t.Name, now, d.lease, free)
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.Error("claim failed", "target", d.t.Name, "error", err)
@@ -253,17 +223,13 @@ func (d *dispatcher) run(ctx, work context.Context) {
 			}
 			continue
 		}
-		for i, dl := range batch {
+		for _, dl := range batch {
 			if dl.Recovered {
 				d.leaseRecoveries.Inc()
 			}
-			if i < free {
-				d.start(work, dl)
-			} else {
-				ahead = append(ahead, dl)
-			}
+			d.start(work, dl)
 		}
-		if len(batch) == want {
+		if len(batch) == free {
 			d.noteDue(now) // there may be more due
 			continue
 		}

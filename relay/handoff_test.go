@@ -181,66 +181,6 @@ func TestBusyTargetGetsNoHandoff(t *testing.T) {
 	}
 }
 
-// A claim takes a slot-full ahead of the free slots, so that a slot that comes free starts the
-// next delivery without waiting for another claim's commit; what it took ahead goes back to the
-// store, due at once, when the relay stops. With a lease shorter than two attempts, one claimed
-// ahead could not wait out an attempt in memory, so claims take only the free slots.
-func TestClaimAhead(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		timeout     time.Duration // the default lease is 2m
-		wantClaimed int64         // by the claim for the one slot that came free
-	}{
-		{"lease of two attempts or more", 5 * time.Second, 3},
-		{"shorter lease", 70 * time.Second, 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			answer := make(chan struct{}, 1)
-			rec := newRecorder(t, func(_ int, r *http.Request, _ http.ResponseWriter) {
-				select {
-				case <-answer:
-				case <-r.Context().Done():
-				}
-			})
-			bs, err := boltstore.Open(filepath.Join(t.TempDir(), "relay.db"), boltstore.Options{History: time.Hour})
-			if err != nil {
-				t.Fatal(err)
-			}
-			store := &claimCounter{Store: bs} // with history, so that ListMessages shows the deliveries' states
-			t.Cleanup(func() { store.Close() })
-			target := rec.target("app")
-			target.Concurrency, target.Timeout = 2, tc.timeout
-			_, url, stop := serve(t, relay.Config{Routes: []relay.Route{route(t, "fashn", "fashn", "app")},
-				Targets: []relay.Target{target}, Store: store, PollInterval: time.Hour, ShutdownGrace: 100 * time.Millisecond})
-			for i := range 6 {
-				postFashn(t, url, i) // job-0 and job-1 handed off and held by the target; the rest stored
-			}
-			eventually(t, "two attempts in flight", func() bool { return len(rec.got()) == 2 })
-			answer <- struct{}{} // one slot comes free
-			// The claim is counted before the delivery it starts reaches the target.
-			eventually(t, "the third attempt", func() bool { return len(rec.got()) == 3 })
-			if c := store.claimed.Load(); c != tc.wantClaimed {
-				t.Errorf("the claim for one free slot took %d deliveries, want %d", c, tc.wantClaimed)
-			}
-			stop()
-			// job-0 delivered; job-1 and job-2 cut at the grace and those claimed ahead given back
-			// due now; the rest never claimed. None is left leased until its lease runs out.
-			count := func(state string) int {
-				page, _, err := store.ListMessages(t.Context(), relay.MessageFilter{Target: "app", State: state}, time.Now())
-				if err != nil {
-					t.Fatal(err)
-				}
-				return len(page)
-			}
-			delivered, inFlight, waiting := count(relay.StateDelivered), count(relay.StateInFlight),
-				count(relay.StateQueued)+count(relay.StateRetrying)
-			if delivered != 1 || inFlight != 0 || waiting != 5 {
-				t.Errorf("after the stop: %d delivered, %d in flight, %d queued or retrying; want 1, 0, 5", delivered, inFlight, waiting)
-			}
-		})
-	}
-}
-
 // failSwitch is claimCounter whose enqueues fail while fail is set.
 type failSwitch struct {
 	*claimCounter
