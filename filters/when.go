@@ -51,7 +51,7 @@ func NewWhen(p *Preset, status []string, body map[string]string) (*When, error) 
 		case err != nil:
 			errs = append(errs, &relay.FieldError{Field: "body", Err: err})
 		case body[k] == "":
-			errs = append(errs, &relay.FieldError{Field: "body", Err: fmt.Errorf("path %q: an empty value never matches (an empty string is no value)", k)})
+			errs = append(errs, relay.FieldErrorf("body", "path %q: an empty value never matches (an empty string is no value)", k))
 		}
 		w.body = append(w.body, bodyEquals{path: pt, want: body[k]})
 	}

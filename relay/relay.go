@@ -341,7 +341,7 @@ func validateTarget(t *Target, lease time.Duration) error {
 	*t = t.WithDefaults()
 	var errs []error
 	if t.Name == "" {
-		errs = append(errs, fieldErr("name", "missing"))
+		errs = append(errs, FieldErrorf("name", "missing"))
 	}
 	ep, err := parseEndpoint(t.URL)
 	if err != nil {
@@ -349,13 +349,13 @@ func validateTarget(t *Target, lease time.Duration) error {
 	}
 	t.endpoint = ep
 	if t.Timeout <= 0 || t.Timeout >= lease {
-		errs = append(errs, fieldErr("timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, lease))
+		errs = append(errs, FieldErrorf("timeout", "%v must be positive and below delivery.lease (%v)", t.Timeout, lease))
 	}
 	if t.Concurrency < 1 {
-		errs = append(errs, fieldErr("concurrency", "must be at least 1, got %d", t.Concurrency))
+		errs = append(errs, FieldErrorf("concurrency", "must be at least 1, got %d", t.Concurrency))
 	}
 	if t.RateLimit < 0 || t.RateBurst < 0 {
-		errs = append(errs, fieldErr("rate", "rate and burst must not be negative"))
+		errs = append(errs, FieldErrorf("rate", "rate and burst must not be negative"))
 	}
 	p := t.Retry
 	for _, c := range []struct {
@@ -371,7 +371,7 @@ func validateTarget(t *Target, lease time.Duration) error {
 		{p.MaxRetryAfter < 0, "max_retry_after", "must not be negative", p.MaxRetryAfter},
 	} {
 		if c.bad {
-			errs = append(errs, fieldErr("retry."+c.field, "%s, got %v", c.want, c.got))
+			errs = append(errs, FieldErrorf("retry."+c.field, "%s, got %v", c.want, c.got))
 		}
 	}
 	errs = append(errs, validateHeaders(t)...)

@@ -45,8 +45,9 @@ type TargetTLS struct {
 	MinVersion        uint16 // tls.VersionTLS12 (the default when 0) or tls.VersionTLS13
 }
 
-// FieldError is a problem with one field of a Target, named as the configuration file spells it
-// ("tls.ca_file", "headers[1].name"), so that a config layer can report the whole key path.
+// FieldError is a problem with one field of a setting (a Target's, a store's, the TLS edge's),
+// named as the configuration file spells it ("tls.ca_file", "headers[1].name"), so that a config
+// layer can report the whole key path.
 type FieldError struct {
 	Field string
 	Err   error
@@ -55,7 +56,8 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
 func (e *FieldError) Unwrap() error { return e.Err }
 
-func fieldErr(field, format string, args ...any) error {
+// FieldErrorf is a FieldError for field with a formatted error (%w wraps, as in fmt.Errorf).
+func FieldErrorf(field, format string, args ...any) error {
 	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
@@ -71,23 +73,23 @@ func CheckRoute(rt Route) error {
 		canon := http.CanonicalHeaderKey(name)
 		switch {
 		case !validHeaderName(name):
-			errs = append(errs, fieldErr(at, "%q is not a valid header name", name))
+			errs = append(errs, FieldErrorf(at, "%q is not a valid header name", name))
 		case containsFold(hopByHop, canon):
-			errs = append(errs, fieldErr(at, "%s is a hop-by-hop header; it describes a connection, not a webhook", canon))
+			errs = append(errs, FieldErrorf(at, "%s is a hop-by-hop header; it describes a connection, not a webhook", canon))
 		case containsFold(relayOwned, canon) || strings.HasPrefix(canon, "X-Relay-"):
-			errs = append(errs, fieldErr(at, "%s is set by the relay itself", canon))
+			errs = append(errs, FieldErrorf(at, "%s is set by the relay itself", canon))
 		case slices.ContainsFunc(names[:i], func(s string) bool { return strings.EqualFold(s, name) }):
-			errs = append(errs, fieldErr(at, "%s is named twice", canon))
+			errs = append(errs, FieldErrorf(at, "%s is named twice", canon))
 		}
 	}
 	if rt.MaxBody <= 0 {
-		errs = append(errs, fieldErr("max_body", "must be positive, got %d", rt.MaxBody))
+		errs = append(errs, FieldErrorf("max_body", "must be positive, got %d", rt.MaxBody))
 	}
 	if rt.DedupeTTL <= 0 {
-		errs = append(errs, fieldErr("dedupe_ttl", "must be positive, got %v", rt.DedupeTTL))
+		errs = append(errs, FieldErrorf("dedupe_ttl", "must be positive, got %v", rt.DedupeTTL))
 	}
 	if rt.AckStatus != http.StatusOK && rt.AckStatus != http.StatusAccepted {
-		errs = append(errs, fieldErr("ack_status", "%d must be 200 or 202", rt.AckStatus))
+		errs = append(errs, FieldErrorf("ack_status", "%d must be 200 or 202", rt.AckStatus))
 	}
 	return errors.Join(errs...)
 }
@@ -154,21 +156,21 @@ func validateHeaders(t *Target) []error {
 		name := http.CanonicalHeaderKey(h.Name)
 		switch {
 		case !validHeaderName(h.Name):
-			errs = append(errs, fieldErr(at+".name", "%q is not a valid header name", h.Name))
+			errs = append(errs, FieldErrorf(at+".name", "%q is not a valid header name", h.Name))
 			continue
 		case containsFold(hopByHop, name):
-			errs = append(errs, fieldErr(at+".name", "%s is a hop-by-hop header; it describes a connection, not a delivery", name))
+			errs = append(errs, FieldErrorf(at+".name", "%s is a hop-by-hop header; it describes a connection, not a delivery", name))
 		case containsFold(relayOwned, name) || strings.HasPrefix(name, "X-Relay-"):
-			errs = append(errs, fieldErr(at+".name", "%s is set by the relay itself", name))
+			errs = append(errs, FieldErrorf(at+".name", "%s is set by the relay itself", name))
 		case strings.HasPrefix(name, "Webhook-") && len(t.SigningKey) > 0:
-			errs = append(errs, fieldErr(at+".name", "%s is set by the relay when it signs (the target has a signing secret)", name))
+			errs = append(errs, FieldErrorf(at+".name", "%s is set by the relay when it signs (the target has a signing secret)", name))
 		case seen[name]:
-			errs = append(errs, fieldErr(at+".name", "%s is set twice", name))
+			errs = append(errs, FieldErrorf(at+".name", "%s is set twice", name))
 		}
 		seen[name] = true
 		if h.Value == "" || !validHeaderValue(h.Value) {
 			// The value itself is never quoted: it may be a secret.
-			errs = append(errs, fieldErr(at, "the value of %s is empty or holds a control character", name))
+			errs = append(errs, FieldErrorf(at, "the value of %s is empty or holds a control character", name))
 		}
 	}
 	return errs
@@ -209,24 +211,24 @@ func validHeaderValue(s string) bool {
 func validateTLS(c *TargetTLS, ep endpoint) []error {
 	var errs []error
 	if ep.socket != "" {
-		errs = append(errs, fieldErr("tls", "set for a unix socket target; the relay speaks plain HTTP over the socket"))
+		errs = append(errs, FieldErrorf("tls", "set for a unix socket target; the relay speaks plain HTTP over the socket"))
 	} else if !strings.HasPrefix(ep.url, "https://") {
-		errs = append(errs, fieldErr("tls", "set, but the url is not https://"))
+		errs = append(errs, FieldErrorf("tls", "set, but the url is not https://"))
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		if c.CertFile == "" {
-			errs = append(errs, fieldErr("tls.cert_file", "key_file is set without cert_file; mutual TLS needs both"))
+			errs = append(errs, FieldErrorf("tls.cert_file", "key_file is set without cert_file; mutual TLS needs both"))
 		} else {
-			errs = append(errs, fieldErr("tls.key_file", "cert_file is set without key_file; mutual TLS needs both"))
+			errs = append(errs, FieldErrorf("tls.key_file", "cert_file is set without key_file; mutual TLS needs both"))
 		}
 	}
 	if c.CAOnly && c.CAFile == "" {
-		errs = append(errs, fieldErr("tls.ca_only", "set without ca_file: nothing would be trusted"))
+		errs = append(errs, FieldErrorf("tls.ca_only", "set without ca_file: nothing would be trusted"))
 	}
 	switch c.MinVersion {
 	case 0, tls.VersionTLS12, tls.VersionTLS13:
 	default:
-		errs = append(errs, fieldErr("tls.min_version", "must be TLS 1.2 or 1.3"))
+		errs = append(errs, FieldErrorf("tls.min_version", "must be TLS 1.2 or 1.3"))
 	}
 	return errs
 }
@@ -239,16 +241,16 @@ func loadClientTLS(c *TargetTLS) (*tls.Config, error) {
 		if !c.CAOnly {
 			sys, err := x509.SystemCertPool()
 			if err != nil {
-				return nil, fieldErr("tls.ca_file", "cannot load the system roots to add to (set ca_only: true to trust ca_file alone): %w", err)
+				return nil, FieldErrorf("tls.ca_file", "cannot load the system roots to add to (set ca_only: true to trust ca_file alone): %w", err)
 			}
 			pool = sys
 		}
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
-			return nil, fieldErr("tls.ca_file", "cannot read: %w", err)
+			return nil, FieldErrorf("tls.ca_file", "cannot read: %w", err)
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fieldErr("tls.ca_file", "%s holds no PEM certificate", c.CAFile)
+			return nil, FieldErrorf("tls.ca_file", "%s holds no PEM certificate", c.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
@@ -259,7 +261,7 @@ func loadClientTLS(c *TargetTLS) (*tls.Config, error) {
 			if _, kerr := os.Stat(c.KeyFile); kerr != nil || strings.Contains(err.Error(), "private key") {
 				field = "tls.key_file"
 			}
-			return nil, fieldErr(field, "the client certificate and key do not load: %w", err)
+			return nil, FieldErrorf(field, "the client certificate and key do not load: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
@@ -358,7 +360,7 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 		return c, nil
 	}
 	if c.files, err = filewatch.New(build, cfg.files()...); err != nil {
-		return nil, fieldErr("tls", "%w", err)
+		return nil, FieldErrorf("tls", "%w", err)
 	}
 	return c, nil
 }

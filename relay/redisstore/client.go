@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // ClientOptions returns the options of the Redis client of a store with Options store (and of
@@ -31,15 +33,15 @@ func ClientOptions(o redis.UniversalOptions, store Options) (redis.UniversalOpti
 	store = store.WithDefaults()
 	for i, a := range o.Addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			errs = append(errs, fieldErr(fmt.Sprintf("addrs[%d]", i), "%q is not host:port", a))
+			errs = append(errs, relay.FieldErrorf(fmt.Sprintf("addrs[%d]", i), "%q is not host:port", a))
 		}
 	}
 	if o.PoolSize < 1 {
-		errs = append(errs, fieldErr("pool_size", "must be at least 1, got %d", o.PoolSize))
+		errs = append(errs, relay.FieldErrorf("pool_size", "must be at least 1, got %d", o.PoolSize))
 	}
 	// The WAIT answers within the pipeline's read: it must end well before ReadTimeout.
 	if store.MinReplicas > 0 && (store.ReplicaTimeout <= 0 || store.ReplicaTimeout > o.ReadTimeout/2) {
-		errs = append(errs, fieldErr("replica_timeout", "must be above 0 and at most half of read_timeout (%v), got %v",
+		errs = append(errs, relay.FieldErrorf("replica_timeout", "must be above 0 and at most half of read_timeout (%v), got %v",
 			o.ReadTimeout, store.ReplicaTimeout))
 	}
 	return o, store, errors.Join(errs...)

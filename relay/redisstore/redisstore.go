@@ -140,25 +140,21 @@ func (o Options) Check() error { return errors.Join(o.check()...) }
 func (o Options) check() []error {
 	var errs []error
 	if _, err := keyPrefix(o.Prefix); err != nil {
-		errs = append(errs, fieldErr("prefix", "%q must not contain braces: the keys have their own hash tag", o.Prefix))
+		errs = append(errs, relay.FieldErrorf("prefix", "%q must not contain braces: the keys have their own hash tag", o.Prefix))
 	}
 	if o.Shards < 0 || o.Shards > MaxShards {
-		errs = append(errs, fieldErr("shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", MaxShards, o.Shards))
+		errs = append(errs, relay.FieldErrorf("shards", "must be within 1..%d, got %d (1 keeps the layout of earlier releases)", MaxShards, o.Shards))
 	}
 	if o.MinReplicas < 0 {
-		errs = append(errs, fieldErr("min_replicas", "must be 0 (do not wait for replicas) or more, got %d", o.MinReplicas))
+		errs = append(errs, relay.FieldErrorf("min_replicas", "must be 0 (do not wait for replicas) or more, got %d", o.MinReplicas))
 	}
 	if o.ReplicaTimeout < 0 {
-		errs = append(errs, fieldErr("replica_timeout", "must not be negative, got %v", o.ReplicaTimeout))
+		errs = append(errs, relay.FieldErrorf("replica_timeout", "must not be negative, got %v", o.ReplicaTimeout))
 	}
 	if o.History < 0 {
-		errs = append(errs, fieldErr("history", "must not be negative, got %v", o.History))
+		errs = append(errs, relay.FieldErrorf("history", "must not be negative, got %v", o.History))
 	}
 	return errs
-}
-
-func fieldErr(field, format string, args ...any) error {
-	return &relay.FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
 // New returns a store on client, which it owns from now on: Close closes it. New does not

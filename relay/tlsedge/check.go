@@ -24,7 +24,7 @@ func Check(cfg Config) error {
 	cfg = cfg.WithDefaults()
 	var errs []error
 	add := func(field, format string, args ...any) {
-		errs = append(errs, &relay.FieldError{Field: field, Err: fmt.Errorf(format, args...)})
+		errs = append(errs, relay.FieldErrorf(field, format, args...))
 	}
 	switch cfg.Mode {
 	case ModeOff:
