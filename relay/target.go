@@ -350,16 +350,19 @@ func newTargetClient(t *Target, log *slog.Logger) (*targetClient, error) {
 		}
 		return fc, nil
 	}
-	// Built once outside the watch too: its errors name the field of the file at fault.
-	fc, err := build()
-	if err != nil {
-		return nil, err
-	}
 	if len(cfg.files()) == 0 {
+		fc, err := build()
+		if err != nil {
+			return nil, err
+		}
 		c.static = fc
 		return c, nil
 	}
+	var err error
 	if c.files, err = filewatch.New(build, cfg.files()...); err != nil {
+		if _, ok := errors.AsType[*FieldError](err); ok { // build's, naming the file's field
+			return nil, err
+		}
 		return nil, FieldErrorf("tls", "%w", err)
 	}
 	return c, nil

@@ -37,16 +37,18 @@ func stampOf(files []string) (stamp, error) {
 	return stamp(b.String()), nil
 }
 
-// New builds the value from files now with load; it fails when load does.
+// New builds the value from files now with load; it fails when load does, with load's error
+// (which can say which file is at fault) rather than a bare stat error.
 func New[T any](load func() (T, error), files ...string) (*Value[T], error) {
 	v := &Value[T]{files: files, load: load}
-	st, err := stampOf(files)
-	if err != nil {
-		return nil, err
-	}
+	// Stamped before the build: a file that changes in between is built again on the next look.
+	st, serr := stampOf(files)
 	x, err := load()
 	if err != nil {
 		return nil, err
+	}
+	if serr != nil {
+		return nil, serr
 	}
 	v.cur.Store(&x)
 	v.seen = st

@@ -75,6 +75,11 @@ func TestNewFailsWhenAFileIsMissingOrTheLoadFails(t *testing.T) {
 	if _, err := New(func() (int, error) { return 1, nil }, f); err == nil {
 		t.Fatal("New with a missing file succeeded")
 	}
+	// A load that fails on the missing file says so itself (naming the setting), not the stat.
+	if _, err := New(func() (int, error) { return 0, errors.New("ca_file: cannot read") }, f); err == nil ||
+		err.Error() != "ca_file: cannot read" {
+		t.Fatalf("New with a missing file and a failing load: %v, want the load's error", err)
+	}
 	write(t, f, "x", time.Now())
 	if _, err := New(func() (int, error) { return 0, errors.New("nope") }, f); err == nil || err.Error() != "nope" {
 		t.Fatalf("New with a failing load: %v", err)
