@@ -217,6 +217,58 @@ func TestMetricsQueueDepthAndAge(t *testing.T) {
 	}
 }
 
+// The store's own write figures: each accepted webhook is one write of a group commit; a store
+// that keeps no WriteStats shows none of these series.
+func TestMetricsStoreWrites(t *testing.T) {
+	store := openStore(t, filepath.Join(t.TempDir(), "relay.db"))
+	t.Cleanup(func() { store.Close() })
+	rec := newRecorder(t, nil)
+	for _, tc := range []struct {
+		name  string
+		store relay.Store
+		want  bool
+	}{
+		{"embedded", store, true},
+		{"without WriteStats", struct{ relay.Store }{store}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Not run: nothing delivers, so the only writes are the enqueues.
+			r, err := relay.New(relay.Config{Routes: []relay.Route{route(t, "open", "fashn", "app")},
+				Targets: []relay.Target{rec.target("app")}, Store: tc.store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(r.Handler())
+			t.Cleanup(srv.Close)
+			before := sample(t, r, "hookrelay_store_commit_writes_total")
+			for i := range 3 {
+				resp, err := http.Post(srv.URL+"/hooks/open", "application/json",
+					strings.NewReader(`{"id":"`+tc.name+strconv.Itoa(i)+`","status":"completed"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					t.Fatalf("post: %d", resp.StatusCode)
+				}
+			}
+			writes := sample(t, r, "hookrelay_store_commit_writes_total") - before
+			commits := sample(t, r, "hookrelay_store_commits_total")
+			pages := sample(t, r, "hookrelay_store_pages_written_total")
+			seconds := sample(t, r, "hookrelay_store_write_seconds_total")
+			if !tc.want {
+				if writes != 0 || commits != 0 || pages != 0 || seconds != 0 {
+					t.Errorf("store series without WriteStats: %v writes, %v commits, %v pages, %v s", writes, commits, pages, seconds)
+				}
+				return
+			}
+			if writes != 3 || commits < 1 || pages <= 0 || seconds <= 0 {
+				t.Errorf("3 webhooks: %v writes (want 3), %v commits, %v pages, %v s", writes, commits, pages, seconds)
+			}
+		})
+	}
+}
+
 // A delivery whose lease ran out (its holder died) counts as a lease recovery when claimed again.
 func TestMetricsLeaseRecovery(t *testing.T) {
 	rec := newRecorder(t, nil)

@@ -293,3 +293,18 @@ type Store interface {
 	Ping(ctx context.Context) error
 	Close() error
 }
+
+// WriteStats are a store's figures on how it writes, counted since it opened; a store that keeps
+// them has a WriteStats() WriteStats method, and /metrics shows them (docs/OPERATIONS.md). Writes
+// per commit is the group commit's batch size, and time per commit what the disk or Redis takes.
+type WriteStats struct {
+	// Commits: group commits (embedded: bbolt transactions of the write loop; Redis: pipelines).
+	Commits uint64
+	// Writes: callers' writes those commits carried (an enqueue, an ack, a claim...).
+	Writes uint64
+	// Pages: embedded only, pages written by every write transaction, sweeps included.
+	Pages uint64
+	// Time: embedded, writing pages and syncing the file in every write transaction; Redis,
+	// pipelines from send to last answer.
+	Time time.Duration
+}

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -79,6 +80,8 @@ type Store struct {
 	closed     bool
 	writes     chan write
 	writerDone chan struct{}
+	commits    atomic.Uint64 // WriteStats
+	committed  atomic.Uint64
 }
 
 // Open opens or creates the store at path. Leases left in the file by a previous process become

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // errClosed is returned by writes to a closed store.
@@ -58,6 +60,10 @@ func (s *Store) commit(batch []write) {
 			return nil
 		})
 		if failed < 0 {
+			if err == nil {
+				s.commits.Add(1)
+				s.committed.Add(uint64(len(batch)))
+			}
 			for _, w := range batch {
 				w.done <- err // nil, or the commit's own failure for everyone
 			}
@@ -66,6 +72,14 @@ func (s *Store) commit(batch []write) {
 		batch[failed].done <- ferr
 		batch = append(batch[:failed], batch[failed+1:]...)
 	}
+}
+
+// WriteStats reports the write loop's commits and the writes they carried, and the pages and
+// time of every write transaction (bbolt counts those, sweeps included).
+func (s *Store) WriteStats() relay.WriteStats {
+	tx := s.db.Stats().TxStats
+	return relay.WriteStats{Commits: s.commits.Load(), Writes: s.committed.Load(),
+		Pages: uint64(tx.GetWrite()), Time: tx.GetWriteTime()}
 }
 
 // appended are the buckets whose keys grow with time (message IDs and time keys lead them), so

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hookrelay/hookrelay/relay"
 )
 
 // maxPipeline caps the script runs sent in one pipeline.
@@ -48,6 +51,8 @@ type batcher struct {
 	closed bool
 	calls  chan scriptCall
 	done   chan struct{}
+
+	pipelines, runs, nanos atomic.Uint64 // WriteStats
 }
 
 func newBatcher(rdb redis.UniversalClient, wait *waitSpec) *batcher {
@@ -76,6 +81,13 @@ func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args
 	b.mu.RUnlock()
 	r := <-c.done
 	return r.n, r.err
+}
+
+// stats adds the batcher's pipelines, the runs they carried and their time to w.
+func (b *batcher) stats(w *relay.WriteStats) {
+	w.Commits += b.pipelines.Load()
+	w.Writes += b.runs.Load()
+	w.Time += time.Duration(b.nanos.Load())
 }
 
 func (b *batcher) close() {
@@ -115,7 +127,11 @@ func (b *batcher) send(batch []scriptCall) {
 	if b.wait != nil {
 		ctx, acks = b.wait.with(ctx)
 	}
+	start := time.Now()
 	cmds := evalAll(ctx, b.rdb, batch)
+	b.pipelines.Add(1)
+	b.runs.Add(uint64(len(batch)))
+	b.nanos.Add(uint64(time.Since(start)))
 	for i, c := range batch {
 		n, err := cmds[i].Int()
 		if err == nil && acks != nil && !acks.confirmed(cmds[i]) {

@@ -186,6 +186,17 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 	return s, nil
 }
 
+// WriteStats reports the pipelines of the hot path's scripts (enqueues, acks, retries, burials)
+// and the runs they carried; claims and the admin API's writes go on their own and are not counted.
+func (s *Store) WriteStats() relay.WriteStats {
+	var w relay.WriteStats
+	s.scripts.stats(&w)
+	if s.enqueues != s.scripts {
+		s.enqueues.stats(&w)
+	}
+	return w
+}
+
 // Ping checks that Redis answers and holds no data of another shard count (layout.go).
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {

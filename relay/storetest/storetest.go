@@ -112,6 +112,7 @@ var baseTests = []suiteTest{
 	{"MessageOutlivesFirstAck", testMessageOutlivesFirstAck},
 	{"RestartKeepsData", testRestartKeepsData},
 	{"Ping", testPing},
+	{"WriteStats", testWriteStats},
 }
 
 // baseUnix is the suite's clock origin, 2001-02-03T04:05:06Z: far from the real clock, so that a
@@ -867,6 +868,44 @@ func testConcurrentDedupe(t *testing.T, f *fixture) {
 	}
 	f.claimOne("a", at(1000), relay.DeliveryID(fresh[0], "a"))
 	f.claimNone("a", at(1000))
+}
+
+// testWriteStats: the store counts each enqueue and ack once in WriteStats, in at least one and at
+// most that many commits, and the time they took; one that writes pages counts those too.
+func testWriteStats(t *testing.T, f *fixture) {
+	ws, ok := f.s.(interface{ WriteStats() relay.WriteStats })
+	if !ok {
+		t.Fatalf("%T has no WriteStats method", f.s)
+	}
+	before := ws.WriteStats()
+	const n = 32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprint("w", i)
+			_, claimed, err := f.s.EnqueueLeased(f.ctx, msg(id, at(i), "a"), "key-"+id, hour, time.Minute, []string{"a"})
+			if err != nil || len(claimed) != 1 {
+				t.Errorf("EnqueueLeased(%s): %d claimed, %v", id, len(claimed), err)
+				return
+			}
+			if err := f.s.Ack(f.ctx, claimed[0]); err != nil {
+				t.Errorf("Ack(%s): %v", claimed[0].ID, err)
+			}
+		})
+	}
+	wg.Wait()
+	after := ws.WriteStats()
+	commits, writes := after.Commits-before.Commits, after.Writes-before.Writes
+	if writes != 2*n || commits < 1 || commits > writes {
+		t.Errorf("%d enqueues and %d acks counted as %d writes in %d commits, want %d writes in 1..%d commits",
+			n, n, writes, commits, 2*n, 2*n)
+	}
+	if after.Time <= before.Time {
+		t.Errorf("write time %v, then %v: want it to grow", before.Time, after.Time)
+	}
+	if after.Pages > 0 && after.Pages <= before.Pages {
+		t.Errorf("pages written %d, then %d: want them to grow", before.Pages, after.Pages)
+	}
 }
 
 func testConcurrentClaim(t *testing.T, f *fixture) {
