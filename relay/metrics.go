@@ -120,7 +120,7 @@ type queueCollector struct {
 // writeStatser is a store that counts its writes (WriteStats).
 type writeStatser interface{ WriteStats() WriteStats }
 
-type writeDescs struct{ commits, writes, pages, seconds *prometheus.Desc }
+type writeDescs struct{ commits, writes, seconds, pages *prometheus.Desc } // pages nil on Redis
 
 func newQueueCollector(r *Relay) *queueCollector {
 	c := &queueCollector{
@@ -133,16 +133,18 @@ func newQueueCollector(r *Relay) *queueCollector {
 			"Dead letters held in the store now, waiting for an operator to replay or drop them.", nil, nil),
 		timeout: 5 * time.Second,
 	}
-	if _, ok := r.cfg.Store.(writeStatser); ok {
+	if ws, ok := r.cfg.Store.(writeStatser); ok {
 		c.writes = &writeDescs{
 			commits: prometheus.NewDesc("hookrelay_store_commits_total",
 				"Group commits of the store: bbolt transactions of its write loop, or Redis pipelines of the hot path's scripts.", nil, nil),
 			writes: prometheus.NewDesc("hookrelay_store_commit_writes_total",
 				"Writes (enqueues, acks, retries...) those commits carried; per commit, the batch size.", nil, nil),
-			pages: prometheus.NewDesc("hookrelay_store_pages_written_total",
-				"Embedded store: pages written by its write transactions, sweeps included.", nil, nil),
 			seconds: prometheus.NewDesc("hookrelay_store_write_seconds_total",
-				"Embedded: time writing pages and syncing the file; Redis: time from sending a pipeline to its last answer.", nil, nil),
+				"Time of those commits: applying, writing pages and syncing the file (embedded), or from sending a pipeline to its last answer (Redis).", nil, nil),
+		}
+		if ws.WriteStats().PagesCounted {
+			c.writes.pages = prometheus.NewDesc("hookrelay_store_page_writes_total",
+				"Embedded store: page writes of all its write transactions, sweeps included.", nil, nil)
 		}
 	}
 	return c
@@ -155,8 +157,10 @@ func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	if c.writes != nil {
 		ch <- c.writes.commits
 		ch <- c.writes.writes
-		ch <- c.writes.pages
 		ch <- c.writes.seconds
+		if c.writes.pages != nil {
+			ch <- c.writes.pages
+		}
 	}
 }
 
@@ -168,10 +172,10 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		w := c.r.cfg.Store.(writeStatser).WriteStats()
 		ch <- prometheus.MustNewConstMetric(c.writes.commits, prometheus.CounterValue, float64(w.Commits))
 		ch <- prometheus.MustNewConstMetric(c.writes.writes, prometheus.CounterValue, float64(w.Writes))
-		if w.Pages > 0 { // Redis writes no pages
+		ch <- prometheus.MustNewConstMetric(c.writes.seconds, prometheus.CounterValue, w.Time.Seconds())
+		if c.writes.pages != nil {
 			ch <- prometheus.MustNewConstMetric(c.writes.pages, prometheus.CounterValue, float64(w.Pages))
 		}
-		ch <- prometheus.MustNewConstMetric(c.writes.seconds, prometheus.CounterValue, w.Time.Seconds())
 	}
 	if n, err := c.r.cfg.Store.CountDead(ctx); err != nil {
 		ch <- prometheus.NewInvalidMetric(c.dead, err)

@@ -240,7 +240,12 @@ func TestMetricsStoreWrites(t *testing.T) {
 			}
 			srv := httptest.NewServer(r.Handler())
 			t.Cleanup(srv.Close)
-			before := sample(t, r, "hookrelay_store_commit_writes_total")
+			names := []string{"hookrelay_store_commit_writes_total", "hookrelay_store_commits_total",
+				"hookrelay_store_page_writes_total", "hookrelay_store_write_seconds_total"}
+			before := make([]float64, len(names))
+			for i, name := range names {
+				before[i] = sample(t, r, name)
+			}
 			for i := range 3 {
 				resp, err := http.Post(srv.URL+"/hooks/open", "application/json",
 					strings.NewReader(`{"id":"`+tc.name+strconv.Itoa(i)+`","status":"completed"}`))
@@ -252,10 +257,11 @@ func TestMetricsStoreWrites(t *testing.T) {
 					t.Fatalf("post: %d", resp.StatusCode)
 				}
 			}
-			writes := sample(t, r, "hookrelay_store_commit_writes_total") - before
-			commits := sample(t, r, "hookrelay_store_commits_total")
-			pages := sample(t, r, "hookrelay_store_pages_written_total")
-			seconds := sample(t, r, "hookrelay_store_write_seconds_total")
+			d := make([]float64, len(names))
+			for i, name := range names {
+				d[i] = sample(t, r, name) - before[i]
+			}
+			writes, commits, pages, seconds := d[0], d[1], d[2], d[3]
 			if !tc.want {
 				if writes != 0 || commits != 0 || pages != 0 || seconds != 0 {
 					t.Errorf("store series without WriteStats: %v writes, %v commits, %v pages, %v s", writes, commits, pages, seconds)

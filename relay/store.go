@@ -298,13 +298,18 @@ type Store interface {
 // them has a WriteStats() WriteStats method, and /metrics shows them (docs/OPERATIONS.md). Writes
 // per commit is the group commit's batch size, and time per commit what the disk or Redis takes.
 type WriteStats struct {
-	// Commits: group commits (embedded: bbolt transactions of the write loop; Redis: pipelines).
+	// Commits: group commits that succeeded. Embedded: transactions of the write loop, which
+	// carries every write but sweeps. Redis: pipelines of the hot path's scripts (enqueue, ack,
+	// retry, bury) that Redis answered; claims and the admin API's writes go on their own.
 	Commits uint64
-	// Writes: callers' writes those commits carried (an enqueue, an ack, a claim...).
+	// Writes: the callers' writes those commits carried.
 	Writes uint64
-	// Pages: embedded only, pages written by every write transaction, sweeps included.
-	Pages uint64
-	// Time: embedded, writing pages and syncing the file in every write transaction; Redis,
-	// pipelines from send to last answer.
+	// Time: those commits from start to end. Embedded: applying, writing pages, syncing the file;
+	// Redis: from sending the pipeline to its last answer, a WAIT for replicas included.
 	Time time.Duration
+	// PagesCounted says the store writes pages (embedded), and Pages counts the page writes of
+	// all its write transactions, sweeps included (one per page or run of overflow pages, and the
+	// meta page).
+	PagesCounted bool
+	Pages        uint64
 }

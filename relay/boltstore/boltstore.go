@@ -80,8 +80,8 @@ type Store struct {
 	closed     bool
 	writes     chan write
 	writerDone chan struct{}
-	commits    atomic.Uint64 // WriteStats
-	committed  atomic.Uint64
+	// WriteStats
+	commits, committed, commitNanos atomic.Uint64
 }
 
 // Open opens or creates the store at path. Leases left in the file by a previous process become

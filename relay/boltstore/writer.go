@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"errors"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -49,6 +50,7 @@ func (s *Store) writeLoop() {
 func (s *Store) commit(batch []write) {
 	for len(batch) > 0 {
 		failed, ferr := -1, error(nil)
+		start := time.Now()
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			fillAppended(tx)
 			for i, w := range batch {
@@ -63,6 +65,7 @@ func (s *Store) commit(batch []write) {
 			if err == nil {
 				s.commits.Add(1)
 				s.committed.Add(uint64(len(batch)))
+				s.commitNanos.Add(uint64(time.Since(start)))
 			}
 			for _, w := range batch {
 				w.done <- err // nil, or the commit's own failure for everyone
@@ -74,12 +77,12 @@ func (s *Store) commit(batch []write) {
 	}
 }
 
-// WriteStats reports the write loop's commits and the writes they carried, and the pages and
-// time of every write transaction (bbolt counts those, sweeps included).
+// WriteStats reports the write loop's commits, the writes they carried and their time, and the
+// page writes of every write transaction (bbolt counts those, sweeps included).
 func (s *Store) WriteStats() relay.WriteStats {
-	tx := s.db.Stats().TxStats
+	db := s.db.Stats()
 	return relay.WriteStats{Commits: s.commits.Load(), Writes: s.committed.Load(),
-		Pages: uint64(tx.GetWrite()), Time: tx.GetWriteTime()}
+		Time: time.Duration(s.commitNanos.Load()), PagesCounted: true, Pages: uint64(db.TxStats.GetWrite())}
 }
 
 // appended are the buckets whose keys grow with time (message IDs and time keys lead them), so

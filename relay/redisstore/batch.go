@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +84,13 @@ func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args
 	return r.n, r.err
 }
 
+// answered reports whether Redis answered cmd, with a result or an error of its own (not a
+// connection's failure or a timeout).
+func answered(cmd *redis.Cmd) bool {
+	err := cmd.Err()
+	return err == nil || errors.As(err, new(redis.Error))
+}
+
 // stats adds the batcher's pipelines, the runs they carried and their time to w.
 func (b *batcher) stats(w *relay.WriteStats) {
 	w.Commits += b.pipelines.Load()
@@ -129,9 +137,11 @@ func (b *batcher) send(batch []scriptCall) {
 	}
 	start := time.Now()
 	cmds := evalAll(ctx, b.rdb, batch)
-	b.pipelines.Add(1)
-	b.runs.Add(uint64(len(batch)))
-	b.nanos.Add(uint64(time.Since(start)))
+	if slices.ContainsFunc(cmds, answered) {
+		b.pipelines.Add(1)
+		b.runs.Add(uint64(len(batch)))
+		b.nanos.Add(uint64(time.Since(start)))
+	}
 	for i, c := range batch {
 		n, err := cmds[i].Int()
 		if err == nil && acks != nil && !acks.confirmed(cmds[i]) {

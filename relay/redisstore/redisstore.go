@@ -187,7 +187,8 @@ func New(client redis.UniversalClient, opt Options) (*Store, error) {
 }
 
 // WriteStats reports the pipelines of the hot path's scripts (enqueues, acks, retries, burials)
-// and the runs they carried; claims and the admin API's writes go on their own and are not counted.
+// that Redis answered, and the runs they carried; claims and the admin API's writes go on their
+// own and are not counted.
 func (s *Store) WriteStats() relay.WriteStats {
 	var w relay.WriteStats
 	s.scripts.stats(&w)
