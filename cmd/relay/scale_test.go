@@ -283,12 +283,26 @@ func failoverUnderLoad(t *testing.T, store string, primary *redistest.Server, re
 		len(ids), atFailure, atRecovery-atFailure, dups, cutOff, s.fivexx.Load(), s.errs.Load()-s.fivexx.Load()-s.other.Load())
 }
 
-// Sentinel, one primary with two replicas, min_replicas: 1.
+// Sentinel, one primary with one replica, min_replicas: 1: the replica that confirmed each
+// webhook is the one promoted. With two replicas and min_replicas: 1 a loss is possible, and this
+// test once saw 18 of 394: Sentinel promotes by the offsets it last read, not necessarily the
+// replica that confirmed the last writes (docs/SCALING.md). The killed primary, restarted, follows
+// its successor, so that webhooks can be confirmed again (Sentinel would make it do so too, later).
 func TestSentinelFailoverUnderLoad(t *testing.T) {
-	sn := redistest.StartSentinel(t, redistest.SentinelOptions{Replicas: 2, Sentinels: 3})
+	sn := redistest.StartSentinel(t, redistest.SentinelOptions{Replicas: 1, Sentinels: 3})
 	store := scalingExample(t, "sentinel", map[string]any{"addrs": sn.Addrs(), "master_name": sn.Name})
 	old := sn.Primary()
-	failoverUnderLoad(t, store, old, sn.Servers[1:], func() { sn.WaitFailover(old) })
+	failoverUnderLoad(t, store, old, sn.Servers[1:], func() {
+		primary := sn.WaitFailover(old)
+		old.Restart()
+		host, port, _ := strings.Cut(primary.Addr, ":")
+		if _, err := old.Do("replicaof", host, port); err != nil {
+			t.Fatal(err)
+		}
+		redistest.WaitFor(t, "the restarted primary to follow its successor", func() bool {
+			return old.Info("replication", "master_link_status") == "up" && primary.Info("replication", "connected_slaves") == "1"
+		})
+	})
 }
 
 // Cluster, three primaries with a replica each, 16 shards, min_replicas: 1. The killed node,
