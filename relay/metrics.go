@@ -120,7 +120,11 @@ type queueCollector struct {
 // writeStatser is a store that counts its writes (WriteStats).
 type writeStatser interface{ WriteStats() WriteStats }
 
-type writeDescs struct{ commits, writes, seconds, pages *prometheus.Desc } // pages nil on Redis
+// writeDescs are the series of a store's WriteStats; pages is nil for a store that counts none.
+type writeDescs struct {
+	store                           writeStatser
+	commits, writes, seconds, pages *prometheus.Desc
+}
 
 func newQueueCollector(r *Relay) *queueCollector {
 	c := &queueCollector{
@@ -135,6 +139,7 @@ func newQueueCollector(r *Relay) *queueCollector {
 	}
 	if ws, ok := r.cfg.Store.(writeStatser); ok {
 		c.writes = &writeDescs{
+			store: ws,
 			commits: prometheus.NewDesc("hookrelay_store_commits_total",
 				"Group commits of the store: bbolt transactions of its write loop, or Redis pipelines of the hot path's scripts.", nil, nil),
 			writes: prometheus.NewDesc("hookrelay_store_commit_writes_total",
@@ -169,7 +174,7 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	now := c.r.cfg.Now()
 	if c.writes != nil {
-		w := c.r.cfg.Store.(writeStatser).WriteStats()
+		w := c.writes.store.WriteStats()
 		ch <- prometheus.MustNewConstMetric(c.writes.commits, prometheus.CounterValue, float64(w.Commits))
 		ch <- prometheus.MustNewConstMetric(c.writes.writes, prometheus.CounterValue, float64(w.Writes))
 		ch <- prometheus.MustNewConstMetric(c.writes.seconds, prometheus.CounterValue, w.Time.Seconds())

@@ -683,3 +683,25 @@ func TestLegacyDeliveries(t *testing.T) {
 		t.Fatalf("keys left: %q", left)
 	}
 }
+
+// WriteStats counts the pipelines Redis answered, not those that never reached it: with Redis
+// gone, a failed enqueue leaves the figures as they were.
+func TestWriteStatsCountsOnlyAnsweredPipelines(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openStore(t, srv.Addr, uniquePrefix("ws"))
+	ctx := t.Context()
+	if _, err := s.Enqueue(ctx, testMsg("m1", at(0), "a"), "k1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	before := s.WriteStats()
+	if before.Commits != 1 || before.Writes != 1 || before.Time <= 0 || before.PagesCounted {
+		t.Fatalf("after one enqueue: %+v, want 1 commit of 1 write, its time, no pages", before)
+	}
+	srv.Kill()
+	if _, err := s.Enqueue(ctx, testMsg("m2", at(1), "a"), "k2", time.Hour); err == nil {
+		t.Fatal("enqueue with Redis gone succeeded")
+	}
+	if after := s.WriteStats(); after != before {
+		t.Errorf("a pipeline that never reached Redis was counted: %+v, then %+v", before, after)
+	}
+}
