@@ -38,7 +38,7 @@ func TestFloorStoresBeforeItAnswersAndDeliversOnce(t *testing.T) {
 			}))
 			defer sink.Close()
 			logPath := filepath.Join(t.TempDir(), "floor.log")
-			f, err := newFloor(logPath, true, sink.URL+"/hook", 8, nil)
+			f, err := newFloor(logPath, true, sink.URL+"/hook", 8, nil, 1<<10) // small, so the log grows during the test
 			if err != nil {
 				t.Fatal(err)
 			}
