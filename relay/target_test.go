@@ -490,6 +490,54 @@ func TestTargetRestartClosedEveryPooledConnection(t *testing.T) {
 	}
 }
 
+// A keep-alive connection to a target is closed by the relay once it has been idle for 10 s
+// (docs/DELIVERY.md), not at once and not never: both deliveries go out on one connection, and the
+// target then sees it closed after at least 10 s without a request.
+func TestTargetIdleConnectionCloses(t *testing.T) {
+	type closed struct {
+		served int
+		idle   time.Duration
+	}
+	closes := make(chan closed, 4)
+	addr := rawTarget(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		served, last := 0, time.Now()
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil { // the relay closed the connection
+				closes <- closed{served, time.Since(last)}
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			served, last = served+1, time.Now()
+		}
+	})
+	tg := baseTarget("http://" + addr + "/hook")
+	tg.Concurrency = 1
+	h := startRelay(t, []relay.Route{route(t, "fashn", "fashn", "app")}, tg)
+	for i := range 2 {
+		h.post("/hooks/fashn", []byte(fashnBody(i)))
+		eventually(t, "delivery", func() bool {
+			return int(sample(t, h.relay, "hookrelay_delivery_attempts_total", "outcome", "delivered")) == i+1
+		})
+	}
+	select {
+	case c := <-closes:
+		if c.served != 2 {
+			t.Errorf("the connection carried %d deliveries before it closed, want both (kept alive)", c.served)
+		}
+		// The pool closes a connection idle for more than 10 s; the target's clock starts a little
+		// earlier than the relay's, when it writes the answer.
+		if c.idle < 9*time.Second {
+			t.Errorf("the connection closed after %v idle, want 10 s or more", c.idle)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the relay kept an idle connection to the target open for 40 s, want it closed after 10-20 s")
+	}
+}
+
 // rawTarget serves each TCP connection with handle, for targets that misbehave below HTTP, and
 // returns its address.
 func rawTarget(t *testing.T, handle func(net.Conn)) string {
