@@ -3,8 +3,8 @@
 // machine (docs/BENCHMARKS.md, "The floor"). Per webhook it reads the body, takes "id" out of the
 // JSON, dedupes it in memory, writes the body into a preallocated log under group commit (one
 // write and one fdatasync per batch, no file growth to journal), answers 202 after the sync, then
-// POSTs the body to the target and appends an ack record. No verification, no index on disk, no recovery, no metrics: what it leaves out is
-// what the relay adds.
+// POSTs the body to the target and appends an ack record. No verification, no index on disk, no
+// recovery, no metrics: what it leaves out is what the relay adds.
 //
 //	go run ./cmd/relay-floor -listen 127.0.0.1:18092 -target http://127.0.0.1:18090/hook -server nethttp
 package main
@@ -22,18 +22,17 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/hookrelay/hookrelay/cmd/internal/gcdefault"
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400) // as the relay (cmd/relay), so that GC settings do not tell them apart
-	}
+	gcdefault.Apply() // as the relay, so that GC settings do not tell them apart
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()
@@ -93,7 +92,7 @@ func run(ctx context.Context, args []string) error {
 // floor is the whole relay: an in-memory dedupe set, a group-committed log, delivery workers.
 type floor struct {
 	file     *os.File
-	sync     bool
+	durable  bool // fdatasync each batch
 	commits  chan entry
 	off      int64 // where the next batch goes
 	size     int64 // zeros written ahead of off
@@ -124,12 +123,12 @@ type job struct {
 // goes through the filesystem's journal on every sync.
 const preallocate = 64 << 20
 
-func newFloor(path string, sync bool, target string, workers int, lg *slog.Logger, prealloc int64) (*floor, error) {
+func newFloor(path string, durable bool, target string, workers int, lg *slog.Logger, prealloc int64) (*floor, error) {
 	file, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	f := &floor{file: file, sync: sync, prealloc: prealloc, commits: make(chan entry, 4096),
+	f := &floor{file: file, durable: durable, prealloc: prealloc, commits: make(chan entry, 4096),
 		seen: map[string]chan struct{}{}, out: make(chan job, 4096), target: target, lg: lg,
 		client: &fasthttp.Client{MaxConnsPerHost: workers, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}}
 	if err := f.grow(); err != nil {
@@ -167,7 +166,7 @@ func (f *floor) writeLoop() {
 			panic(fmt.Errorf("floor log: %w", err))
 		}
 		f.off += int64(len(buf))
-		if f.sync {
+		if f.durable {
 			if err := syscall.Fdatasync(int(f.file.Fd())); err != nil {
 				panic(fmt.Errorf("floor log sync: %w", err))
 			}
@@ -191,15 +190,14 @@ func (f *floor) accept(body []byte) int {
 	}
 	f.mu.Lock()
 	first, dup := f.seen[m.ID]
-	done := make(chan struct{})
-	if !dup {
-		f.seen[m.ID] = done
-	}
-	f.mu.Unlock()
 	if dup {
+		f.mu.Unlock()
 		<-first // a duplicate is answered once the first copy is durable, not before
 		return http.StatusOK
 	}
+	done := make(chan struct{})
+	f.seen[m.ID] = done
+	f.mu.Unlock()
 	f.commits <- entry{rec: append(append([]byte("M "), body...), '\n'), done: done}
 	<-done
 	if f.lg != nil {

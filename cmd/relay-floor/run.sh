@@ -8,8 +8,8 @@
 set -u
 B=$(cd "$(dirname "$0")/../../../shared/bench" && pwd) || exit 1
 DUR=${1:-10s}; SINK=127.0.0.1:18090; AT=127.0.0.1:18092; ADMIN=127.0.0.1:18093
-W=$(mktemp -d -t floor.XXXX); sinkpid=; cur=
-trap 'kill $cur $sinkpid 2>/dev/null; wait 2>/dev/null; rm -rf $W' EXIT
+W=$(mktemp -d -t floor.XXXX); sinkpid=
+trap 'kill $sinkpid 2>/dev/null; wait 2>/dev/null; rm -rf $W' EXIT
 (cd "$B/sink" && go build -o $W/sink main.go) && go build -o $W/floor ./cmd/relay-floor && go build -o $W/relay ./cmd/relay || exit 1
 $W/sink -addr $SINK >/dev/null 2>&1 & sinkpid=$!
 tck=$(getconf CLK_TCK)
@@ -36,27 +36,31 @@ http { access_log $W/access.log; client_body_temp_path $W;
   upstream sink { server $SINK; keepalive 128; }
   server { listen $AT; location / { proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 NG
-nginxrun() { # -> "acks/s p50 p99 cpu-us-per-request"
+# nginxrun and one run in subshells ($(...)), so cur is their own: each stops what it started when it ends, however it ends.
+nginxrun() { # -> "acks/s p50 p99 cpu-us-per-request other"
+  cur=; trap 'kill $cur 2>/dev/null' EXIT
   sleep 2; nginx -c $W/nginx.conf -g 'daemon off;' & cur=$!; waitfor http://$AT/; curl -s http://$SINK/_reset >/dev/null
-  local c0 c1 rate p50 p99 ok other; c0=$(cpu $cur $(pgrep -P $cur))
+  local c0 c1 rate p50 p99 ok other; c0=$(cpu $cur $(pgrep -P $cur)) || exit 1
   read -r rate p50 p99 ok other <<<"$(load http://$AT/hooks/fashn/x nginx)"
-  c1=$(cpu $cur $(pgrep -P $cur)); kill $cur; wait $cur 2>/dev/null; cur=
+  c1=$(cpu $cur $(pgrep -P $cur)) || exit 1; kill $cur; wait $cur 2>/dev/null; cur=
   echo "$rate $p50 $p99 $(python3 -c "print(($c1-$c0)/$tck/$ok*1e6)") $other"
 }
 one() { # name url ready-url cmd... -> one line, ratios filled in at the end
-  local name=$1 url=$2 ready=$3; shift 3; sleep 2
+  local name=$1 url=$2 ready=$3; cur=; shift 3; trap 'kill $cur 2>/dev/null' EXIT; sleep 2
   "$@" >$W/$name.log 2>&1 & cur=$!; waitfor "$ready"; curl -s http://$SINK/_reset >/dev/null
-  local c0 c1 rate p50 p99 ok other n t1 t2; c0=$(cpu $cur)
+  local c0 c1 rate p50 p99 ok other n t1 t2; c0=$(cpu $cur) || exit 1
   read -r rate p50 p99 ok other <<<"$(load "$url" "$name$$")"; t1=$(date +%s.%N)
   for i in $(seq 600); do n=$(unique); [ "$n" -ge "$ok" ] && break; sleep 0.1; done; t2=$(date +%s.%N)
-  c1=$(cpu $cur); kill $cur; wait $cur 2>/dev/null; cur=
+  c1=$(cpu $cur) || exit 1; kill $cur; wait $cur 2>/dev/null; cur=
   echo "$name $rate $p50 $p99 $other $(python3 -c "print(f'{$t2-$t1:.1f}')") $(python3 -c "print(($c1-$c0)/$tck/max($n,1)*1e6)") $((ok-n))"
 }
 echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t2 -c64 -d$DUR; $(nproc) cores"
-read -r n1 n1p50 n1p99 n1cpu n1other <<<"$(nginxrun)"
+# A phase that fails (a process gone, a server not answering) ends the run.
+first=$(nginxrun) || exit 1
 rows=()
 for v in "nethttp" "nethttp -log" "fasthttp" "fasthttp -log" "fasthttp -nosync"; do
-  rows+=("$(one "floor-${v// /}" http://$AT/hooks/x http://$AT/ $W/floor -listen $AT -target http://$SINK/hook -dir $W -server $v)")
+  r=$(one "floor-${v// /}" http://$AT/hooks/x http://$AT/ $W/floor -listen $AT -target http://$SINK/hook -dir $W -server $v) || exit 1
+  rows+=("$r")
 done
 export BENCH_TOKEN=bench-token-0123456789abcdef
 cat >$W/relay.yaml <<CFG
@@ -70,9 +74,10 @@ targets:
 routes:
   - {name: fashn, path: /hooks/fashn, provider: fashn, targets: [sink], verify: {type: url_token, secrets_env: [BENCH_TOKEN]}}
 CFG
-rows+=("$(one relay-embedded http://$AT/hooks/fashn/$BENCH_TOKEN http://$ADMIN/readyz $W/relay serve -config $W/relay.yaml)")
-read -r n2 n2p50 n2p99 n2cpu n2other <<<"$(nginxrun)"
-python3 - "$n1 $n1p50 $n1p99 $n1cpu $n1other" "$n2 $n2p50 $n2p99 $n2cpu $n2other" "${rows[@]}" <<'PY'
+r=$(one relay-embedded http://$AT/hooks/fashn/$BENCH_TOKEN http://$ADMIN/readyz $W/relay serve -config $W/relay.yaml) || exit 1
+rows+=("$r")
+last=$(nginxrun) || exit 1
+python3 - "$first" "$last" "${rows[@]}" <<'PY'
 import sys
 a, b = (s.split() for s in sys.argv[1:3])
 rate, cpu = (float(a[0]) + float(b[0])) / 2, (float(a[3]) + float(b[3])) / 2

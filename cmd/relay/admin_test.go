@@ -202,7 +202,7 @@ log: {level: debug}
 	}
 }
 
-// The garbage collector runs at defaultGOGC unless the environment sets GOGC, as the runtime
+// The garbage collector runs at gcdefault.Percent unless the environment sets GOGC, as the runtime
 // reports it in go_gc_gogc_percent.
 func TestBinaryGOGC(t *testing.T) {
 	t.Setenv("GOGC", "")

@@ -16,7 +16,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"syscall"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"gopkg.in/yaml.v3"
 
+	"github.com/hookrelay/hookrelay/cmd/internal/gcdefault"
 	"github.com/hookrelay/hookrelay/relay"
 	"github.com/hookrelay/hookrelay/relay/tlsedge"
 )
@@ -49,14 +49,8 @@ Admin commands (dlq, messages, reload, health) find the admin API and its token 
 or take -admin URL and -token-env NAME or -token-file PATH. relay <command> -h says more.
 `
 
-// defaultGOGC is the garbage collector's target unless GOGC is set: the live heap is small (tens
-// of MiB), so collecting less often buys CPU per webhook for a few MiB (docs/BENCHMARKS.md).
-const defaultGOGC = 400
-
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGOGC)
-	}
+	gcdefault.Apply()
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
